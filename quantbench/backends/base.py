@@ -1,0 +1,110 @@
+"""The adapter contract every quantization method implements.
+
+An adapter is one small class: facts as class attributes, a pydantic model for its
+parameters, `check(device)` that says whether it can run here (never raises), and
+`quantize(...)` that returns a `QuantizedModel` every eval can use. The runner measures the
+cost of `quantize` (wall time, peak memory) the same way for every adapter, so adapters
+do not time themselves.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from quantbench.corpora import Corpus
+    from quantbench.models import ResolvedModel
+
+
+class MethodParams(BaseModel):
+    """Base for adapter parameters: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class QuantizedModel:
+    """A model ready for evaluation, plus the facts its backend knows about it.
+
+    `weight_bytes` counts everything the weights occupy: packed codes, scales, zeros and the
+    layers left unquantized. `bits_per_weight` is 8 × weight_bytes / number of weights.
+    """
+
+    module: torch.nn.Module
+    tokenizer: object
+    device: str
+    weight_bytes: int
+    bits_per_weight: float
+    kernel: str
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (batch, seq, vocab) for a batch of token windows, on the CPU in fp32."""
+        out = self.module(input_ids=input_ids.to(self.device), use_cache=False)
+        return out.logits.float().cpu()
+
+
+class Backend:
+    """One quantization method. Subclasses set the class attributes and implement `quantize`."""
+
+    name: ClassVar[str]
+    library: ClassVar[str | None] = None  # distribution name, for its version and install hint
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    requires_calibration: ClassVar[bool] = False
+    is_serializable: ClassVar[bool] = False
+
+    def library_version(self) -> str | None:
+        if self.library is None:
+            return None
+        try:
+            return importlib.metadata.version(self.library)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def check(self, device: str) -> Availability:
+        """Whether this method can run on `device` here, and if not, why. Never raises."""
+        if device not in self.devices:
+            return Availability(False, f"{self.name} does not run on {device} (supports {', '.join(self.devices)})")
+        if device == "cuda" and not torch.cuda.is_available():
+            return Availability(False, "no CUDA device visible to torch")
+        if self.library and self.library_version() is None:
+            return Availability(False, f"{self.library} is not installed (pip install {self.library})")
+        return Availability(True)
+
+    def quantize(
+        self, model: ResolvedModel, params: MethodParams, device: str, calibration: Corpus | None = None
+    ) -> QuantizedModel:
+        raise NotImplementedError
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of everything the module would save (parameters, persistent buffers, quantization
+    state such as scales and zeros), counting tied/shared storage once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in module.state_dict().values():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def weight_count(module: torch.nn.Module) -> int:
+    """Number of distinct parameters (the model's weights before any quantization packing)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny random Llama with a real (small, trained-in-test) tokenizer, and paths
+to the real data under ../shared/data that tests and CI may read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+WIKITEXT_TEST = SHARED_DATA / "wikitext2" / "wiki.test.raw"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Hashes and dequantized models go to a per-session cache, unless the caller set one
+    (make test shares the user's cache so the embedded model is dequantized only once)."""
+    if "QUANTBENCH_CACHE" not in os.environ:
+        os.environ["QUANTBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on CPython's help texts: fast, offline, real offsets."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(topics.values())[:20], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def build_tiny_llama(vocab_size: int = 512, seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    config.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny Llama (random weights, 2 layers, hidden 64) + tokenizer, loadable by path."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(vocab_size=len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def wikitext_test() -> Path:
+    assert WIKITEXT_TEST.is_file(), f"{WIKITEXT_TEST} missing: tests read the shared data beside the repo"
+    return WIKITEXT_TEST
