@@ -45,9 +45,7 @@ def load_corpus(ref: str) -> Corpus:
         return _checked(Corpus(ref, _wikitext2_rows(split or "test")))
     path = Path(ref).expanduser()
     if not path.is_file():
-        raise QuantbenchError(
-            f"corpus {ref!r} not found: not 'builtin', not 'wikitext2[:split]', not an existing file"
-        )
+        raise QuantbenchError(f"corpus {ref!r} not found: not 'builtin', not 'wikitext2[:split]', not an existing file")
     readers = {".txt": _txt_rows, ".raw": _txt_rows, ".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
     reader = readers.get(path.suffix.lower())
     if reader is None:

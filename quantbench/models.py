@@ -221,9 +221,7 @@ def _hub_snapshot(repo_id: str) -> Path:
         pass
     try:
         return Path(
-            snapshot_download(
-                repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-            )
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
         )
     except Exception as exc:  # offline, unknown repo, gated repo: all end the same way
         raise QuantbenchError(

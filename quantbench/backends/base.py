@@ -108,3 +108,14 @@ def weight_bytes(module: torch.nn.Module) -> int:
 def weight_count(module: torch.nn.Module) -> int:
     """Number of distinct parameters (the model's weights before any quantization packing)."""
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def unquantized_weight_count(model: ResolvedModel) -> int:
+    """Number of weights of `model` before quantization, counted on a meta-device copy built from
+    its config: adapters that quantize while loading never hold the unquantized model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = model.ref.trust_remote_code
+    config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust)
+    with torch.device("meta"):
+        return weight_count(AutoModelForCausalLM.from_config(config, trust_remote_code=trust))

@@ -1,0 +1,106 @@
+"""bitsandbytes through transformers' BitsAndBytesConfig: LLM.int8 (with outlier threshold) or
+4-bit nf4/fp4 (optionally double-quantized), quantized while the model loads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import model_validator
+
+from quantbench import models
+from quantbench.backends.base import (
+    Availability,
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    unquantized_weight_count,
+    weight_bytes,
+)
+from quantbench.corpora import Corpus
+from quantbench.models import ResolvedModel
+
+MIN_VERSION = (0, 46, 1)  # the oldest release transformers 5.x accepts
+FOUR_BIT_ONLY = ("quant_type", "double_quant")
+
+
+class BnbParams(MethodParams):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"  # 4-bit only
+    double_quant: bool = False  # 4-bit only: quantize the per-block scales too
+    threshold: float = 6.0  # 8-bit only: activations above it take the fp16 outlier path
+    # Dtype of the matmuls and of the layers left unquantized. bf16 by default: with fp32
+    # inputs the int8 path casts to fp16 anyway, and 4-bit dequantizes fastest to bf16.
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    @model_validator(mode="after")
+    def _options_match_bits(self) -> BnbParams:
+        given = self.model_fields_set
+        if self.bits == 8 and given & set(FOUR_BIT_ONLY):
+            raise ValueError(f"{'/'.join(sorted(given & set(FOUR_BIT_ONLY)))} applies to bits=4 only")
+        if self.bits == 4 and "threshold" in given:
+            raise ValueError("threshold applies to bits=8 only (the LLM.int8 outlier threshold)")
+        return self
+
+
+class BnbBackend(Backend):
+    name = "bnb"
+    library = "bitsandbytes"
+    Params = BnbParams
+    is_serializable = True
+
+    def check(self, device: str) -> Availability:
+        base = super().check(device)
+        if not base.ok:
+            return base
+        version = self.library_version()
+        if tuple(int(p) for p in version.split(".")[:3] if p.isdigit()) < MIN_VERSION:
+            return Availability(False, f"bitsandbytes {version} is too old (pip install -U 'bitsandbytes>=0.46.1')")
+        if device == "cpu" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+            return Availability(
+                True, "CPU lacks AVX512: int8 runs as an fp32 matmul and 4-bit dequantizes in a scalar loop (slow)"
+            )
+        return Availability(True)
+
+    def quantize(
+        self, model: ResolvedModel, params: BnbParams, device: str, calibration: Corpus | None = None
+    ) -> QuantizedModel:
+        from transformers import BitsAndBytesConfig
+
+        if params.bits == 8:
+            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=params.threshold)
+        else:
+            config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=params.quant_type,
+                bnb_4bit_use_double_quant=params.double_quant,
+                bnb_4bit_compute_dtype=models.DTYPES[params.compute_dtype],
+            )
+        count = unquantized_weight_count(model)
+        module = models.load(
+            model, dtype=params.compute_dtype, device=device, quantization_config=config, device_map={"": device}
+        )
+        size = weight_bytes(module)
+        return QuantizedModel(
+            module=module,
+            tokenizer=models.load_tokenizer(model),
+            device=device,
+            weight_bytes=size,
+            bits_per_weight=8 * size / count,
+            kernel=_kernel(params, device),
+        )
+
+
+def _kernel(params: BnbParams, device: str) -> str:
+    """The path bitsandbytes 0.4x/0.5x takes for this format (`backends/cpu/ops.py` on CPU)."""
+    if device == "cuda":
+        return "bnb cuda int8 (LLM.int8)" if params.bits == 8 else f"bnb cuda {params.quant_type}"
+    from bitsandbytes.functional import has_avx512bf16
+
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    if params.bits == 8:
+        return "bnb cpu int8 torch._int_mm" if avx512 else "bnb cpu int8 fallback (fp32 matmul, no AVX512)"
+    if has_avx512bf16():
+        return f"bnb cpu {params.quant_type} gemv_4bit (AVX512-BF16)"
+    scalar = "" if avx512 else " (scalar loop, no AVX512)"
+    return f"bnb cpu {params.quant_type} dequantize{scalar} + {params.compute_dtype} matmul"

@@ -1,0 +1,158 @@
+"""Perplexity, bits per byte and word perplexity on a corpus.
+
+Protocol (the GPTQ paper's, which most quantization papers report): join the corpus rows with
+"\\n\\n", tokenize once, cut the token stream into windows of `seq_len`, and average the
+negative log-likelihood over every predicted token. With `stride < seq_len` the windows
+overlap (sliding-window evaluation): each window then scores only the tokens the previous
+window did not, each with up to `seq_len - 1` tokens of context. A tail shorter than one
+window is dropped, as in the paper.
+
+Tokenizer-independent figures, so models with different tokenizers compare:
+- bits per byte = total NLL / ln 2 / UTF-8 bytes of the text the scored tokens cover;
+- word perplexity = exp(total NLL / whitespace-separated words in that text).
+
+Evaluation streams window by window: only the scalars of each window are kept, so memory does
+not grow with the corpus (beyond the token ids themselves).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quantbench.backends.base import QuantizedModel
+from quantbench.corpora import Corpus
+from quantbench.errors import QuantbenchError
+
+
+class PerplexityParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    corpus: str = "builtin"
+    seq_len: int = Field(2048, ge=2, description="tokens per window")
+    stride: int | None = Field(None, ge=1, description="window step; None = seq_len (no overlap)")
+    max_tokens: int | None = Field(None, ge=2, description="use only the first N tokens of the corpus")
+    batch_size: int = Field(1, ge=1, description="windows per forward pass")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> PerplexityParams:
+        if self.stride is not None and self.stride > self.seq_len:
+            raise ValueError(f"stride ({self.stride}) must not exceed seq_len ({self.seq_len})")
+        return self
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    nll_mean: float  # nats per predicted token
+    bits_per_byte: float
+    word_perplexity: float
+    tokens_scored: int
+    windows: int
+    seconds: float  # wall time of the whole evaluation, tokenization included
+    forward_seconds: float  # time inside the model's forward passes
+
+    def metrics(self) -> list[tuple[str, float, str]]:
+        """(name, value, unit) rows for the results store."""
+        return [
+            ("perplexity", self.perplexity, ""),
+            ("nll_mean", self.nll_mean, "nats/token"),
+            ("bits_per_byte", self.bits_per_byte, "bits/byte"),
+            ("word_perplexity", self.word_perplexity, ""),
+            ("tokens_scored", self.tokens_scored, "tokens"),
+            ("eval_seconds", self.seconds, "s"),
+            ("eval_tokens_per_second", self.tokens_scored / self.seconds, "tokens/s"),
+        ]
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: int  # first token of the window (context included)
+    end: int  # one past the last token
+    first_target: int  # first token whose prediction is scored
+
+
+def windows(n_tokens: int, seq_len: int, stride: int) -> Iterator[Window]:
+    """Windows over a stream of `n_tokens`; every token after the first is scored exactly once."""
+    scored_until = 1  # token 0 has no context, so it is never a target
+    for begin in range(0, n_tokens - seq_len + 1, stride):
+        end = begin + seq_len
+        yield Window(begin, end, max(scored_until, begin + 1))
+        scored_until = end
+
+
+def evaluate(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    tokenizer,
+    corpus: Corpus,
+    params: PerplexityParams,
+) -> PerplexityResult:
+    """Score `corpus` with `logits_fn` (token ids (B, T) -> logits (B, T, V))."""
+    start = time.perf_counter()
+    text = corpus.text
+    encoding = tokenizer(text, return_offsets_mapping=True, verbose=False)
+    ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
+    offsets = torch.tensor(encoding["offset_mapping"], dtype=torch.long).reshape(-1, 2)
+    del encoding  # Python lists of ints cost ~10x the tensors
+    if params.max_tokens is not None:
+        ids = ids[: params.max_tokens]
+    if len(ids) < params.seq_len:
+        raise QuantbenchError(
+            f"corpus {corpus.name!r} has {len(ids)} tokens, fewer than one window of seq_len {params.seq_len}; "
+            "use a smaller --seq-len or a larger corpus"
+        )
+
+    nll_sum, tokens, n_bytes, words, n_windows, forward_seconds = 0.0, 0, 0, 0, 0, 0.0
+    for batch in _chunks(windows(len(ids), params.seq_len, params.stride or params.seq_len), params.batch_size):
+        inputs = torch.stack([ids[w.begin : w.end] for w in batch])
+        t0 = time.perf_counter()
+        logits = logits_fn(inputs)
+        forward_seconds += time.perf_counter() - t0
+        for row, w in zip(logits, batch, strict=True):
+            # logits at position p predict token p + 1
+            predicted = row[w.first_target - w.begin - 1 : -1].float()
+            targets = ids[w.first_target : w.end]
+            nll_sum += F.cross_entropy(predicted, targets, reduction="sum").item()
+            tokens += len(targets)
+            covered = text[offsets[w.first_target, 0] : offsets[w.end - 1, 1]]
+            n_bytes += len(covered.encode())
+            words += len(covered.split())
+            n_windows += 1
+        del logits
+
+    nll_mean = nll_sum / tokens
+    return PerplexityResult(
+        perplexity=math.exp(nll_mean),
+        nll_mean=nll_mean,
+        bits_per_byte=nll_sum / math.log(2) / max(n_bytes, 1),
+        word_perplexity=math.exp(nll_sum / max(words, 1)),
+        tokens_scored=tokens,
+        windows=n_windows,
+        seconds=time.perf_counter() - start,
+        forward_seconds=forward_seconds,
+    )
+
+
+def _chunks(items: Iterator[Window], size: int) -> Iterator[list[Window]]:
+    chunk: list[Window] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+Params = PerplexityParams
+
+
+def run(model: QuantizedModel, params: PerplexityParams, corpus: Corpus) -> list[tuple[str, float, str]]:
+    """The eval-registry entry point: perplexity of `model` on `corpus`."""
+    return evaluate(model.logits, model.tokenizer, corpus, params).metrics()

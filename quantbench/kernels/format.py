@@ -1,0 +1,154 @@
+"""quantbench's packed low-bit weight format, round-to-nearest group quantization, and packing.
+
+A linear layer y = x @ W.T with W of shape (N, K) = (out_features, in_features) is stored
+transposed, K-major, so a kernel walks down K for a tile of output columns:
+
+    codes    (K, N)  unsigned integers in [0, 2**bits)             one per weight
+    qweight  (K * bits / 32, N) int32   codes packed along K       32 / bits codes per word
+    scales   (K / g, N)  float16        one per group of g consecutive rows of K
+    zeros    (K / g, N)  float16        zero point in code units; None = symmetric (zero 2**(bits-1))
+
+    w[k, n] = (codes[k, n] - zeros[k // g, n]) * scales[k // g, n]
+
+Packing, shown for bits = 4 (8 codes per word); code k sits at bit 4 * (k mod 8) of word k // 8,
+the same layout as GPTQ's and gemlite's qweight:
+
+    qweight[j, n] (int32)   bit 31 ............................................ bit 0
+                            | k=8j+7 | k=8j+6 | ....................... | k=8j+0 |
+
+bits 2 and 8 pack the same way with 16 and 4 codes per word. 3-bit codes do not divide 32, so
+they are not packed (the `rtn` adapter still simulates them).
+
+Group size g = -1 means one group per output channel (g = K). Scales are rounded to fp16
+*before* the codes are chosen, so dequantizing the codes reproduces exactly what a kernel
+computes from the stored scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from quantbench.errors import QuantbenchError
+
+PACKABLE_BITS = (2, 4, 8)
+STORAGE_DTYPE = torch.float16  # scales and zeros
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A packed weight and the facts needed to read it back (see the module docstring)."""
+
+    qweight: torch.Tensor  # (K * bits // 32, N) int32
+    scales: torch.Tensor  # (K // group_size, N)
+    zeros: torch.Tensor | None  # (K // group_size, N), or None for symmetric
+    bits: int
+    group_size: int  # resolved: K for per-channel
+
+    @property
+    def in_features(self) -> int:
+        return self.qweight.shape[0] * (32 // self.bits)
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[1]
+
+    def nbytes(self) -> int:
+        tensors = [self.qweight, self.scales] + ([self.zeros] if self.zeros is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def resolve_group_size(group_size: int, in_features: int) -> int:
+    """The group size in rows of K; raise a one-line error if it does not split `in_features`."""
+    if group_size == -1:
+        return in_features
+    if group_size <= 0 or in_features % group_size:
+        raise QuantbenchError(f"group_size {group_size} does not divide in_features {in_features}; use -1 or a divisor")
+    return group_size
+
+
+def quantize_rtn(
+    weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Round-to-nearest group quantization of an nn.Linear weight (N, K).
+
+    Returns codes (K, N) uint8 in [0, 2**bits), scales (K/g, N) fp16 and zeros (K/g, N) fp16
+    (None when symmetric). Symmetric: scale = absmax / (2**(bits-1) - 1), zero = 2**(bits-1), so
+    ±absmax is representable and one code (0) is unused. Asymmetric: the range [min, max] is
+    widened to include 0 (as GPTQ does) so zero weights stay exact, and the zero point is an integer.
+    """
+    if not 2 <= bits <= 8:
+        raise QuantbenchError(f"bits must be between 2 and 8, got {bits}")
+    n_out, k_in = weight.shape
+    g = resolve_group_size(group_size, k_in)
+    maxq = 2**bits - 1
+    w = weight.detach().float().T.reshape(k_in // g, g, n_out)
+    if symmetric:
+        scale = w.abs().amax(dim=1) / (2 ** (bits - 1) - 1)
+    else:
+        wmin = w.amin(dim=1).clamp(max=0)
+        wmax = w.amax(dim=1).clamp(min=0)
+        scale = (wmax - wmin) / maxq
+    scales = scale.to(STORAGE_DTYPE)
+    # An all-zero group (or one whose scale underflows fp16) gets scale 1: every code is the zero point.
+    scales = torch.where(scales == 0, torch.ones_like(scales), scales)
+    s = scales.float().unsqueeze(1)
+    if symmetric:
+        zeros = None
+        z = torch.full_like(s, 2 ** (bits - 1))
+    else:
+        zeros = torch.round(-wmin / scales.float()).clamp(0, maxq).to(STORAGE_DTYPE)
+        z = zeros.float().unsqueeze(1)
+    codes = torch.clamp(torch.round(w / s) + z, 0, maxq).to(torch.uint8).reshape(k_in, n_out)
+    return codes, scales, zeros
+
+
+def dequantize_codes(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Weights (K, N) from unpacked codes (K, N): (code - zero) * scale, computed in fp32."""
+    k_in, n_out = codes.shape
+    g = k_in // scales.shape[0]
+    q = codes.float().reshape(-1, g, n_out)
+    z = zeros.float().unsqueeze(1) if zeros is not None else 2 ** (bits - 1)
+    return ((q - z) * scales.float().unsqueeze(1)).reshape(k_in, n_out).to(dtype)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack codes (K, N) along K into int32 words (K * bits / 32, N); see the module docstring."""
+    if bits not in PACKABLE_BITS:
+        raise QuantbenchError(f"bits={bits} cannot be packed; packed formats exist for {PACKABLE_BITS}")
+    per_word = 32 // bits
+    k_in, n_out = codes.shape
+    if k_in % per_word:
+        raise QuantbenchError(f"in_features {k_in} is not a multiple of {per_word} ({bits}-bit packing)")
+    if codes.min() < 0 or codes.max() >= 2**bits:
+        raise QuantbenchError(f"codes must lie in [0, {2**bits}) for {bits}-bit packing")
+    # int64 arithmetic so the top code of an 8-bit word can reach bit 31, then wrap to int32.
+    shifts = torch.arange(per_word, device=codes.device, dtype=torch.int64) * bits
+    words = (codes.to(torch.int64).reshape(-1, per_word, n_out) << shifts[None, :, None]).sum(dim=1)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32)
+
+
+def unpack_codes(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of `pack_codes`: codes (K, N) as uint8."""
+    per_word = 32 // bits
+    shifts = torch.arange(per_word, device=qweight.device, dtype=torch.int32) * bits
+    # >> on int32 is arithmetic (sign-extending), so the mask is what keeps the top code unsigned.
+    codes = (qweight.unsqueeze(1) >> shifts[None, :, None]) & (2**bits - 1)
+    return codes.reshape(-1, qweight.shape[1]).to(torch.uint8)
+
+
+def pack_linear_weight(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> PackedWeight:
+    """RTN-quantize an nn.Linear weight (N, K) and pack it."""
+    if bits not in PACKABLE_BITS:
+        raise QuantbenchError(f"bits={bits} cannot be packed; packed formats exist for {PACKABLE_BITS}")
+    codes, scales, zeros = quantize_rtn(weight, bits, group_size, symmetric)
+    g = resolve_group_size(group_size, weight.shape[1])
+    return PackedWeight(pack_codes(codes, bits), scales, zeros, bits, g)

@@ -1,0 +1,64 @@
+"""What a result must carry to be reproduced: hardware, library versions, the code's git sha."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import psutil
+import torch
+
+CORE_LIBRARIES = ("quantbench", "torch", "transformers")
+
+
+@cache
+def hardware(device: str) -> str:
+    """A human-readable description of the machine the trial ran on."""
+    cpu = _cpu_model()
+    text = f"{cpu}, {psutil.cpu_count(logical=True)} threads, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        text += f"; {props.name} {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+    return text
+
+
+def hardware_fingerprint(device: str) -> str:
+    return hashlib.sha256(f"{platform.machine()}|{hardware(device)}".encode()).hexdigest()[:16]
+
+
+def versions(extra_library: str | None = None) -> dict[str, str]:
+    names = [*CORE_LIBRARIES, *([extra_library] if extra_library else [])]
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@cache
+def git_sha() -> str:
+    """The commit of the quantbench checkout in use, or "" when installed from a wheel."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,131 @@
+"""Plan and run one trial: validate everything up front, quantize, evaluate, store.
+
+Bad input (unknown method, invalid parameter, missing model, empty corpus, unwritable store)
+raises QuantbenchError before any work starts and writes nothing. A failure *during* the
+trial (a library crashing while quantizing or evaluating) is a result too: it is stored as a
+failed trial with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from quantbench import models
+from quantbench.backends.base import Backend
+from quantbench.backends.registry import get_backend
+from quantbench.corpora import Corpus, load_corpus
+from quantbench.errors import QuantbenchError
+from quantbench.evals.memory import PeakMemory
+from quantbench.evals.registry import get_eval
+from quantbench.results import store as result_store
+from quantbench.results.schema import Metric, TrialHeader, trial_table
+from quantbench.runner import environment
+from quantbench.spec import DEVICES, EvalSpec, MethodSpec, ModelRef, TrialSpec, validate_params
+
+
+def plan_trial(model: ModelRef, method: MethodSpec, evals: list[EvalSpec], device: str = "cpu") -> TrialSpec:
+    """Validate parameters and fill in defaults, so equal trials get equal keys. Touches nothing."""
+    if device not in DEVICES:
+        raise QuantbenchError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if not evals:
+        raise QuantbenchError("no eval requested; valid evals: perplexity")
+    backend = get_backend(method.name)
+    params = validate_params(backend.Params, method.params, f"method {method.name!r}")
+    checked = []
+    for spec in evals:
+        eval_module = get_eval(spec.name)
+        eval_params = validate_params(eval_module.Params, spec.params, f"eval {spec.name!r}")
+        checked.append(EvalSpec(spec.name, eval_params.model_dump()))
+    return TrialSpec(model, MethodSpec(method.name, params.model_dump()), tuple(checked), device)
+
+
+@dataclass
+class TrialOutcome:
+    spec: TrialSpec
+    status: str  # ok | failed | skipped (already in the store)
+    metrics: list[Metric] = field(default_factory=list)
+    error: str = ""
+    path: Path | None = None
+
+
+def completed_keys(store: Path) -> set[str]:
+    frame = result_store.read_results(store).frame
+    if frame.empty:
+        return set()
+    return set(frame.loc[frame["status"] == "ok", "trial_key"])
+
+
+def run_trial(spec: TrialSpec, store: Path, force: bool = False) -> TrialOutcome:
+    """Run `spec` (already planned) and write its rows to `store`; skip it if already done."""
+    if not force and spec.key in completed_keys(store):
+        return TrialOutcome(spec, "skipped")
+
+    backend = get_backend(spec.method.name)
+    availability = backend.check(spec.device)
+    if not availability.ok:
+        raise QuantbenchError(f"method {spec.method.name!r} is unavailable on {spec.device}: {availability.reason}")
+    result_store.check_writable(store)
+    resolved = models.resolve(spec.model)
+    corpora = {e.params["corpus"]: load_corpus(e.params["corpus"]) for e in spec.evals if "corpus" in e.params}
+
+    header = TrialHeader(
+        trial_key=spec.key,
+        model_ref=spec.model.ref,
+        model_fingerprint=resolved.fingerprint,
+        method=spec.method.name,
+        method_label=spec.method.label,
+        params=dict(spec.method.params),
+        device=spec.device,
+        hardware=environment.hardware(spec.device),
+        hardware_fingerprint=environment.hardware_fingerprint(spec.device),
+        versions=environment.versions(backend.library),
+        git_sha=environment.git_sha(),
+    )
+    try:
+        metrics, kernel = _measure(spec, backend, resolved, corpora)
+    except QuantbenchError:
+        raise
+    except Exception as exc:  # any library failure mid-trial is recorded, not fatal to a sweep
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        detail = traceback.format_exc(limit=-3)
+        path = result_store.write_trial(store, spec.key, trial_table(header, [], error=f"{error}\n{detail}"))
+        return TrialOutcome(spec, "failed", error=error, path=path)
+    path = result_store.write_trial(store, spec.key, trial_table(replace(header, kernel=kernel), metrics))
+    return TrialOutcome(spec, "ok", metrics, path=path)
+
+
+def _measure(
+    spec: TrialSpec, backend: Backend, resolved: models.ResolvedModel, corpora: dict[str, Corpus]
+) -> tuple[list[Metric], str]:
+    params = backend.Params.model_validate(spec.method.params)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    with PeakMemory() as quantize_memory:
+        model = backend.quantize(resolved, params, spec.device)
+    metrics = [
+        Metric("quantize", "quantize_seconds", time.perf_counter() - start, "s"),
+        Metric("quantize", "quantize_peak_rss_bytes", quantize_memory.peak.rss_bytes, "bytes"),
+        Metric("quantize", "weight_bytes", model.weight_bytes, "bytes"),
+        Metric("quantize", "bits_per_weight", model.bits_per_weight, "bits"),
+    ]
+    if spec.device == "cuda":
+        metrics.append(
+            Metric("quantize", "quantize_cuda_max_allocated_bytes", quantize_memory.peak.cuda_allocated_bytes, "bytes")
+        )
+    for eval_spec in spec.evals:
+        eval_module = get_eval(eval_spec.name)
+        eval_params = eval_module.Params.model_validate(eval_spec.params)
+        corpus = corpora.get(eval_spec.params.get("corpus"))
+        with PeakMemory() as eval_memory:
+            rows = eval_module.run(model, eval_params, corpus)
+        tags = {"protocol": dict(eval_spec.params)}
+        if corpus is not None:
+            tags.update(corpus=corpus.name, corpus_hash=corpus.content_hash)
+        metrics += [Metric(eval_spec.name, name, value, unit, **tags) for name, value, unit in rows]
+        metrics.append(Metric(eval_spec.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
+    return metrics, model.kernel
