@@ -9,6 +9,7 @@ from quantbench.errors import QuantbenchError
 
 BACKENDS: dict[str, str] = {
     "baseline": "quantbench.backends.baseline:BaselineBackend",
+    "bnb": "quantbench.backends.bnb:BnbBackend",
 }
 
 

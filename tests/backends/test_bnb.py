@@ -33,7 +33,7 @@ def quantize(resolved, **raw):
     return backend.quantize(resolved, params, "cpu")
 
 
-def expected_bytes(base: torch.nn.Module, bits: int, double_quant: bool, state_json: int) -> int:
+def expected_bytes(base: torch.nn.Module, bits: int, double_quant: bool, state: dict) -> int:
     """The format: int8 = int8 codes + one fp32 scale (SCB) per output row + a 1-byte format tag;
     4-bit = two codes per byte + one absmax per 64-weight block (fp32, or uint8 with double quant
     plus one fp32 per 256 blocks and a 256-entry fp32 code book) + a 16-entry fp32 code book and
@@ -42,6 +42,7 @@ def expected_bytes(base: torch.nn.Module, bits: int, double_quant: bool, state_j
     for name, mod in base.named_modules():
         if isinstance(mod, torch.nn.Linear) and name != "lm_head":
             out, n = mod.weight.shape[0], mod.weight.numel()
+            state_json = sum(v.numel() for k, v in state.items() if k.startswith(f"{name}.weight.quant_state."))
             if bits == 8:
                 total += n + 4 * out + 1
             elif double_quant:
@@ -55,12 +56,15 @@ def expected_bytes(base: torch.nn.Module, bits: int, double_quant: bool, state_j
 
 @pytest.mark.parametrize(
     ("raw", "bits", "double_quant"),
-    [({"bits": 8}, 8, False), ({"bits": 4}, 4, False), ({"bits": 4, "quant_type": "fp4", "double_quant": True}, 4, True)],
+    [
+        ({"bits": 8}, 8, False),
+        ({"bits": 4}, 4, False),
+        ({"bits": 4, "quant_type": "fp4", "double_quant": True}, 4, True),
+    ],
 )
 def test_weight_bytes_match_format(resolved, baseline, raw, bits, double_quant):
     q = quantize(resolved, **raw)
-    state_json = next((v.numel() for k, v in q.module.state_dict().items() if "quant_state." in k), 0)
-    assert q.weight_bytes == expected_bytes(baseline[0], bits, double_quant, state_json)
+    assert q.weight_bytes == expected_bytes(baseline[0], bits, double_quant, q.module.state_dict())
     assert q.bits_per_weight == pytest.approx(8 * q.weight_bytes / sum(p.numel() for p in baseline[0].parameters()))
     assert q.kernel.startswith("bnb cpu")
 
