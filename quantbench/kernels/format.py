@@ -127,11 +127,12 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     k_in, n_out = codes.shape
     if k_in % per_word:
         raise QuantbenchError(f"in_features {k_in} is not a multiple of {per_word} ({bits}-bit packing)")
-    if codes.min() < 0 or codes.max() >= 2**bits:
-        raise QuantbenchError(f"codes must lie in [0, {2**bits}) for {bits}-bit packing")
     # int64 arithmetic so the top code of an 8-bit word can reach bit 31, then wrap to int32.
+    wide = codes.to(torch.int64)
+    if wide.min() < 0 or wide.max() >= 2**bits:
+        raise QuantbenchError(f"codes must lie in [0, {2**bits}) for {bits}-bit packing")
     shifts = torch.arange(per_word, device=codes.device, dtype=torch.int64) * bits
-    words = (codes.to(torch.int64).reshape(-1, per_word, n_out) << shifts[None, :, None]).sum(dim=1)
+    words = (wide.reshape(-1, per_word, n_out) << shifts[None, :, None]).sum(dim=1)
     words = torch.where(words >= 2**31, words - 2**32, words)
     return words.to(torch.int32)
 
