@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from quantbench.errors import QuantbenchError
 
 if TYPE_CHECKING:
     from quantbench.corpora import Corpus
@@ -94,15 +96,26 @@ def weight_bytes(module: torch.nn.Module) -> int:
     state such as scales and zeros), counting tied/shared storage once."""
     seen: set[int] = set()
     total = 0
-    for tensor in module.state_dict().values():
-        if not isinstance(tensor, torch.Tensor):
+    for value in module.state_dict().values():
+        if not isinstance(value, torch.Tensor):
             continue
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr in seen:
-            continue
-        seen.add(ptr)
-        total += tensor.numel() * tensor.element_size()
+        for tensor in _plain_tensors(value):
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr in seen:
+                continue
+            seen.add(ptr)
+            total += tensor.numel() * tensor.element_size()
     return total
+
+
+def _plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold a tensor's data. Wrapper subclasses (torchao, quanto) report the
+    logical shape and dtype of the unquantized weight; their packed codes and scales are inside."""
+    if not hasattr(tensor, "__tensor_flatten__"):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    inner = (getattr(tensor, name) for name in names)
+    return [plain for t in inner if t is not None for plain in _plain_tensors(t)]
 
 
 def weight_count(module: torch.nn.Module) -> int:
@@ -110,12 +123,27 @@ def weight_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-def unquantized_weight_count(model: ResolvedModel) -> int:
-    """Number of weights of `model` before quantization, counted on a meta-device copy built from
-    its config: adapters that quantize while loading never hold the unquantized model."""
+def meta_model(model: ResolvedModel) -> torch.nn.Module:
+    """The architecture of `model` on the meta device (no memory, nothing read but the config): for
+    counting the unquantized weights and checking layer shapes before any weight is loaded."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     trust = model.ref.trust_remote_code
     config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust)
     with torch.device("meta"):
-        return weight_count(AutoModelForCausalLM.from_config(config, trust_remote_code=trust))
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+
+
+def check_group_size(module: torch.nn.Module, group_size: int, skip: tuple[str, ...] = ("lm_head",)) -> None:
+    """Raise QuantbenchError if `group_size` does not divide the input width of a linear layer
+    that will be quantized (every nn.Linear except those named in `skip`)."""
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name not in skip and layer.in_features % group_size:
+            raise QuantbenchError(
+                f"group_size {group_size} does not divide in_features {layer.in_features} of layer {name}"
+            )
+
+
+def int_choice(*values: int) -> object:
+    """An int field restricted to `values` that also accepts the CLI's strings ("4")."""
+    return Annotated[Literal[values], BeforeValidator(lambda v: int(v) if isinstance(v, str) and v.isdigit() else v)]

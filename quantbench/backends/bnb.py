@@ -14,8 +14,10 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
-    unquantized_weight_count,
+    int_choice,
+    meta_model,
     weight_bytes,
+    weight_count,
 )
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
@@ -25,7 +27,7 @@ FOUR_BIT_ONLY = ("quant_type", "double_quant")
 
 
 class BnbParams(MethodParams):
-    bits: Literal[4, 8] = 4
+    bits: int_choice(4, 8) = 4
     quant_type: Literal["nf4", "fp4"] = "nf4"  # 4-bit only
     double_quant: bool = False  # 4-bit only: quantize the per-block scales too
     threshold: float = 6.0  # 8-bit only: activations above it take the fp16 outlier path
@@ -76,7 +78,7 @@ class BnbBackend(Backend):
                 bnb_4bit_use_double_quant=params.double_quant,
                 bnb_4bit_compute_dtype=models.DTYPES[params.compute_dtype],
             )
-        count = unquantized_weight_count(model)
+        count = weight_count(meta_model(model))
         module = models.load(
             model, dtype=params.compute_dtype, device=device, quantization_config=config, device_map={"": device}
         )

@@ -1,0 +1,108 @@
+"""torchao through transformers' TorchAoConfig: int8 weight-only, int8 dynamic activations with
+int8 weights, or int4 weight-only (IntxWeightOnlyConfig on CPU, the tinygemm Int4 config on CUDA)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import model_validator
+
+from quantbench import models
+from quantbench.backends.base import (
+    Availability,
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    check_group_size,
+    int_choice,
+    meta_model,
+    weight_bytes,
+    weight_count,
+)
+from quantbench.corpora import Corpus
+from quantbench.models import ResolvedModel
+
+MIN_TORCH = (2, 11)  # older torch: torchao skips loading its C++ ops (torchao/__init__.py)
+
+
+class TorchaoParams(MethodParams):
+    bits: int_choice(4, 8) = 8
+    activations: Literal["none", "int8"] = "none"  # int8: dynamic per-token activation quantization
+    group_size: int_choice(32, 64, 128, 256) = 32  # 4-bit only; 8-bit scales are per output row
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    @model_validator(mode="after")
+    def _options_match_bits(self) -> TorchaoParams:
+        if self.bits == 4 and self.activations != "none":
+            raise ValueError("activations=int8 needs bits=8 (int4 is weight-only here)")
+        if self.bits == 8 and "group_size" in self.model_fields_set:
+            raise ValueError("group_size applies to bits=4 only (8-bit scales are per output row)")
+        return self
+
+
+class TorchaoBackend(Backend):
+    name = "torchao"
+    library = "torchao"
+    Params = TorchaoParams
+    is_serializable = True
+
+    def check(self, device: str) -> Availability:
+        base = super().check(device)
+        if not base.ok:
+            return base
+        torch_version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+        if torch_version < MIN_TORCH:
+            return Availability(False, f"torchao needs torch >= 2.11 for its C++ ops (found {torch.__version__})")
+        return Availability(True)
+
+    def quantize(
+        self, model: ResolvedModel, params: TorchaoParams, device: str, calibration: Corpus | None = None
+    ) -> QuantizedModel:
+        from transformers import TorchAoConfig
+
+        skeleton = meta_model(model)
+        if params.bits == 4:
+            check_group_size(skeleton, params.group_size)
+        config, kernel = _config(params, device)
+        module = models.load(
+            model,
+            dtype=params.compute_dtype,
+            device=device,
+            quantization_config=TorchAoConfig(config),
+            device_map={"": device},
+        )
+        size = weight_bytes(module)
+        return QuantizedModel(
+            module=module,
+            tokenizer=models.load_tokenizer(model),
+            device=device,
+            weight_bytes=size,
+            bits_per_weight=8 * size / weight_count(skeleton),
+            kernel=kernel,
+        )
+
+
+def _config(params: TorchaoParams, device: str) -> tuple[object, str]:
+    """The torchao config object for `params` and a description of the linear kernel it runs."""
+    from torchao.quantization import (
+        Int4WeightOnlyConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+    )
+    from torchao.quantization.granularity import PerGroup
+
+    if params.bits == 8 and params.activations == "int8":
+        return Int8DynamicActivationInt8WeightConfig(), "torchao Int8Tensor dynamic int8 activations, int_scaled_matmul"
+    if params.bits == 8:
+        return Int8WeightOnlyConfig(), f"torchao Int8Tensor weight-only (int8 cast to {params.compute_dtype} + mm)"
+    if device == "cuda":
+        return Int4WeightOnlyConfig(group_size=params.group_size), "torchao Int4Tensor weight-only (CUDA)"
+    # The default Int4WeightOnlyConfig needs the CUDA-only mslk kernels; this one stores the int4
+    # codes unpacked in int8 and dequantizes before the matmul: no smaller than int8 weight-only.
+    config = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(params.group_size))
+    return (
+        config,
+        f"torchao IntxUnpackedToInt8Tensor (int4 in int8 bytes, dequantize + {params.compute_dtype} mm)",
+    )
