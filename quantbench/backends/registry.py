@@ -10,6 +10,7 @@ from quantbench.errors import QuantbenchError
 BACKENDS: dict[str, str] = {
     "baseline": "quantbench.backends.baseline:BaselineBackend",
     "bnb": "quantbench.backends.bnb:BnbBackend",
+    "torchao": "quantbench.backends.torchao:TorchaoBackend",
 }
 
 
