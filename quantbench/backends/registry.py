@@ -9,6 +9,8 @@ from quantbench.errors import QuantbenchError
 
 BACKENDS: dict[str, str] = {
     "baseline": "quantbench.backends.baseline:BaselineBackend",
+    "rtn": "quantbench.backends.rtn:RtnBackend",
+    "triton": "quantbench.backends.triton:TritonBackend",
     "bnb": "quantbench.backends.bnb:BnbBackend",
     "torchao": "quantbench.backends.torchao:TorchaoBackend",
 }

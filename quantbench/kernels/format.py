@@ -34,6 +34,9 @@ from quantbench.errors import QuantbenchError
 
 PACKABLE_BITS = (2, 4, 8)
 STORAGE_DTYPE = torch.float16  # scales and zeros
+# The Triton kernels read K in tiles that stay inside one group, and tl.dot needs tiles of ≥ 16 rows
+# (fp16 on NVIDIA), so they take group sizes that are multiples of 16.
+KERNEL_GROUP_MULTIPLE = 16
 
 
 @dataclass(frozen=True)

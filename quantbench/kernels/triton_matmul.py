@@ -29,9 +29,8 @@ import triton
 import triton.language as tl
 
 from quantbench.errors import QuantbenchError
-from quantbench.kernels.format import PackedWeight
+from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PackedWeight
 
-MIN_BLOCK_K = 16  # tl.dot needs K ≥ 16 for fp16 operands on NVIDIA GPUs
 GEMV_MAX_M = 1
 SPLITK_MAX_M = 64
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -251,9 +250,9 @@ def check_supported(x: torch.Tensor, weight: PackedWeight) -> None:
         raise QuantbenchError(f"x must be (M, {weight.in_features}), got {tuple(x.shape)}")
     if x.dtype not in ACTIVATION_DTYPES:
         raise QuantbenchError(f"activations must be fp16, bf16 or fp32, got {x.dtype}")
-    if weight.group_size % MIN_BLOCK_K:
+    if weight.group_size % KERNEL_GROUP_MULTIPLE:
         raise QuantbenchError(
-            f"group size {weight.group_size} is not a multiple of {MIN_BLOCK_K}, which the Triton kernels need"
+            f"group size {weight.group_size} is not a multiple of {KERNEL_GROUP_MULTIPLE} (Triton kernel tiles)"
         )
     if x.device != weight.qweight.device:
         raise QuantbenchError(f"x is on {x.device} but the weight is on {weight.qweight.device}")
