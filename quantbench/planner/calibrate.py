@@ -1,0 +1,131 @@
+"""Check the planner against what trials measured, and show its error per method.
+
+Input is the tidy frame of `quantbench.results.store.read_results(store_dir)`: one row per
+metric with columns trial_key, model_ref, method, params_json, device, status, metric, value.
+Three measured metrics have a prediction:
+
+- `weight_bytes` (the backend's exact count) vs the planner's weights — checks formats.py;
+- `cuda_max_allocated_bytes` vs weights + KV cache + activations (torch's allocator never sees
+  the CUDA context, so the runtime term is left out);
+- `peak_rss_bytes` (whole CPU process) vs the full CPU estimate, whose runtime term is the
+  measured RSS of Python + torch + transformers (estimate.CPU_RUNTIME_BYTES).
+
+Memory metrics need the workload the trial measured at: `workload_of(row)` gives it (by default
+from `context_tokens` and `batch_size` columns, with every position's logits, as a perplexity
+pass computes them). Rows without one keep predicted = NaN and say why in `note`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import pandas as pd
+
+from quantbench.errors import QuantbenchError
+from quantbench.planner.config import Architecture
+from quantbench.planner.estimate import Workload, estimate, weight_bytes
+from quantbench.planner.formats import format_parameters, weight_format
+from quantbench.planner.source import load_architecture
+
+MEASURED = ("weight_bytes", "cuda_max_allocated_bytes", "peak_rss_bytes")
+NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "status", "metric", "value")
+# Backends load CPU models in fp32 and GPU models in bf16 unless their params say otherwise.
+DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
+
+
+def workload_from_columns(row: pd.Series) -> Workload | None:
+    """The measured workload from `context_tokens` / `batch_size` columns, if the row has them."""
+    context, batch = row.get("context_tokens"), row.get("batch_size")
+    if context is None or batch is None or pd.isna(context) or pd.isna(batch):
+        return None
+    device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
+    return Workload(context=int(context), batch=int(batch), all_logits=True, device=device)
+
+
+def _predict(
+    row: pd.Series, arch: Architecture, workload_of: Callable[[pd.Series], Workload | None]
+) -> tuple[float, str]:
+    params = json.loads(row["params_json"] or "{}")
+    device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
+    known = format_parameters(row["method"])
+    params = {k: v for k, v in params.items() if k in known}  # other settings do not change bytes
+    params.setdefault("dtype", DEFAULT_DTYPE[device])
+    fmt = weight_format(row["method"], params)
+    if row["metric"] == "weight_bytes":
+        return float(weight_bytes(arch, fmt).total), ""
+    workload = workload_of(row)
+    if workload is None:
+        return math.nan, "no workload (context/batch) recorded for this trial"
+    est = estimate(arch, fmt, workload)
+    return float(est.allocated if row["metric"] == "cuda_max_allocated_bytes" else est.total), ""
+
+
+def compare(
+    results: pd.DataFrame,
+    architecture_of: Callable[[str], Architecture] = lambda ref: load_architecture(ref)[0],
+    workload_of: Callable[[pd.Series], Workload | None] = workload_from_columns,
+    ok_status: str = "ok",
+) -> pd.DataFrame:
+    """One row per measured memory metric of every finished trial: measured, predicted,
+    error_pct = 100 × (predicted − measured) / measured, and a note when there is no prediction
+    (unknown model or method, missing workload)."""
+    missing = [c for c in NEEDED_COLUMNS if c not in results.columns]
+    if missing:
+        raise QuantbenchError(f"results frame lacks columns {', '.join(missing)}; expected {', '.join(NEEDED_COLUMNS)}")
+    rows = results[(results["status"] == ok_status) & results["metric"].isin(MEASURED)]
+    archs: dict[str, Architecture | str] = {}
+    out = []
+    for _, row in rows.iterrows():
+        ref = row["model_ref"]
+        if ref not in archs:
+            try:
+                archs[ref] = architecture_of(ref)
+            except QuantbenchError as exc:
+                archs[ref] = str(exc)  # remembered, so one unknown model is resolved once
+        arch = archs[ref]
+        predicted, note = math.nan, arch if isinstance(arch, str) else ""
+        if not isinstance(arch, str):
+            try:
+                predicted, note = _predict(row, arch, workload_of)
+            except QuantbenchError as exc:
+                note = str(exc)
+        measured = float(row["value"])
+        out.append(
+            {
+                "trial_key": row["trial_key"],
+                "model_ref": ref,
+                "method": row["method"],
+                "device": row["device"],
+                "metric": row["metric"],
+                "measured": measured,
+                "predicted": predicted,
+                "error_pct": 100 * (predicted - measured) / measured if measured else math.nan,
+                "note": note,
+            }
+        )
+    columns = ["trial_key", "model_ref", "method", "device", "metric", "measured", "predicted", "error_pct", "note"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def error_by_method(compared: pd.DataFrame) -> pd.DataFrame:
+    """Per method and metric: trials with a prediction, mean signed error % and worst |error| %."""
+    scored = compared.dropna(subset=["error_pct"])
+    grouped = scored.groupby(["method", "metric"])["error_pct"]
+    table = pd.DataFrame(
+        {
+            "trials": grouped.size(),
+            "mean_error_pct": grouped.mean(),
+            "max_abs_error_pct": grouped.apply(lambda e: e.abs().max()),
+        }
+    )
+    return table.reset_index()
+
+
+def within(compared: pd.DataFrame, tolerance_pct: float, metrics: tuple[str, ...] = MEASURED) -> bool:
+    """True when every predicted row is within ±tolerance_pct of its measurement (the calibration
+    test's assertion); rows without a prediction are not counted, so check `note` too."""
+    scored = compared.dropna(subset=["error_pct"])
+    scored = scored[scored["metric"].isin(metrics)]
+    return bool((scored["error_pct"].abs() <= tolerance_pct).all())

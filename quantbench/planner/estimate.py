@@ -1,0 +1,296 @@
+"""Peak memory of running a model: weights + KV cache + prefill activations + runtime overhead.
+
+The runtime modelled is transformers' `generate` (what quantbench runs): the whole prompt goes
+through one forward pass (unless `prefill_chunk` says otherwise), the KV cache holds `context`
+tokens per sequence, and only the last position's logits are computed (`logits_to_keep=1`).
+Every constant says where it comes from; the calibration module checks the sum against
+measured peaks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from quantbench.errors import QuantbenchError
+from quantbench.planner.config import Architecture
+from quantbench.planner.formats import WeightFormat
+from quantbench.planner.gpus import CATALOG, Gpu
+from quantbench.planner.weights import KINDS, weight_groups
+
+MIB = 2**20
+
+# Bytes per cached element. fp8 caches (vLLM, transformers' fp8 cache) keep one per-tensor scale,
+# which is negligible. int8/int4 follow transformers' QuantizedCache (quanto or HQQ backend,
+# q_group_size=64): codes plus an fp16 scale and zero per 64 elements. Its residual window of 128
+# recent tokens kept unquantized is not counted (< 0.4% of a 32k cache).
+KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1 + 4 / 64, "int4": 0.5 + 4 / 64}
+
+# GPU memory used outside torch's allocator: the CUDA context (driver state, kernel images of
+# torch/cuBLAS/cuDNN). The PyTorch forums report ~700+ MiB on first CUDA use with eager module
+# loading (discuss.pytorch.org/t/81330, /t/73021); CUDA_MODULE_LOADING=LAZY, the Linux default
+# since CUDA 12.2 (NVIDIA forums /t/290090), loads kernels on demand and brings it near 400-500 MiB.
+# gpu_poor assumes 650 MB. Not measured here (this task had no GPU): 512 MiB, to be replaced
+# by the NVML process figure of a real run through calibrate.py.
+CUDA_RUNTIME_BYTES = 512 * MIB
+
+# Process RSS of a worker that imported torch + transformers and ran one tiny Llama forward,
+# before any real weights: bench/planner_overhead.py, median of 3 fresh interpreters, 2026-11-23,
+# torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 474.6 MiB (import torch alone: 219 MiB).
+CPU_RUNTIME_BYTES = 497627136
+
+KIND_LABELS = {
+    "linear": "linears",
+    "embedding": "embeddings",
+    "lm_head": "lm_head",
+    "norm": "norms",
+    "bias": "biases",
+    "router": "routers",
+}
+ATTENTION = ("sdpa", "eager")
+DEVICES = ("cuda", "cpu")
+MLA_CACHES = ("latent", "expanded")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What runs: `context` tokens per sequence held in the KV cache (prompt + generated),
+    `batch` sequences, the cache dtype, and how prefill runs.
+
+    `prefill_chunk` (tokens per forward) bounds activations as chunked prefill does; None means the
+    whole context in one pass. `attention="eager"` materializes the score matrix; `sdpa` (flash /
+    memory-efficient kernels) does not. `all_logits` computes logits for every position, as a
+    perplexity eval does. `mla_cache="expanded"` counts the per-head keys and values transformers'
+    DeepSeek-V2 code caches instead of the compressed latent that vLLM/SGLang keep.
+    """
+
+    context: int
+    batch: int = 1
+    kv_dtype: str = "fp16"
+    prefill_chunk: int | None = None
+    attention: str = "sdpa"
+    all_logits: bool = False
+    device: str = "cuda"
+    mla_cache: str = "latent"
+
+    def validate(self) -> None:
+        for name in ("context", "batch", "prefill_chunk"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise QuantbenchError(f"{name} must be a positive integer, got {value!r}")
+        for name, valid in (
+            ("kv_dtype", tuple(KV_BYTES)),
+            ("attention", ATTENTION),
+            ("device", DEVICES),
+            ("mla_cache", MLA_CACHES),
+        ):
+            if getattr(self, name) not in valid:
+                raise QuantbenchError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens of one sequence in the largest single forward pass."""
+        return min(self.context, self.prefill_chunk or self.context)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    bytes: int
+    note: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    arch: Architecture
+    fmt: WeightFormat
+    workload: Workload
+    components: tuple[Component, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(c.bytes for c in self.components)
+
+    def part(self, name: str) -> int:
+        return next(c.bytes for c in self.components if c.name == name)
+
+    @property
+    def allocated(self) -> int:
+        """What torch's allocator sees (cuda max_memory_allocated): everything but the runtime."""
+        return self.total - self.part("runtime")
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    quantized: int  # bytes of the quantized linears (codes + scales + zeros + indices)
+    kept: int  # bytes of tensors left in the compute dtype
+    quantized_params: int
+    kept_params: int
+
+    @property
+    def total(self) -> int:
+        return self.quantized + self.kept
+
+    @property
+    def bits_per_quantized_weight(self) -> float:
+        return 8 * self.quantized / self.quantized_params if self.quantized_params else 0.0
+
+
+def weight_bytes(arch: Architecture, fmt: WeightFormat) -> WeightBytes:
+    quantized = kept = q_params = k_params = 0
+    for g in weight_groups(arch):
+        if fmt.is_quantized and g.kind == "linear":
+            quantized += fmt.linear_bytes(g.rows, g.cols) * g.count
+            q_params += g.numel
+        else:
+            kept += g.numel * fmt.dtype_bytes
+            k_params += g.numel
+    return WeightBytes(quantized, kept, q_params, k_params)
+
+
+def _cached_tokens(arch: Architecture, context: int) -> list[int]:
+    # A sliding-window layer never needs more than its window (transformers' sliding cache layers
+    # and vLLM's hybrid allocator both drop older tokens); global layers keep the whole context.
+    return [context if w is None else min(context, w) for w in arch.layer_windows]
+
+
+def kv_cache_bytes(arch: Architecture, workload: Workload) -> int:
+    """KV cache: per layer, tokens × batch × elements per token × dtype bytes, where elements per
+    token = 2 × KV heads × head_dim (GQA/MQA share K/V across query heads), or for MLA the latent
+    (kv_lora_rank) + the shared rope key (qk_rope_head_dim), one copy for all heads."""
+    if arch.is_mla and workload.mla_cache == "latent":
+        per_token = arch.kv_lora_rank + arch.qk_rope_head_dim
+    elif arch.is_mla:
+        per_token = arch.num_heads * (arch.qk_nope_head_dim + arch.qk_rope_head_dim + arch.v_head_dim)
+    else:
+        per_token = 2 * arch.num_kv_heads * arch.head_dim
+    tokens = sum(_cached_tokens(arch, workload.context))
+    return math.ceil(tokens * workload.batch * per_token * KV_BYTES[workload.kv_dtype])
+
+
+def _widest_mlp(arch: Architecture) -> int:
+    return max(g.rows for g in weight_groups(arch) if g.name.endswith("up_proj"))
+
+
+def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) -> int:
+    """Peak transient memory of the prefill pass, in the compute dtype.
+
+    Inside one decoder layer at most these tensors are alive per token (transformers' Llama code):
+    attention: residual + normed input (2H), q, rotated q and the attention output (3 × q width),
+    k and rotated k (2 × k width), v; MLP: residual + normed input (2H), act(gate), up and their
+    product (3 × intermediate). Layers run one after another, so only the larger stage counts.
+    MoE layers are sized as if one expert received every token (the upper bound of HF's
+    per-expert loop). Eager attention adds the score matrix (dtype scores, fp32 softmax, dtype
+    probabilities). After the last layer the logits replace these: the last position in the
+    dtype, its fp32 copy and one processed copy when sampling; every position when all_logits.
+    Methods that dequantize a weight before the matmul add one dense copy of the largest matrix.
+    """
+    a = fmt.dtype_bytes
+    h, b, tq = arch.hidden_size, workload.batch, workload.prefill_tokens
+    if arch.is_mla:  # transformers expands the latent to per-head keys and values for attention
+        q_w = k_w = arch.num_heads * (arch.qk_nope_head_dim + arch.qk_rope_head_dim)
+        v_w = arch.num_heads * arch.v_head_dim
+    else:
+        q_w, k_w = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+        v_w = k_w
+    attn = 2 * h + 3 * q_w + 2 * k_w + v_w
+    mlp = 2 * h + 3 * _widest_mlp(arch)
+    layer = max(attn, mlp) * b * tq * a
+    if workload.attention == "eager":
+        layer += b * arch.num_heads * tq * workload.context * (2 * a + 4)
+    logits_tokens = tq if workload.all_logits else 1
+    # every position: dtype logits + fp32 copy; last position: + one processed copy when sampling
+    logits = b * logits_tokens * arch.vocab_size * (a + (4 if workload.all_logits else 8))
+    dequant = 0
+    if fmt.dequantizes_weights:
+        dequant = max(g.rows * g.cols for g in weight_groups(arch) if g.kind == "linear") * a
+    return max(layer, logits) + dequant
+
+
+def estimate(arch: Architecture, fmt: WeightFormat, workload: Workload) -> Estimate:
+    """The breakdown for one model, format and workload; raises QuantbenchError on bad input."""
+    workload.validate()
+    w = weight_bytes(arch, fmt)
+    kinds = {g.kind for g in weight_groups(arch)} - ({"linear"} if fmt.is_quantized else set())
+    kept_what = ", ".join(KIND_LABELS[k] for k in KINDS if k in kinds)
+    components = []
+    if fmt.is_quantized:
+        components.append(
+            Component(
+                "weights quantized",
+                w.quantized,
+                f"{w.quantized_params / 1e9:.3f} B linear weights at {w.bits_per_quantized_weight:.3f} bits",
+            )
+        )
+    components.append(Component("weights kept", w.kept, f"{w.kept_params / 1e9:.3f} B ({kept_what}) in {fmt.dtype}"))
+    tokens = _cached_tokens(arch, workload.context)
+    capped = sum(t < workload.context for t in tokens)
+    per_token = "MLA latent" if arch.is_mla and workload.mla_cache == "latent" else f"{arch.num_kv_heads} KV heads"
+    kv_note = f"{arch.num_layers} layers, {per_token}, {workload.kv_dtype}"
+    if capped:
+        kv_note += f", {capped} sliding layers capped at {min(tokens)} tokens"
+    components.append(Component("KV cache", kv_cache_bytes(arch, workload), kv_note))
+    components.append(
+        Component(
+            "activations",
+            activation_bytes(arch, fmt, workload),
+            f"prefill of {workload.batch} × {workload.prefill_tokens} tokens, {workload.attention} attention",
+        )
+    )
+    runtime_note = "CUDA context (outside torch's allocator)" if workload.device == "cuda" else "python+torch RSS"
+    runtime = CUDA_RUNTIME_BYTES if workload.device == "cuda" else CPU_RUNTIME_BYTES
+    components.append(Component("runtime", runtime, runtime_note))
+    return Estimate(arch, fmt, workload, tuple(components))
+
+
+@dataclass(frozen=True)
+class Fit:
+    gpu: Gpu
+    headroom: int  # bytes left after the estimate's total; negative = does not fit
+
+    @property
+    def fits(self) -> bool:
+        return self.headroom >= 0
+
+
+def fits(est: Estimate, gpus: tuple[Gpu, ...] = CATALOG) -> list[Fit]:
+    """Every GPU with its headroom, smallest memory first."""
+    return sorted((Fit(g, g.memory_bytes - est.total) for g in gpus), key=lambda f: (f.gpu.memory_gib, f.gpu.name))
+
+
+def _largest(fits_at, upper: int) -> int:
+    """Largest n in [1, upper] with fits_at(n), for a monotone predicate; 0 if even 1 does not fit."""
+    if not fits_at(1):
+        return 0
+    lo, hi = 1, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits_at(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# Search bounds where the model sets none: 1M tokens of context, 4096 sequences per batch.
+MAX_SEARCH_CONTEXT = 2**20
+MAX_SEARCH_BATCH = 4096
+
+
+def largest_context(arch: Architecture, fmt: WeightFormat, workload: Workload, gpu: Gpu) -> int:
+    """Largest context (up to the model's max_position_embeddings) that fits `gpu` at this batch."""
+    upper = arch.max_context or MAX_SEARCH_CONTEXT
+
+    def fits_at(context: int) -> bool:
+        return estimate(arch, fmt, replace(workload, context=context)).total <= gpu.memory_bytes
+
+    return _largest(fits_at, upper)
+
+
+def largest_batch(arch: Architecture, fmt: WeightFormat, workload: Workload, gpu: Gpu) -> int:
+    """Largest batch that fits `gpu` at this context."""
+
+    def fits_at(batch: int) -> bool:
+        return estimate(arch, fmt, replace(workload, batch=batch)).total <= gpu.memory_bytes
+
+    return _largest(fits_at, MAX_SEARCH_BATCH)
