@@ -220,20 +220,23 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _autotuned(kernel, configs: list[triton.Config], atomic: bool):
+def autotuned(kernel, configs: list[triton.Config], atomic: bool, do_bench: Callable | None = None):
+    """`kernel` under triton's autotuner with our pruning; `do_bench` replaces the GPU timer (tests
+    pass a CPU clock to run the autotuner itself under the interpreter)."""
     return triton.autotune(
         configs=configs,
         key=["M_BUCKET", "N", "K", "BITS", "GROUP_SIZE", "HAS_ZEROS"],
         prune_configs_by={"early_config_prune": prune_configs},
         # Atomic kernels add into `out_ptr`; each timed config must start from zeros.
         reset_to_zero=["out_ptr"] if atomic else None,
+        do_bench=do_bench,
     )(kernel)
 
 
 _TUNED = {
-    "gemv": _autotuned(_gemv_kernel, GEMV_CONFIGS, atomic=True),
-    "splitk": _autotuned(_dot_kernel, SPLITK_CONFIGS, atomic=True),
-    "gemm": _autotuned(_dot_kernel, GEMM_CONFIGS, atomic=False),
+    "gemv": autotuned(_gemv_kernel, GEMV_CONFIGS, atomic=True),
+    "splitk": autotuned(_dot_kernel, SPLITK_CONFIGS, atomic=True),
+    "gemm": autotuned(_dot_kernel, GEMM_CONFIGS, atomic=False),
 }
 _RAW = {"gemv": _gemv_kernel, "splitk": _dot_kernel, "gemm": _dot_kernel}
 
