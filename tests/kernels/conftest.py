@@ -13,9 +13,14 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |out - ref| / max |ref|: the error relative to the output's scale."""
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
+@pytest.fixture
+def relative_error():
+    """max |out - ref| / max |ref|: the error relative to the output's scale."""
+    return _relative_error
 
 
 @pytest.fixture

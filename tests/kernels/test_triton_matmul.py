@@ -12,8 +12,6 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from conftest import relative_error  # noqa: E402
-
 from quantbench.errors import QuantbenchError  # noqa: E402
 from quantbench.kernels import reference  # noqa: E402
 from quantbench.kernels import triton_matmul as tm  # noqa: E402
@@ -37,7 +35,7 @@ def activations(m: int, dtype: torch.dtype, k: int = K) -> torch.Tensor:
 @pytest.mark.parametrize("m", [1, 3, 16, 33])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_matmul_matches_reference(bits, group_size, m, dtype):
+def test_matmul_matches_reference(bits, group_size, m, dtype, relative_error):
     """`matmul` dispatches M=1 to gemv and 3..33 to split-K; asymmetric for 4 bits, symmetric for 8."""
     weight = make_weight(bits, group_size, symmetric=bits == 8)
     x = activations(m, dtype)
@@ -49,7 +47,7 @@ def test_matmul_matches_reference(bits, group_size, m, dtype):
 @pytest.mark.parametrize("m", [1, 3, 16, 33])
 @pytest.mark.parametrize("kind", list(KERNELS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-def test_every_kernel_handles_every_m(kind, m, dtype):
+def test_every_kernel_handles_every_m(kind, m, dtype, relative_error):
     weight = make_weight(4, 64, symmetric=False)
     x = activations(m, dtype)
     assert relative_error(KERNELS[kind](x, weight), reference.matmul(x, weight)) < TOLERANCE[dtype]
@@ -58,7 +56,7 @@ def test_every_kernel_handles_every_m(kind, m, dtype):
 @pytest.mark.parametrize(
     ("bits", "group_size", "symmetric"), [(2, 32, False), (2, 64, True), (4, -1, True), (8, -1, False)]
 )
-def test_other_formats(bits, group_size, symmetric):
+def test_other_formats(bits, group_size, symmetric, relative_error):
     weight = make_weight(bits, group_size, symmetric)
     for m in (1, 5):
         x = activations(m, torch.float32)
@@ -67,14 +65,14 @@ def test_other_formats(bits, group_size, symmetric):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-def test_prefill_dispatches_to_gemm(dtype):
+def test_prefill_dispatches_to_gemm(dtype, relative_error):
     assert tm.kernel_for(1) == "gemv" and tm.kernel_for(64) == "splitk" and tm.kernel_for(65) == "gemm"
     weight = make_weight(4, 128, symmetric=False, n=256, k=512)
     x = activations(80, dtype, k=512)
     assert relative_error(tm.matmul(x, weight), reference.matmul(x, weight)) < TOLERANCE[dtype]
 
 
-def test_strided_activations():
+def test_strided_activations(relative_error):
     weight = make_weight(4, 32, symmetric=False)
     wide = activations(4, torch.float32, k=2 * K)
     x = wide[:, :K]  # row stride 2K
@@ -120,7 +118,7 @@ def cpu_bench(kernel_call, quantiles):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gemv", "splitk"])
-def test_autotuner_path_with_atomic_reset(kind, monkeypatch):
+def test_autotuner_path_with_atomic_reset(kind, monkeypatch, relative_error):
     """The GPU launch path (triton.autotune + pruning + reset_to_zero), timed with a CPU clock:
     several configs add into the same output while being timed, and the result must still be right."""
     configs = {
