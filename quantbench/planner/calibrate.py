@@ -49,6 +49,10 @@ def _predict(
 ) -> tuple[float, str]:
     params = json.loads(row["params_json"] or "{}")
     device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
+    if "compute_dtype" in params:  # bnb and torchao name their dtype so
+        params["dtype"] = params.pop("compute_dtype")
+    if row["method"] == "torchao" and str(params.get("bits")) == "4":
+        params["packing"] = "int4" if device == "cuda" else "intx"  # what backends/torchao.py picks
     known = format_parameters(row["method"])
     params = {k: v for k, v in params.items() if k in known}  # other settings do not change bytes
     params.setdefault("dtype", DEFAULT_DTYPE[device])

@@ -3,7 +3,8 @@
 Every layout below was checked against the tensors the installed libraries actually keep in a
 quantized `nn.Linear(512, 1024)` in bf16 (state_dict sizes, 2026-11: bitsandbytes 0.50.2,
 hqq 0.2.8, optimum-quanto 0.2.7, torchao 0.18.0); GPTQ/AWQ follow GPTQModel's packed checkpoint
-format, `triton` the project's own format (kernels/). `n = rows × cols` weights, `g` the group
+format; `rtn` and `triton` the project's own format (kernels/format.py, the same count as
+backends/rtn.py `packed_bytes`). `n = rows × cols` weights, `g` the group
 size along cols (in_features), `a` the compute dtype's bytes.
 
 | method  | codes                        | per-group / per-row metadata                          |
@@ -18,7 +19,7 @@ size along cols (in_features), `a` the compute dtype's bytes.
 | quanto  | int8: n; int4/int2 packed    | int8: scale per row in a; int4/2: scale+shift per 128 |
 | torchao | int8: n; int4: n/2           | int8: fp32 scale + int8 zero per row; int4: bf16      |
 |         | intx (CPU): one int8 per code| scale + zero per group; intx: a scale + int8 zero     |
-| rtn, triton | packed in int32 along cols | fp16 scale + fp16 zero per group                    |
+| rtn, triton | n·bits/8 packed in int32 along K | fp16 scale (+ fp16 zero unless symmetric) per group |
 
 All methods keep embeddings, the output head (transformers passes lm_head in
 `modules_to_not_convert`), norms, biases and MoE routers in the compute dtype.
@@ -50,6 +51,7 @@ class WeightFormat:
     dtype: str  # compute dtype: unquantized tensors and activations
     quant_type: str = ""  # bnb 4-bit: nf4 | fp4
     double_quant: bool = False
+    symmetric: bool = False  # rtn/triton: no zero points
     packing: str = ""  # torchao 4-bit: int4 (packed, CUDA) | intx (one int8 per code, CPU)
 
     @property
@@ -78,8 +80,11 @@ class WeightFormat:
             parts.append(self.quant_type + (" + double quant" if self.double_quant else ""))
         if self.packing:
             parts.append(self.packing)
+        # quanto and torchao keep one scale per row at 8 bits, whatever the group size says
         if self.method in GROUPED and (self.bits != 8 or self.method not in ("quanto", "torchao")):
             parts.append("per row" if self.group_size == -1 else f"group {self.group_size}")
+        if self.symmetric:
+            parts.append("symmetric")
         return " ".join(parts)
 
     def linear_bytes(self, rows: int, cols: int) -> int:
@@ -99,9 +104,10 @@ def _int32_words(values: int, bits: int) -> int:
     return math.ceil(values * bits / 32)
 
 
-def _packed_int32_fp16_groups(fmt: WeightFormat, rows: int, cols: int) -> int:
-    # Project format (kernels/): each row's codes packed into int32 along K, fp16 scale + zero per group.
-    return rows * _int32_words(cols, fmt.bits) * 4 + rows * _groups_per_row(fmt, cols) * 2 * 2
+def _project_packed(fmt: WeightFormat, rows: int, cols: int) -> int:
+    # kernels/format.py: codes packed in int32 along K, fp16 scales (+ fp16 zeros) per group.
+    per_group = 1 if fmt.symmetric else 2
+    return math.ceil(rows * cols * fmt.bits / 8) + rows * _groups_per_row(fmt, cols) * per_group * 2
 
 
 def _bnb(fmt: WeightFormat, rows: int, cols: int) -> int:
@@ -160,31 +166,34 @@ def _torchao(fmt: WeightFormat, rows: int, cols: int) -> int:
 
 LAYOUTS = {
     "baseline": _dense,
-    "rtn": _packed_int32_fp16_groups,
+    "rtn": _project_packed,
     "bnb": _bnb,
     "gptq": _gptq,
     "awq": _awq,
     "hqq": _hqq,
     "quanto": _quanto,
     "torchao": _torchao,
-    "triton": _packed_int32_fp16_groups,
+    "triton": _project_packed,
 }
 
 # Per method: allowed bit widths (first = default), default group size (None = not a parameter).
 BITS = {
     "baseline": (),
-    "rtn": (4, 2, 3, 8),
+    "rtn": (4, 2, 3, 5, 6, 7, 8),
     "bnb": (4, 8),
     "gptq": (4, 2, 3, 8),
     "awq": (4,),
     "hqq": (4, 1, 2, 3, 8),
     "quanto": (8, 2, 4),
     "torchao": (8, 4),
-    "triton": (4, 8),
+    "triton": (4, 2, 8),
 }
-GROUPED = {"rtn": 128, "gptq": 128, "awq": 128, "hqq": 64, "torchao": 128, "triton": 128, "quanto": QUANTO_GROUP}
-EXTRA = {"bnb": ("quant_type", "double_quant"), "torchao": ("packing",)}
+# Defaults follow the backends in quantbench/backends where they exist (rtn, triton, bnb, torchao).
+GROUPED = {"rtn": 128, "gptq": 128, "awq": 128, "hqq": 64, "torchao": 32, "triton": 128, "quanto": QUANTO_GROUP}
+EXTRA = {"bnb": ("quant_type", "double_quant"), "torchao": ("packing",), "rtn": ("symmetric",)}
+EXTRA["triton"] = EXTRA["rtn"]
 CHOICES = {"quant_type": ("nf4", "fp4"), "packing": ("int4", "intx"), "dtype": tuple(DTYPE_BYTES)}
+PER_ROW_OK = ("rtn", "triton", "gptq", "awq", "hqq")  # accept group_size -1: one group per row
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -193,6 +202,13 @@ def _int(value: Any, what: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise QuantbenchError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _flag(params: Mapping[str, Any], key: str, what: str) -> bool:
+    text = str(params.get(key, False)).lower()
+    if text not in TRUE + FALSE:
+        raise QuantbenchError(f"{what}: {key} must be true or false, got {params[key]!r}")
+    return text in TRUE
 
 
 def _choice(value: Any, key: str, what: str) -> str:
@@ -229,19 +245,17 @@ def weight_format(method: str, params: Mapping[str, Any] | None = None) -> Weigh
     if bits not in BITS[method]:
         raise QuantbenchError(f"{what}: bits must be one of {', '.join(map(str, BITS[method]))}, got {bits}")
     group = _int(params.get("group_size", GROUPED.get(method, 0)), f"{what}: group_size")
-    if method in GROUPED and group <= 0 and not (group == -1 and method in ("gptq", "awq", "hqq")):
+    if method in GROUPED and group <= 0 and not (group == -1 and method in PER_ROW_OK):
         raise QuantbenchError(f"{what}: group_size must be a positive integer (or -1 for per-row), got {group}")
     if method == "quanto" and group != QUANTO_GROUP:
         raise QuantbenchError(f"{what}: optimum-quanto uses a fixed group_size of {QUANTO_GROUP}, got {group}")
     quant_type, double_quant, packing = "", False, ""
     if method == "bnb" and bits == 4:
         quant_type = _choice(params.get("quant_type", "nf4"), "quant_type", what)
-        flag = str(params.get("double_quant", False)).lower()
-        if flag not in TRUE + FALSE:
-            raise QuantbenchError(f"{what}: double_quant must be true or false, got {params['double_quant']!r}")
-        double_quant = flag in TRUE
+        double_quant = _flag(params, "double_quant", what)
     elif method == "bnb" and ({"quant_type", "double_quant"} & set(params)):
         raise QuantbenchError(f"{what}: quant_type and double_quant apply to bits=4 only (LLM.int8 has neither)")
     if method == "torchao" and bits == 4:
         packing = _choice(params.get("packing", "int4"), "packing", what)
-    return WeightFormat(method, bits, group, dtype, quant_type, double_quant, packing)
+    symmetric = _flag(params, "symmetric", what) if method in ("rtn", "triton") else False
+    return WeightFormat(method, bits, group, dtype, quant_type, double_quant, symmetric, packing)

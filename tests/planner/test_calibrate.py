@@ -1,0 +1,120 @@
+"""Calibration over a hand-built results frame shaped like results.store.read_results()."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from quantbench.errors import QuantbenchError
+from quantbench.planner.calibrate import compare, error_by_method, within
+from quantbench.planner.estimate import CPU_RUNTIME_BYTES, Workload, estimate, weight_bytes
+from quantbench.planner.formats import weight_format
+from quantbench.planner.presets import preset
+
+ARCH = preset("smollm2-135m")
+REF = "embedded:smollm2-135m"
+
+
+def row(trial, method, params, metric, value, device="cpu", status="ok", model=REF, **extra):
+    return {
+        "trial_key": trial,
+        "model_ref": model,
+        "method": method,
+        "params_json": json.dumps(params),
+        "device": device,
+        "status": status,
+        "metric": metric,
+        "value": value,
+        "unit": "bytes",
+        **extra,
+    }
+
+
+def architecture_of(ref):
+    if ref != REF:
+        raise QuantbenchError(f"model {ref!r} not found")
+    return ARCH
+
+
+BNB = weight_format("bnb", {"bits": 4, "dtype": "bfloat16"})
+BASE32 = weight_format("baseline", {"dtype": "float32"})
+RSS_WORK = Workload(512, batch=1, all_logits=True, device="cpu")
+
+
+@pytest.fixture
+def frame():
+    bnb_weights = weight_bytes(ARCH, BNB).total
+    rss = estimate(ARCH, BASE32, RSS_WORK).total
+    cuda = estimate(ARCH, BNB, Workload(512, all_logits=True)).allocated
+    return pd.DataFrame(
+        [
+            # compute_dtype is bnb's name for the dtype; threshold does not change bytes
+            row("t1", "bnb", {"bits": 4, "compute_dtype": "bfloat16", "threshold": 6.0}, "weight_bytes", bnb_weights),
+            row("t1", "bnb", {"bits": 4}, "perplexity", 12.3),  # not a memory metric: ignored
+            row("t2", "baseline", {"dtype": "float32"}, "peak_rss_bytes", rss * 1.05, context_tokens=512, batch_size=1),
+            row(
+                "t3",
+                "bnb",
+                {"bits": 4, "compute_dtype": "bfloat16"},
+                "cuda_max_allocated_bytes",
+                cuda * 0.9,
+                device="cuda:0",
+                context_tokens=512,
+                batch_size=1,
+            ),
+            row("t4", "baseline", {}, "peak_rss_bytes", 1e9),  # no workload columns: no prediction
+            row("t5", "baseline", {}, "weight_bytes", 1e9, status="failed"),  # failed trials are skipped
+            row("t6", "baseline", {}, "weight_bytes", 1e9, model="org/unknown"),
+            row("t7", "gguf", {}, "weight_bytes", 1e9),
+        ]
+    )
+
+
+def test_compare_errors_per_trial(frame):
+    out = compare(frame, architecture_of=architecture_of).set_index("trial_key")
+    assert list(out.index) == ["t1", "t2", "t3", "t4", "t6", "t7"]
+    assert out.loc["t1", "error_pct"] == 0  # the planner's bytes are the backend's bytes
+    assert out.loc["t2", "error_pct"] == pytest.approx(100 * (1 / 1.05 - 1))
+    assert out.loc["t3", "error_pct"] == pytest.approx(100 * (1 / 0.9 - 1))
+    assert math.isnan(out.loc["t4", "predicted"]) and "no workload" in out.loc["t4", "note"]
+    assert "not found" in out.loc["t6", "note"]
+    assert "unknown method 'gguf'" in out.loc["t7", "note"]
+
+
+def test_cpu_rss_prediction_includes_the_measured_runtime(frame):
+    out = compare(frame, architecture_of=architecture_of).set_index("trial_key")
+    assert out.loc["t2", "predicted"] == estimate(ARCH, BASE32, RSS_WORK).total
+    assert out.loc["t2", "predicted"] > CPU_RUNTIME_BYTES
+
+
+def test_torchao_int4_packing_follows_the_device():
+    weights = {
+        dev: weight_bytes(ARCH, weight_format("torchao", {"bits": 4, "packing": p})).total
+        for dev, p in (("cpu", "intx"), ("cuda", "int4"))
+    }
+    frame = pd.DataFrame(
+        [
+            row(f"t-{dev}", "torchao", {"bits": 4, "compute_dtype": "bfloat16"}, "weight_bytes", value, device=dev)
+            for dev, value in weights.items()
+        ]
+    )
+    out = compare(frame, architecture_of=architecture_of)
+    assert list(out["error_pct"]) == [0, 0]
+
+
+def test_error_by_method_and_within(frame):
+    out = compare(frame, architecture_of=architecture_of)
+    table = error_by_method(out).set_index(["method", "metric"])
+    assert table.loc[("bnb", "weight_bytes"), "trials"] == 1
+    assert table.loc[("baseline", "peak_rss_bytes"), "max_abs_error_pct"] == pytest.approx(100 * (1 - 1 / 1.05))
+    assert within(out, 12)
+    assert not within(out, 5)
+    assert within(out, 5, metrics=("weight_bytes", "peak_rss_bytes"))
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(QuantbenchError, match="results frame lacks columns params_json, status"):
+        compare(pd.DataFrame(columns=["trial_key", "model_ref", "method", "device", "metric", "value"]))

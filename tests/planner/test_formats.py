@@ -1,0 +1,125 @@
+"""Bytes per linear layer for every method, against hand counts of what each library stores.
+
+The (1024 × 512) expectations are the state_dict sizes the libraries produced for a bf16
+nn.Linear(512, 1024) on this machine (2026-11: bitsandbytes 0.50.2, hqq 0.2.8, optimum-quanto
+0.2.7, torchao 0.18.0), minus per-tensor serialized metadata of < 200 bytes that the planner
+leaves out; each is also spelled out as arithmetic.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quantbench.errors import QuantbenchError
+from quantbench.planner.formats import weight_format
+
+ROWS, COLS = 1024, 512
+N = ROWS * COLS
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "expected"),
+    [
+        ("baseline", {"dtype": "bfloat16"}, N * 2),
+        ("baseline", {"dtype": "float32"}, N * 4),
+        ("bnb", {"bits": 8}, N + ROWS * 4 + 1),  # int8 + fp32 SCB per row + format byte
+        ("bnb", {}, N // 2 + N // 64 * 4 + 64),  # nf4: codes + fp32 absmax/64 + 16-entry map
+        ("bnb", {"quant_type": "fp4"}, N // 2 + N // 64 * 4 + 64),
+        # double quant: uint8 absmax per 64, fp32 per 256 blocks, 256-entry fp32 nested map
+        ("bnb", {"double_quant": "true"}, N // 2 + 64 + N // 64 + N // 64 // 256 * 4 + 1024),
+        # GPTQ g128: qweight + qzeros (4 groups × 1024·4/32 words) + fp16 scales + int32 g_idx
+        ("gptq", {"bits": 4, "group_size": 128}, N // 2 + 4 * 128 * 4 + 4 * ROWS * 2 + COLS * 4),
+        ("gptq", {"bits": 4, "group_size": -1}, N // 2 + 1 * 128 * 4 + 1 * ROWS * 2 + COLS * 4),
+        ("gptq", {"bits": 3, "group_size": 128}, N * 3 // 8 + 4 * 96 * 4 + 4 * ROWS * 2 + COLS * 4),
+        ("awq", {"group_size": 128}, N // 2 + 4 * 128 * 4 + 4 * ROWS * 2),  # no g_idx
+        ("hqq", {"bits": 4}, N // 2 + (N // 64) * 2 * 2),  # bf16 scale + zero per 64
+        ("hqq", {"bits": 3}, 820 * 64 * 4 + (N // 64) * 2 * 2),  # ceil(8192 groups / 10) int32 rows
+        ("hqq", {"bits": 2}, N // 4 + (N // 64) * 2 * 2),
+        ("hqq", {"bits": 1}, N // 8 + (N // 64) * 2 * 2),
+        ("hqq", {"bits": 8}, N + (N // 64) * 2 * 2),
+        ("quanto", {"bits": 8}, N + ROWS * 2 + 2 * 2),  # int8 + bf16 scale per row + in/out scales
+        ("quanto", {"bits": 4}, N // 2 + (N // 128) * 2 * 2 + 2 * 2),  # + bf16 scale, shift per 128
+        ("quanto", {"bits": 2}, N // 4 + (N // 128) * 2 * 2 + 2 * 2),
+        ("torchao", {"bits": 8}, N + ROWS * (4 + 1)),  # fp32 scale + int8 zero per row
+        ("torchao", {"bits": 4, "group_size": 128}, N // 2 + (N // 128) * 2 * 2),  # bf16 scale + zero
+        ("torchao", {"bits": 4, "packing": "intx", "group_size": 128}, N + (N // 128) * (2 + 1)),
+        ("torchao", {"bits": 4}, N // 2 + (N // 32) * 2 * 2),  # default group 32, as backends/torchao.py
+        ("rtn", {}, N // 2 + (N // 128) * 2 * 2),  # fp16 scale + fp16 zero per group
+        ("rtn", {"symmetric": "true"}, N // 2 + (N // 128) * 2),
+        ("rtn", {"bits": 3}, N * 3 // 8 + (N // 128) * 2 * 2),
+        ("triton", {"bits": 8, "group_size": -1}, N + ROWS * 2 * 2),
+    ],
+)
+def test_linear_bytes_by_hand(method, params, expected):
+    assert weight_format(method, params).linear_bytes(ROWS, COLS) == expected
+
+
+def test_project_format_matches_the_rtn_backend():
+    rtn = pytest.importorskip("quantbench.backends.rtn")
+    for bits, group, sym in [(4, 128, False), (8, -1, True), (3, 64, False), (2, 32, True)]:
+        fmt = weight_format("rtn", {"bits": bits, "group_size": group, "symmetric": sym})
+        assert fmt.linear_bytes(4096, 1024) == rtn.packed_bytes(4096, 1024, bits, group, sym)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "bits_per_weight"),
+    [
+        ("bnb", {}, 4.5),  # the textbook figure for nf4: 4 + 32/64
+        ("gptq", {"group_size": 128}, 4 + 16 / 128 + 4 / 128 + 32 / 8192),  # scales, 4-bit zeros, g_idx
+        ("hqq", {}, 4 + 32 / 64),
+        ("bnb", {"double_quant": True}, 4 + 8 / 64 + 32 / 64 / 256),
+    ],
+)
+def test_bits_per_weight_on_a_large_matrix(method, params, bits_per_weight):
+    rows = cols = 8192
+    got = 8 * weight_format(method, params).linear_bytes(rows, cols) / (rows * cols)
+    assert got == pytest.approx(bits_per_weight, abs=0.001)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "label"),
+    [
+        ("baseline", {}, "baseline bfloat16"),
+        ("gptq", {}, "gptq 4-bit group 128"),
+        ("gptq", {"group_size": -1}, "gptq 4-bit per row"),
+        ("bnb", {"double_quant": "yes"}, "bnb 4-bit nf4 + double quant"),
+        ("bnb", {"bits": 8}, "bnb 8-bit"),
+        ("torchao", {"bits": 4, "packing": "intx"}, "torchao 4-bit intx group 32"),
+        ("rtn", {"symmetric": "1"}, "rtn 4-bit group 128 symmetric"),
+    ],
+)
+def test_labels(method, params, label):
+    assert weight_format(method, params).label == label
+
+
+@pytest.mark.parametrize(
+    ("method", "fused"),
+    [("bnb", True), ("hqq", True), ("quanto", True), ("gptq", False), ("triton", False), ("baseline", False)],
+)
+def test_which_methods_dequantize_a_whole_weight(method, fused):
+    assert weight_format(method).dequantizes_weights is fused
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("gguf", {}, "unknown method 'gguf' for the planner; methods: baseline, rtn, bnb"),
+        ("baseline", {"bits": 4}, r"unknown parameter bits \(valid: dtype\)"),
+        ("bnb", {"group_size": 64}, r"unknown parameter group_size \(valid: dtype, bits, quant_type, double_quant\)"),
+        ("awq", {"bits": 3}, "bits must be one of 4, got 3"),
+        ("gptq", {"bits": "four"}, "bits must be an integer, got 'four'"),
+        ("gptq", {"group_size": 0}, "group_size must be a positive integer"),
+        ("quanto", {"group_size": -1}, "group_size must be a positive integer"),
+        ("quanto", {"bits": 4, "group_size": 64}, "fixed group_size of 128, got 64"),
+        ("bnb", {"quant_type": "nf3"}, "quant_type must be one of nf4, fp4, got 'nf3'"),
+        ("bnb", {"bits": 8, "double_quant": True}, "apply to bits=4 only"),
+        ("bnb", {"double_quant": "maybe"}, "double_quant must be true or false, got 'maybe'"),
+        ("rtn", {"symmetric": "sometimes"}, "symmetric must be true or false"),
+        ("torchao", {"bits": 4, "packing": "zip"}, "packing must be one of int4, intx"),
+        ("hqq", {"dtype": "int8"}, "dtype must be one of float32, bfloat16, float16, got 'int8'"),
+    ],
+)
+def test_bad_method_parameters(method, params, message):
+    with pytest.raises(QuantbenchError, match=message) as err:
+        weight_format(method, params)
+    assert "\n" not in str(err.value)
