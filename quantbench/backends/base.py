@@ -147,3 +147,21 @@ def check_group_size(module: torch.nn.Module, group_size: int, skip: tuple[str, 
 def int_choice(*values: int) -> object:
     """An int field restricted to `values` that also accepts the CLI's strings ("4")."""
     return Annotated[Literal[values], BeforeValidator(lambda v: int(v) if isinstance(v, str) and v.isdigit() else v)]
+
+
+def calibration_windows(calibration: Corpus | None, tokenizer, n_samples: int, seq_len: int) -> torch.Tensor:
+    """`n_samples` windows of `seq_len` tokens spread evenly over the calibration text (the builtin
+    corpus when the runner gave none), as a (n_samples, seq_len) tensor of token ids."""
+    from quantbench.corpora import load_corpus
+
+    corpus = calibration if calibration is not None else load_corpus("builtin")
+    # Tokenizing a whole corpus takes seconds; at ~4 characters per token, 12 per token needed
+    # leaves ample room while keeping the windows spread over a deterministic prefix.
+    ids = tokenizer(corpus.text[: 12 * n_samples * seq_len], return_tensors="pt").input_ids[0]
+    if len(ids) < n_samples * seq_len:
+        raise QuantbenchError(
+            f"calibration corpus {corpus.name!r} has {len(ids)} tokens, fewer than "
+            f"n_samples × seq_len = {n_samples * seq_len}"
+        )
+    starts = torch.linspace(0, len(ids) - seq_len, n_samples).long().tolist()
+    return torch.stack([ids[start : start + seq_len] for start in starts])

@@ -13,6 +13,7 @@ BACKENDS: dict[str, str] = {
     "triton": "quantbench.backends.triton:TritonBackend",
     "bnb": "quantbench.backends.bnb:BnbBackend",
     "torchao": "quantbench.backends.torchao:TorchaoBackend",
+    "quanto": "quantbench.backends.quanto:QuantoBackend",
 }
 
 

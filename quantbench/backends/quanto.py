@@ -1,0 +1,117 @@
+"""optimum-quanto: int8/int4/int2/float8 weights, optionally int8 activations with scales
+calibrated on a few windows of text. Quantized in memory after a plain load (quanto models
+cannot be saved through transformers)."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from typing import Literal
+
+import torch
+from pydantic import PositiveInt, model_validator
+
+from quantbench import models
+from quantbench.backends.base import (
+    Availability,
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    calibration_windows,
+    weight_bytes,
+    weight_count,
+)
+from quantbench.corpora import Corpus
+from quantbench.models import ResolvedModel
+
+CALIBRATION_ONLY = ("calibration_samples", "seq_len")
+
+
+class QuantoParams(MethodParams):
+    weights: Literal["int8", "int4", "int2", "float8"] = "int8"
+    activations: Literal["none", "int8"] = "none"
+    calibration_samples: PositiveInt = 16  # activations=int8 only: windows that set activation scales
+    seq_len: PositiveInt = 256  # activations=int8 only
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    @model_validator(mode="after")
+    def _calibration_needs_activations(self) -> QuantoParams:
+        given = self.model_fields_set & set(CALIBRATION_ONLY)
+        if self.activations == "none" and given:
+            raise ValueError(f"{'/'.join(sorted(given))} applies to activations=int8 only")
+        if self.activations == "int8" and self.weights != "int8":
+            raise ValueError("activations=int8 needs weights=int8")
+        return self
+
+
+class QuantoBackend(Backend):
+    name = "quanto"
+    library = "optimum-quanto"
+    Params = QuantoParams
+
+    def check(self, device: str) -> Availability:
+        base = super().check(device)
+        if base.ok and device == "cpu" and not (shutil.which("g++") and shutil.which("ninja")):
+            return Availability(True, "int4/int2 need g++ and ninja to build quanto's C++ extension (apt install g++)")
+        return base
+
+    def quantize(
+        self, model: ResolvedModel, params: QuantoParams, device: str, calibration: Corpus | None = None
+    ) -> QuantizedModel:
+        from optimum.quanto import Calibration, QLinear, freeze, qfloat8, qint2, qint4, qint8, quantize
+
+        qtypes = {"int8": qint8, "int4": qint4, "int2": qint2, "float8": qfloat8}
+        module = models.load(model, dtype=params.compute_dtype, device=device)
+        tokenizer = models.load_tokenizer(model)
+        count = weight_count(module)
+        activations = qint8 if params.activations == "int8" else None
+        quantize(module, weights=qtypes[params.weights], activations=activations, exclude=["lm_head"])
+        if activations is not None:
+            windows = calibration_windows(calibration, tokenizer, params.calibration_samples, params.seq_len)
+            with torch.no_grad(), Calibration():
+                for window in windows:
+                    module(input_ids=window[None].to(device), use_cache=False)
+        freeze(module)
+        layers = [m for m in module.modules() if isinstance(m, QLinear)]
+        for layer in layers:
+            if type(layer.weight).__name__ == "WeightQBitsTensor":
+                layer.forward = _outside_inference_mode(layer.forward)
+        size = weight_bytes(module)
+        return QuantizedModel(
+            module=module,
+            tokenizer=tokenizer,
+            device=device,
+            weight_bytes=size,
+            bits_per_weight=8 * size / count,
+            kernel="; ".join(sorted({_kernel(layer, params) for layer in layers})),
+        )
+
+
+def _outside_inference_mode(forward):
+    """quanto's generic packed int2/int4 weights fail under torch.inference_mode ("Cannot set
+    version_counter for inference tensor" when the matmul transposes the wrapper tensor), and
+    evals run in inference mode; these layers run under no_grad instead, which is equivalent here."""
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with torch.inference_mode(False), torch.no_grad():
+            return forward(*args, **kwargs)
+
+    return run
+
+
+def _kernel(layer: torch.nn.Module, params: QuantoParams) -> str:
+    """The matmul quanto 0.2.x dispatches to for this layer's weight type (`library/qbytes_mm.py`)."""
+    kind = type(layer.weight).__name__
+    on_cpu = layer.weight.device.type == "cpu"
+    if kind == "TinyGemmWeightQBitsTensor":
+        return "quanto int4 TinyGemm " + ("_weight_int4pack_mm_for_cpu" if on_cpu else "_weight_int4pack_mm")
+    if kind == "AWQWeightQBitsTensor":
+        return "quanto int4 AWQ GEMM (CUDA)"
+    if kind == "WeightQBitsTensor":
+        return f"quanto {params.weights} unpack + dequantize + {params.compute_dtype} matmul"
+    if params.activations == "int8":
+        return "quanto int8 weights × int8 activations torch._int_mm"
+    if params.weights == "int8" and on_cpu and params.compute_dtype == "bfloat16" and layer.in_features % 4 == 0:
+        return "quanto int8 torch._weight_int8pack_mm"
+    return f"quanto {params.weights} {kind} dequantize + {params.compute_dtype} matmul"
