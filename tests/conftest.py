@@ -3,7 +3,6 @@ to the real data under ../shared/data that tests and CI may read."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 WIKITEXT_TEST = SHARED_DATA / "wikitext2" / "wiki.test.raw"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_cache(tmp_path_factory):
-    """Hashes and dequantized models go to a per-session cache, unless the caller set one
-    (make test shares the user's cache so the embedded model is dequantized only once)."""
-    if "QUANTBENCH_CACHE" not in os.environ:
-        os.environ["QUANTBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-
-
 def build_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer trained on CPython's help texts: fast, offline, real offsets."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -70,7 +70,7 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from quantbench.runner.trial import plan_trial, run_trial
+    from quantbench.runner.trial import completed_keys, execute, plan_trial, prepare_trial
 
     _quiet_libraries()
     model = ModelRef(args.model, trust_remote_code=args.trust_remote_code)
@@ -84,13 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     evals = [EvalSpec(name, protocol) for name in args.eval or ["perplexity"]]
     # Plan every trial before running any, so a typo in the last method fails in a second.
     specs = [plan_trial(model, MethodSpec.parse(m), evals, args.device) for m in args.method or ["baseline"]]
-    failed = 0
+    done = set() if args.force else completed_keys(args.store)
     for spec in specs:
+        if spec.key in done:
+            print(f"[{spec.key}] {spec.method.label}: already in the store (use --force to re-run)", file=sys.stderr)
+    prepared = [prepare_trial(spec, args.store) for spec in specs if spec.key not in done]
+    failed = 0
+    for trial in prepared:
+        spec = trial.spec
         print(f"[{spec.key}] {spec.method.label} on {spec.model.ref} ({spec.device})", file=sys.stderr, flush=True)
-        outcome = run_trial(spec, args.store, force=args.force)
-        if outcome.status == "skipped":
-            print("  already in the store (use --force to re-run)", file=sys.stderr)
-        elif outcome.status == "failed":
+        outcome = execute(trial, args.store)
+        if outcome.status == "failed":
             failed += 1
             print(f"  FAILED: {outcome.error}", file=sys.stderr)
     _print_trials(args.store, keys={s.key for s in specs})

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
+from quantbench.models import ResolvedModel, load_tokenizer
 
 
 class PerplexityParams(BaseModel):
@@ -102,11 +103,7 @@ def evaluate(
     del encoding  # Python lists of ints cost ~10x the tensors
     if params.max_tokens is not None:
         ids = ids[: params.max_tokens]
-    if len(ids) < params.seq_len:
-        raise QuantbenchError(
-            f"corpus {corpus.name!r} has {len(ids)} tokens, fewer than one window of seq_len {params.seq_len}; "
-            "use a smaller --seq-len or a larger corpus"
-        )
+    _check_length(len(ids), corpus, params)
 
     nll_sum, tokens, n_bytes, words, n_windows, forward_seconds = 0.0, 0, 0, 0, 0, 0.0
     for batch in _chunks(windows(len(ids), params.seq_len, params.stride or params.seq_len), params.batch_size):
@@ -151,6 +148,20 @@ def _chunks(items: Iterator[Window], size: int) -> Iterator[list[Window]]:
 
 
 Params = PerplexityParams
+
+
+def check_inputs(model: ResolvedModel, params: PerplexityParams, corpus: Corpus) -> None:
+    """Fail before quantizing when the corpus cannot fill one window (costs one tokenization)."""
+    n_tokens = len(load_tokenizer(model)(corpus.text, verbose=False)["input_ids"])
+    _check_length(min(n_tokens, params.max_tokens or n_tokens), corpus, params)
+
+
+def _check_length(n_tokens: int, corpus: Corpus, params: PerplexityParams) -> None:
+    if n_tokens < params.seq_len:
+        raise QuantbenchError(
+            f"corpus {corpus.name!r} has {n_tokens} tokens, fewer than one window of seq_len {params.seq_len}; "
+            "use a smaller --seq-len or a larger corpus"
+        )
 
 
 def run(model: QuantizedModel, params: PerplexityParams, corpus: Corpus) -> list[tuple[str, float, str]]:

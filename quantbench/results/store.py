@@ -96,10 +96,8 @@ def read_results(store: Path) -> StoreContents:
 
 def _query(files: list[Path]) -> pd.DataFrame:
     with duckdb.connect() as con:
-        return con.execute(
-            "SELECT * FROM read_parquet(?, union_by_name = true) ORDER BY created_at, trial_key",
-            [[str(f) for f in files]],
-        ).df()
+        query = "SELECT * FROM read_parquet($files, union_by_name = true) ORDER BY created_at, trial_key"
+        return con.sql(query, params={"files": [str(f) for f in files]}).to_arrow_table().to_pandas()
 
 
 def _problem(path: Path) -> str | None:

@@ -60,11 +60,18 @@ def completed_keys(store: Path) -> set[str]:
     return set(frame.loc[frame["status"] == "ok", "trial_key"])
 
 
-def run_trial(spec: TrialSpec, store: Path, force: bool = False) -> TrialOutcome:
-    """Run `spec` (already planned) and write its rows to `store`; skip it if already done."""
-    if not force and spec.key in completed_keys(store):
-        return TrialOutcome(spec, "skipped")
+@dataclass(frozen=True)
+class PreparedTrial:
+    """A trial whose inputs were all checked: the model found, corpora read, the method available."""
 
+    spec: TrialSpec
+    backend: Backend
+    model: models.ResolvedModel
+    corpora: dict[str, Corpus]
+
+
+def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
+    """Every check that can fail on bad input, done before any measurement (QuantbenchError)."""
     backend = get_backend(spec.method.name)
     availability = backend.check(spec.device)
     if not availability.ok:
@@ -72,26 +79,36 @@ def run_trial(spec: TrialSpec, store: Path, force: bool = False) -> TrialOutcome
     result_store.check_writable(store)
     resolved = models.resolve(spec.model)
     corpora = {e.params["corpus"]: load_corpus(e.params["corpus"]) for e in spec.evals if "corpus" in e.params}
+    for eval_spec in spec.evals:
+        eval_module = get_eval(eval_spec.name)
+        params = eval_module.Params.model_validate(eval_spec.params)
+        eval_module.check_inputs(resolved, params, corpora.get(eval_spec.params.get("corpus")))
+    return PreparedTrial(spec, backend, resolved, corpora)
 
+
+def execute(trial: PreparedTrial, store: Path) -> TrialOutcome:
+    """Quantize, evaluate and write the rows of a prepared trial; a crash becomes a failed trial."""
+    spec = trial.spec
     header = TrialHeader(
         trial_key=spec.key,
         model_ref=spec.model.ref,
-        model_fingerprint=resolved.fingerprint,
+        model_fingerprint=trial.model.fingerprint,
         method=spec.method.name,
         method_label=spec.method.label,
         params=dict(spec.method.params),
         device=spec.device,
         hardware=environment.hardware(spec.device),
         hardware_fingerprint=environment.hardware_fingerprint(spec.device),
-        versions=environment.versions(backend.library),
+        versions=environment.versions(trial.backend.library),
         git_sha=environment.git_sha(),
     )
     try:
-        metrics, kernel = _measure(spec, backend, resolved, corpora)
+        metrics, kernel = _measure(trial)
     except QuantbenchError:
         raise
     except Exception as exc:  # any library failure mid-trial is recorded, not fatal to a sweep
-        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {message}"
         detail = traceback.format_exc(limit=-3)
         path = result_store.write_trial(store, spec.key, trial_table(header, [], error=f"{error}\n{detail}"))
         return TrialOutcome(spec, "failed", error=error, path=path)
@@ -99,14 +116,13 @@ def run_trial(spec: TrialSpec, store: Path, force: bool = False) -> TrialOutcome
     return TrialOutcome(spec, "ok", metrics, path=path)
 
 
-def _measure(
-    spec: TrialSpec, backend: Backend, resolved: models.ResolvedModel, corpora: dict[str, Corpus]
-) -> tuple[list[Metric], str]:
-    params = backend.Params.model_validate(spec.method.params)
+def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
+    spec = trial.spec
+    params = trial.backend.Params.model_validate(spec.method.params)
     torch.manual_seed(0)
     start = time.perf_counter()
     with PeakMemory() as quantize_memory:
-        model = backend.quantize(resolved, params, spec.device)
+        model = trial.backend.quantize(trial.model, params, spec.device)
     metrics = [
         Metric("quantize", "quantize_seconds", time.perf_counter() - start, "s"),
         Metric("quantize", "quantize_peak_rss_bytes", quantize_memory.peak.rss_bytes, "bytes"),
@@ -120,7 +136,7 @@ def _measure(
     for eval_spec in spec.evals:
         eval_module = get_eval(eval_spec.name)
         eval_params = eval_module.Params.model_validate(eval_spec.params)
-        corpus = corpora.get(eval_spec.params.get("corpus"))
+        corpus = trial.corpora.get(eval_spec.params.get("corpus"))
         with PeakMemory() as eval_memory:
             rows = eval_module.run(model, eval_params, corpus)
         tags = {"protocol": dict(eval_spec.params)}

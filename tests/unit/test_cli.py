@@ -1,0 +1,95 @@
+"""The command line end to end on the tiny model: what a user types, what they see, what is stored."""
+
+import pytest
+
+from quantbench.app.cli import main
+from quantbench.backends.baseline import BaselineBackend
+from quantbench.results.store import read_results
+
+
+@pytest.fixture
+def run_args(tiny_model_dir, tmp_path):
+    return ["run", "--model", str(tiny_model_dir), "--seq-len", "32", "--max-tokens", "128", "--store", str(tmp_path)]
+
+
+def test_run_stores_a_trial_that_results_lists(run_args, tmp_path, capsys):
+    assert main(run_args) == 0
+    out = capsys.readouterr().out
+    assert "baseline:dtype=float32" in out and "ppl" in out
+    frame = read_results(tmp_path).frame
+    assert set(frame["status"]) == {"ok"}
+    metrics = dict(zip(frame["metric"], frame["value"], strict=True))
+    assert metrics["perplexity"] > 1
+    assert metrics["tokens_scored"] == 4 * 31
+    assert metrics["weight_bytes"] > 0 and metrics["peak_rss_bytes"] > 0
+
+    assert main(["results", "--store", str(tmp_path)]) == 0
+    assert frame["trial_key"][0] in capsys.readouterr().out
+
+
+def test_a_second_run_is_skipped_unless_forced(run_args, tmp_path, capsys):
+    assert main(run_args) == 0
+    first = read_results(tmp_path).frame["created_at"][0]
+    assert main(run_args) == 0
+    assert "already in the store" in capsys.readouterr().err
+    assert read_results(tmp_path).frame["created_at"][0] == first
+    assert main([*run_args, "--force"]) == 0
+    assert read_results(tmp_path).frame["created_at"][0] > first
+
+
+def test_two_methods_give_two_trials(run_args, tmp_path):
+    assert main([*run_args, "--method", "baseline", "--method", "baseline:dtype=bfloat16"]) == 0
+    assert read_results(tmp_path).frame["trial_key"].nunique() == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "/no/such/dir"}, "not found"),
+        ({"--method": "gptq-turbo"}, "unknown method 'gptq-turbo'"),
+        ({"--method": "baseline:dtype=int4"}, "dtype: Input should be"),
+        ({"--seq-len": "1"}, "seq_len: Input should be greater than or equal to 2"),
+        ({"--seq-len": "100000"}, "fewer than one window of seq_len 100000"),
+        ({"--corpus": "/no/such/corpus.txt"}, "corpus '/no/such/corpus.txt' not found"),
+        ({"--device": "cuda"}, "unavailable on cuda: no CUDA device"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_stores_nothing(run_args, tmp_path, capsys, change, message):
+    args = list(run_args)
+    for flag, value in change.items():
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("quantbench: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_unwritable_store_fails_before_any_work(run_args, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = [*run_args[:-1], str(blocker / "store")]
+    assert main(args) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_a_crash_inside_a_trial_is_stored_as_a_failed_trial(run_args, tmp_path, monkeypatch, capsys):
+    # Fault injection: no real library crashes on demand, so the baseline is made to raise.
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated kernel crash")
+
+    monkeypatch.setattr(BaselineBackend, "quantize", crash)
+    assert main(run_args) == 1
+    assert "FAILED: RuntimeError: simulated kernel crash" in capsys.readouterr().err
+    frame = read_results(tmp_path).frame
+    assert list(frame["status"]) == ["failed"]
+    assert frame["error"][0].startswith("RuntimeError: simulated kernel crash")
+
+
+def test_methods_lists_the_baseline(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "dtype=float32" in out

@@ -1,0 +1,132 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, build_tiny_llama
+
+from quantbench.corpora import Corpus, load_corpus
+from quantbench.errors import QuantbenchError
+from quantbench.evals.perplexity import PerplexityParams, evaluate, windows
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_tokenizer):
+    model = build_tiny_llama(vocab_size=len(tiny_tokenizer))
+    return model, lambda ids: model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus("builtin")
+
+
+def _ids(tokenizer, corpus, n):
+    return torch.tensor(tokenizer(corpus.text, verbose=False)["input_ids"][:n])
+
+
+@torch.inference_mode()
+def test_matches_the_models_own_loss_on_non_overlapping_windows(tiny, tiny_tokenizer, corpus):
+    model, logits_fn = tiny
+    seq_len, n_windows = 32, 5
+    result = evaluate(logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=seq_len, max_tokens=170))
+    ids = _ids(tiny_tokenizer, corpus, seq_len * n_windows).view(n_windows, seq_len)
+    # Independent computation: transformers' own shifted loss, window by window, equal weights.
+    losses = [model(input_ids=w[None], labels=w[None]).loss.item() for w in ids]
+    expected = math.exp(sum(losses) / len(losses))
+    assert result.windows == n_windows
+    assert result.tokens_scored == n_windows * (seq_len - 1)
+    assert result.perplexity == pytest.approx(expected, rel=1e-4)
+
+
+@torch.inference_mode()
+def test_sliding_windows_match_the_transformers_documented_recipe(tiny, tiny_tokenizer, corpus):
+    model, logits_fn = tiny
+    seq_len, stride, n = 32, 8, 96
+    result = evaluate(logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=seq_len, stride=stride, max_tokens=n))
+    ids = _ids(tiny_tokenizer, corpus, n)[None]
+    # The recipe from the transformers perplexity guide: mask the already-scored tokens with -100.
+    nll_sum, count, prev_end = 0.0, 0, 0
+    for begin in range(0, n - seq_len + 1, stride):
+        end = begin + seq_len
+        target = ids[:, begin:end].clone()
+        target[:, : -(end - prev_end)] = -100
+        scored = (target[:, 1:] != -100).sum().item()
+        nll_sum += model(input_ids=ids[:, begin:end], labels=target).loss.item() * scored
+        count += scored
+        prev_end = end
+    assert result.tokens_scored == count == n - 1
+    assert result.perplexity == pytest.approx(math.exp(nll_sum / count), rel=1e-4)
+
+
+def test_batching_windows_does_not_change_the_result(tiny, tiny_tokenizer, corpus):
+    _, logits_fn = tiny
+    one = evaluate(logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=32, max_tokens=200))
+    three = evaluate(logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=32, max_tokens=200, batch_size=3))
+    assert three.perplexity == pytest.approx(one.perplexity, rel=1e-5)
+    assert three.tokens_scored == one.tokens_scored
+
+
+def test_bits_per_byte_and_word_perplexity_follow_their_definitions(tiny, tiny_tokenizer):
+    _, logits_fn = tiny
+    text = "alpha beta gamma delta epsilon " * 40
+    corpus = Corpus("words", (text,))
+    result = evaluate(
+        logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=len(tiny_tokenizer(text)["input_ids"]))
+    )
+    # One window over the whole text: everything after the first token is scored.
+    offsets = tiny_tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    covered = text[offsets[1][0] :]
+    total_nll = result.nll_mean * result.tokens_scored
+    assert result.bits_per_byte == pytest.approx(total_nll / math.log(2) / len(covered.encode()), rel=1e-9)
+    assert result.word_perplexity == pytest.approx(math.exp(total_nll / len(covered.split())), rel=1e-9)
+
+
+@pytest.mark.parametrize(("n", "seq_len", "stride"), [(10, 4, 4), (10, 4, 1), (11, 5, 3), (4, 4, 2)])
+def test_windows_score_every_token_after_the_first_at_most_once(n, seq_len, stride):
+    scored = [t for w in windows(n, seq_len, stride) for t in range(w.first_target, w.end)]
+    assert len(scored) == len(set(scored))
+    assert min(scored) == 1
+    assert all(w.end - w.begin == seq_len for w in windows(n, seq_len, stride))
+
+
+def test_corpus_shorter_than_one_window(tiny, tiny_tokenizer):
+    _, logits_fn = tiny
+    with pytest.raises(QuantbenchError, match="fewer than one window of seq_len 4096"):
+        evaluate(logits_fn, tiny_tokenizer, Corpus("short", ("a few words",)), PerplexityParams(seq_len=4096))
+
+
+PEAK_SCRIPT = """
+import json, resource, sys
+sys.path.insert(0, "tests")
+import torch
+from conftest import build_tokenizer, build_tiny_llama
+from quantbench.corpora import Corpus
+from quantbench.evals.perplexity import PerplexityParams, evaluate
+tok = build_tokenizer()
+# A wide vocabulary makes each window's logits large (32 KiB per token), so keeping them
+# around would show up at once in the peak.
+model = build_tiny_llama(vocab_size=8192)
+text = open(sys.argv[1]).read()[: int(sys.argv[2])]
+with torch.inference_mode():
+    evaluate(lambda ids: model(input_ids=ids).logits, tok, Corpus("w", (text,)), PerplexityParams(seq_len=256))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kib": before}))
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_corpus_length(wikitext_test):
+    def peak_mib(chars: int) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_SCRIPT, str(wikitext_test), str(chars)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_kib"] / 1024
+
+    small, large = peak_mib(40_000), peak_mib(160_000)
+    # 4x the text is ~40k more tokens: keeping their logits would cost > 1.2 GiB, while the
+    # ids, offsets and the tokenizer's own bookkeeping for them stay within tens of MiB.
+    assert large - small < 150, (small, large)
