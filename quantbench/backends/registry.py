@@ -14,6 +14,7 @@ BACKENDS: dict[str, str] = {
     "bnb": "quantbench.backends.bnb:BnbBackend",
     "torchao": "quantbench.backends.torchao:TorchaoBackend",
     "quanto": "quantbench.backends.quanto:QuantoBackend",
+    "hqq": "quantbench.backends.hqq:HqqBackend",
 }
 
 
