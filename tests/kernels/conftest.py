@@ -1,16 +1,34 @@
 """Kernel tests run the Triton kernels on the CPU through triton's interpreter.
 
-TRITON_INTERPRET is read when a kernel is decorated, i.e. when quantbench.kernels.triton_matmul is
-first imported, so it is set here, before any test module imports it. Set TRITON_INTERPRET=0 to
-run them on a GPU instead (the tensors then need moving there; these tests do not).
+TRITON_INTERPRET is read when a function is decorated with @triton.jit: ours, when
+quantbench.kernels.triton_matmul is imported, and triton's own library functions (tl.zeros, ...),
+when triton is imported. So it must be set before triton is imported. Another test module may
+already have imported it during collection (bitsandbytes imports triton); then triton's Python
+modules are dropped so the next import rebuilds them in interpreter mode. The compiled extension
+`triton._C` stays: it cannot be initialised twice, and it does not depend on the mode.
 """
 
 import os
+import sys
 
 import pytest
 import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+
+def _use_triton_interpreter() -> None:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    stale = [
+        name
+        for name in sys.modules
+        if (name == "triton" or name.startswith("triton.")) and not name.startswith("triton._C")
+    ]
+    for name in [*stale, "quantbench.kernels.triton_matmul"]:
+        sys.modules.pop(name, None)
+
+
+_use_triton_interpreter()
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
