@@ -15,6 +15,8 @@ BACKENDS: dict[str, str] = {
     "torchao": "quantbench.backends.torchao:TorchaoBackend",
     "quanto": "quantbench.backends.quanto:QuantoBackend",
     "hqq": "quantbench.backends.hqq:HqqBackend",
+    "gptq": "quantbench.backends.gptq:GptqBackend",
+    "awq": "quantbench.backends.awq:AwqBackend",
 }
 
 

@@ -1,0 +1,137 @@
+"""GPTQ through GPTQModel (AutoGPTQ is archived and transformers v5 dropped it). The shared
+GPTQModel flow (calibrate on text windows, quantize, save, reload with the inference kernel
+GPTQModel picks for this machine) lives here; awq.py reuses it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Literal
+
+import torch
+from pydantic import PositiveInt, field_validator
+
+from quantbench import models
+from quantbench.backends.base import (
+    Availability,
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    calibration_windows,
+    check_group_size,
+    int_choice,
+    meta_model,
+    weight_bytes,
+    weight_count,
+)
+from quantbench.corpora import Corpus
+from quantbench.models import ResolvedModel
+
+
+class GptqModelParams(MethodParams):
+    """What GPTQ and AWQ share: groups, calibration size, and the dtype the kernels compute in."""
+
+    group_size: int = 128  # -1: one group per output row
+    # 128 windows of 256 tokens: the usual sample count, shorter windows to keep CPU runs short
+    n_samples: PositiveInt = 128
+    seq_len: PositiveInt = 256
+    # GPTQModel's CPU kernels (ATen int4pack, AWQ) compute in half precision
+    compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+
+    @field_validator("group_size")
+    @classmethod
+    def _positive_or_per_row(cls, value: int) -> int:
+        if value != -1 and value <= 0:
+            raise ValueError("must be positive, or -1 for one group per output row")
+        return value
+
+
+class GptqParams(GptqModelParams):
+    bits: int_choice(2, 3, 4, 8) = 4
+    desc_act: bool = False  # quantize columns in order of decreasing activation size
+    sym: bool = True
+    damp: float = 0.05  # fraction of the Hessian's mean diagonal added for stability
+
+    @field_validator("damp")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("must be between 0 and 1")
+        return value
+
+
+class GptqModelBackend(Backend):
+    """GPTQModel-based methods: subclasses give the method's GPTQModel config."""
+
+    library = "gptqmodel"
+    requires_calibration = True
+    is_serializable = True
+
+    def check(self, device: str) -> Availability:
+        base = super().check(device)
+        if self.library_version() is None and base.reason.startswith(f"{self.library} is not installed"):
+            return Availability(
+                False,
+                f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}), so it lives "
+                "in its own environment (pip install torch==2.14.1 gptqmodel)",
+            )
+        return base
+
+    def gptqmodel_config(self, params: GptqModelParams) -> object:
+        raise NotImplementedError
+
+    def check_shapes(self, skeleton: torch.nn.Module, params: GptqModelParams) -> None:
+        """Raise QuantbenchError, before any weight is read, for layers the method cannot quantize."""
+        if params.group_size > 0:
+            check_group_size(skeleton, params.group_size)
+
+    def quantize(
+        self, model: ResolvedModel, params: GptqModelParams, device: str, calibration: Corpus | None = None
+    ) -> QuantizedModel:
+        skeleton = meta_model(model)
+        self.check_shapes(skeleton, params)
+        tokenizer = models.load_tokenizer(model)
+        windows = calibration_windows(calibration, tokenizer, params.n_samples, params.seq_len)
+        texts = tokenizer.batch_decode(windows)  # GPTQModel takes text, never a dataset name
+        # GPTQModel's loader asks for 2 CPU workers but by default grants (cores + 1) // 2, which
+        # fails on machines with 2 cores or fewer; it reads this variable when first imported.
+        if ((os.cpu_count() or 1) + 1) // 2 < 2:
+            os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+        from gptqmodel import GPTQModel
+
+        dtype = models.DTYPES[params.compute_dtype]
+        work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype)
+        work.quantize(texts, batch_size=1)
+        # Reloading the saved checkpoint selects the inference kernel for this device (quantize
+        # leaves the packing kernel in place), so measurements see what a user would deploy.
+        with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
+            work.save(tmp)
+            del work
+            module = GPTQModel.load(tmp, device=device, dtype=dtype).model.eval()
+        layer = next(m for m in module.modules() if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear"))
+        size = weight_bytes(module)
+        return QuantizedModel(
+            module=module,
+            tokenizer=tokenizer,
+            device=device,
+            weight_bytes=size,
+            bits_per_weight=8 * size / weight_count(skeleton),
+            kernel=f"GPTQModel {type(layer).__name__}",
+        )
+
+
+class GptqBackend(GptqModelBackend):
+    name = "gptq"
+    Params = GptqParams
+
+    def gptqmodel_config(self, params: GptqParams) -> object:
+        from gptqmodel import GPTQConfig
+
+        return GPTQConfig(
+            bits=params.bits,
+            group_size=params.group_size,
+            desc_act=params.desc_act,
+            act_group_aware=not params.desc_act,  # GPTQModel's default; it excludes desc_act
+            sym=params.sym,
+            damp_percent=params.damp,
+        )

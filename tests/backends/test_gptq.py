@@ -1,0 +1,118 @@
+"""GPTQ and AWQ through GPTQModel. GPTQModel needs torch >= 2.14.1, so it lives in its own
+environment: the quantization tests run there and skip elsewhere; the check() test runs anywhere."""
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import build_tiny_llama
+
+from quantbench import models
+from quantbench.backends.awq import AwqBackend
+from quantbench.backends.gptq import GptqBackend
+from quantbench.errors import QuantbenchError
+from quantbench.spec import ModelRef, validate_params
+
+INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
+# tiny calibration: the tiny model has 2 layers and hidden 64, so groups of 32
+SMALL = {"group_size": 32, "n_samples": 8, "seq_len": 64}
+
+
+@pytest.fixture(scope="module")
+def resolved(tiny_model_dir):
+    pytest.importorskip("gptqmodel")
+    return models.resolve(ModelRef(str(tiny_model_dir)))
+
+
+@pytest.fixture(scope="module")
+def baseline(resolved):
+    module = models.load(resolved, dtype="float32")
+    with torch.inference_mode():
+        logits = module(input_ids=INPUT_IDS).logits
+    return module, logits
+
+
+def quantize(backend, resolved, **raw):
+    return backend.quantize(resolved, validate_params(backend.Params, {**SMALL, **raw}, backend.name), "cpu")
+
+
+def expected_bytes(base: torch.nn.Module, bits: int, g_idx: bool) -> int:
+    """The GPTQ/AWQ packed format: bits/8 bytes per weight in int32 words, per group of 32 a
+    bf16 scale and a bits-wide zero point per output column, GPTQ's int32 group index per input
+    column. Layers left unquantized stay in bf16."""
+    linears = {n: m for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    total = 0
+    for layer in linears.values():
+        out, inp = layer.weight.shape
+        groups = inp // SMALL["group_size"]
+        total += inp * out * bits // 8 + groups * out * (2 + bits / 8) + (4 * inp if g_idx else 0)
+    quantized = {id(m.weight) for m in linears.values()}
+    return int(total) + sum(2 * p.numel() for p in base.parameters() if id(p) not in quantized)
+
+
+def test_gptq_bytes_kernel_and_8bit_closer_than_4bit(resolved, baseline):
+    errors = {}
+    for bits in (8, 4):
+        q = quantize(GptqBackend(), resolved, bits=bits)
+        assert q.weight_bytes == expected_bytes(baseline[0], bits, g_idx=True)
+        assert q.kernel.startswith("GPTQModel ")
+        logits = q.logits(INPUT_IDS)
+        assert torch.isfinite(logits).all()
+        errors[bits] = (logits - baseline[1]).pow(2).mean().item()
+    assert q.kernel in ("GPTQModel TorchAtenLinear", "GPTQModel TorchFusedLinear", "GPTQModel TorchLinear")
+    assert 0 < errors[8] < errors[4]
+
+
+def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
+    """AWQ is 4-bit only in GPTQModel, so it is compared with the unquantized model alone. Its clip
+    search needs output widths divisible by 64: the tiny model's k/v projections (32) are too narrow."""
+    pytest.importorskip("gptqmodel")
+    build_tiny_llama(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    resolved = models.resolve(ModelRef(str(tmp_path)))
+    base = models.load(resolved)
+    q = quantize(AwqBackend(), resolved)
+    assert q.weight_bytes == expected_bytes(base, 4, g_idx=False)
+    assert q.kernel == "GPTQModel TorchAtenAwqLinear"
+    logits = q.logits(INPUT_IDS)
+    with torch.inference_mode():
+        reference = base(input_ids=INPUT_IDS).logits
+    assert torch.isfinite(logits).all()
+    assert (logits - reference).pow(2).mean() < reference.pow(2).mean() / 10
+
+
+def test_awq_rejects_narrow_layers(resolved):
+    with pytest.raises(QuantbenchError, match=r"divisible by 64: layer model\.layers\.0\.self_attn\.k_proj has 32"):
+        quantize(AwqBackend(), resolved)
+
+
+def test_group_size_must_divide_in_features(resolved):
+    with pytest.raises(QuantbenchError, match="group_size 48 does not divide in_features 64"):
+        quantize(GptqBackend(), resolved, group_size=48)
+
+
+@pytest.mark.parametrize(
+    ("backend", "raw", "needle"),
+    [
+        (GptqBackend, {"bits": 5}, "bits: Input should be 2, 3, 4 or 8"),
+        (GptqBackend, {"damp": 1.5}, "damp: Value error, must be between 0 and 1"),
+        (GptqBackend, {"group_size": 0}, "group_size: Value error, must be positive, or -1"),
+        (GptqBackend, {"compute_dtype": "float32"}, "compute_dtype: Input should be 'bfloat16' or 'float16'"),
+        (AwqBackend, {"bits": 8}, "bits: Input should be 4"),
+        (AwqBackend, {"desc_act": True}, "unknown parameter"),
+    ],
+)
+def test_invalid_params_fail_in_one_line(backend, raw, needle):
+    with pytest.raises(QuantbenchError, match=needle) as err:
+        validate_params(backend.Params, raw, f"method {backend.name}")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("backend", [GptqBackend, AwqBackend])
+def test_check_says_why(backend):
+    availability = backend().check("cpu")
+    if importlib.util.find_spec("gptqmodel") is None:
+        assert not availability.ok
+        assert availability.reason.startswith("gptqmodel is not installed: it needs torch >= 2.14.1")
+    else:
+        assert availability.ok
