@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="name[:key=value,...], repeatable (default: baseline); see `quantbench methods`",
     )
-    run.add_argument("--eval", action="append", choices=["perplexity"], help="repeatable (default: perplexity)")
+    run.add_argument("--eval", action="append", help="comma list or repeatable: perplexity, ... (default: perplexity)")
     run.add_argument(
         "--corpus", default=PPL_DEFAULTS.corpus, help="builtin, wikitext2[:split], or a .txt/.jsonl/.parquet file"
     )
@@ -74,14 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
     model = ModelRef(args.model, trust_remote_code=args.trust_remote_code)
-    protocol = {
-        "corpus": args.corpus,
-        "seq_len": args.seq_len,
-        "stride": args.stride,
-        "max_tokens": args.max_tokens,
-        "batch_size": args.batch_size,
-    }
-    evals = [EvalSpec(name, protocol) for name in args.eval or ["perplexity"]]
+    names = [name.strip() for text in args.eval or ["perplexity"] for name in text.split(",") if name.strip()]
+    evals = [_eval_spec(name, args) for name in names]
     # Plan every trial before running any, so a typo in the last method fails in a second.
     specs = [plan_trial(model, MethodSpec.parse(m), evals, args.device) for m in args.method or ["baseline"]]
     done = set() if args.force else completed_keys(args.store)
@@ -99,6 +93,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  FAILED: {outcome.error}", file=sys.stderr)
     _print_trials(args.store, keys={s.key for s in specs})
     return 1 if failed else 0
+
+
+def _eval_spec(name: str, args: argparse.Namespace) -> EvalSpec:
+    """An eval's parameters are the `run` flags named like its Params fields (unset flags keep defaults)."""
+    from quantbench.evals.registry import get_eval
+
+    fields = get_eval(name).Params.model_fields
+    return EvalSpec(name, {k: v for k, v in vars(args).items() if k in fields and v is not None})
 
 
 def cmd_results(args: argparse.Namespace) -> int:

@@ -164,6 +164,8 @@ def _check_length(n_tokens: int, corpus: Corpus, params: PerplexityParams) -> No
         )
 
 
-def run(model: QuantizedModel, params: PerplexityParams, corpus: Corpus) -> list[tuple[str, float, str]]:
+def run(
+    model: QuantizedModel, params: PerplexityParams, corpus: Corpus, source: ResolvedModel
+) -> list[tuple[str, float, str]]:
     """The eval-registry entry point: perplexity of `model` on `corpus`."""
     return evaluate(model.logits, model.tokenizer, corpus, params).metrics()

@@ -1,5 +1,11 @@
-"""Every evaluation, by name. Each module exposes `Params` (pydantic) and
-`run(model, params, corpus) -> list[(metric, value, unit)]`."""
+"""Every evaluation, by name. Each module exposes:
+
+- `Params`: a pydantic model of its protocol parameters (extra keys forbidden). A field named
+  like a `quantbench run` flag (`corpus`, `seq_len`, ...) takes that flag's value.
+- `check_inputs(source, params, corpus)`: raise QuantbenchError for bad input, before any work.
+- `run(model, params, corpus, source) -> list[(metric, value, unit)]`: measure a QuantizedModel;
+  `source` is the ResolvedModel it came from (to load the unquantized reference, for example).
+"""
 
 from __future__ import annotations
 

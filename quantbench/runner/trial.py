@@ -138,7 +138,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         eval_params = eval_module.Params.model_validate(eval_spec.params)
         corpus = trial.corpora.get(eval_spec.params.get("corpus"))
         with PeakMemory() as eval_memory:
-            rows = eval_module.run(model, eval_params, corpus)
+            rows = eval_module.run(model, eval_params, corpus, trial.model)
         tags = {"protocol": dict(eval_spec.params)}
         if corpus is not None:
             tags.update(corpus=corpus.name, corpus_hash=corpus.content_hash)
