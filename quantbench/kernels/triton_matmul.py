@@ -156,22 +156,23 @@ def _cfg(num_warps: int = 4, num_stages: int = 2, **block: int) -> triton.Config
 
 
 # GPU search spaces, seeded from gemlite's H100 cache and torchao's hqq io-bound space
-# (../shared/notes/triton-kernels.md §4). Each list ends with a BLOCK_K=16, SPLIT_K=1 entry so that
-# every legal shape (group size a multiple of 16) keeps at least one config after pruning.
+# (../shared/notes/triton-kernels.md §4), kept small: every config is compiled when a shape is first
+# tuned, and tiles whose dequantized block exceeds ~8K values per program spill registers (a
+# 64×256×128 split-K tile took 80 s in ptxas for sm_90). Each list ends with a BLOCK_K=16,
+# SPLIT_K=1 entry so that every legal shape (group size a multiple of 16) keeps a config.
 GEMV_CONFIGS = [
     _cfg(num_warps=w, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk)
-    for bn in (128, 256, 512)
-    for bk in (16, 32, 64)
+    for bn in (128, 256)
+    for bk in (16, 32)
     for sk in (4, 8, 16)
     for w in (2, 4)
 ] + [_cfg(BLOCK_N=128, BLOCK_K=16, SPLIT_K=1)]
 SPLITK_CONFIGS = [
-    _cfg(num_stages=s, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=1)
+    _cfg(num_stages=3, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=1)
     for bm in (16, 32, 64)
-    for bn in (64, 128, 256)
-    for bk in (32, 64, 128)
-    for sk in (2, 4, 8)
-    for s in (2, 4)
+    for bn in (64, 128)
+    for bk in (32, 64)
+    for sk in (4, 8)
 ] + [_cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=16, SPLIT_K=1, GROUP_M=1)]
 GEMM_CONFIGS = [
     _cfg(num_warps=8, num_stages=3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
