@@ -1,10 +1,17 @@
-"""Measure the CPU runtime overhead the planner adds to its estimate when it is compared with
-process RSS: the resident memory of a Python process that has imported torch and transformers
-and run one tiny forward pass, before any real model weights exist.
+"""Measure the two CPU figures the planner needs to compare its estimate with process RSS.
 
-Each figure is taken in a fresh interpreter (a subprocess), so imports made by this script do not
-leak into the measurement. Run: `.venv/bin/python bench/planner_overhead.py [--repeats 3]`; the
-median goes into quantbench/planner/estimate.py as CPU_RUNTIME_BYTES, with the date and versions.
+1. Runtime overhead: the resident memory of a Python process that has imported torch and
+   transformers and run one tiny forward pass, before any real weights exist
+   (estimate.CPU_RUNTIME_BYTES).
+2. Heap factor: how much the peak RSS grows during a prefill forward pass, divided by the
+   planner's live-tensor peak for that pass (estimate.CPU_HEAP_FACTOR). Activations of a few MiB
+   to 32 MiB come from glibc's heap, which keeps freed temporaries resident, so RSS grows by more
+   than the tensors alive at any one time. Shapes are chosen so every activation tensor stays
+   below glibc's 32 MiB mmap threshold; larger ones are mmapped and returned on free.
+
+Each figure is taken in a fresh interpreter (a subprocess), so this script's own imports do not
+leak into it (ru_maxrss survives exec). Run: `.venv/bin/python bench/planner_overhead.py`; copy the
+medians into quantbench/planner/estimate.py with the date and versions.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ import platform
 import statistics
 import subprocess
 import sys
+
+from quantbench.planner.config import architecture_from_config
+from quantbench.planner.estimate import Workload, layer_activation_bytes
+from quantbench.planner.formats import weight_format
 
 # Stages, cumulative: what a quantbench worker process holds before the model's weights arrive.
 STAGES = {
@@ -38,11 +49,36 @@ print(json.dumps({"rss": psutil.Process().memory_info().rss,
                   "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
+# A random Llama of ~156M parameters; one thread, so the figure does not depend on the core count.
+LLAMA = dict(
+    model_type="llama",
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    tie_word_embeddings=False,
+)
+PREFILL = """
+import json, resource, sys, torch, transformers
+torch.set_num_threads(1)
+cfg = json.loads(sys.argv[1]); tokens = int(sys.argv[2]); dtype = getattr(torch, sys.argv[3])
+with torch.device("meta"):
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+model = model.to_empty(device="cpu").to(dtype).eval()
+for p in model.parameters():
+    p.data.normal_(0, 0.02)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with torch.inference_mode():
+    model(torch.randint(0, cfg["vocab_size"], (1, tokens)), logits_to_keep=1, use_cache=False)
+print(json.dumps({"growth": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}))
+"""
+PREFILLS = [(2048, "bfloat16"), (4096, "bfloat16"), (2048, "float32")]
 
-def measure(code: str) -> dict[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", code + "\n" + REPORT], capture_output=True, text=True, check=True
-    ).stdout
+
+def run_child(code: str, *argv: str) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -55,10 +91,22 @@ def main() -> int:
     print(f"python {platform.python_version()}, {versions}")
     print(f"{'stage':<28} {'RSS MiB (median)':>17} {'peak MiB (median)':>18}")
     for name, code in STAGES.items():
-        runs = [measure(code) for _ in range(args.repeats)]
+        runs = [run_child(code + "\n" + REPORT) for _ in range(args.repeats)]
         rss = statistics.median(r["rss"] for r in runs)
         peak = statistics.median(r["peak"] for r in runs)
         print(f"{name:<28} {rss / 2**20:>17.1f} {peak / 2**20:>18.1f}   ({int(rss)} B)")
+
+    arch = architecture_from_config(LLAMA, "random-llama-156m")
+    print(f"\n{'prefill (1 thread)':<28} {'RSS growth MiB':>17} {'planner live MiB':>18} {'factor':>7}")
+    factors = []
+    for tokens, dtype in PREFILLS:
+        growth = statistics.median(
+            run_child(PREFILL, json.dumps(LLAMA), str(tokens), dtype)["growth"] for _ in range(args.repeats)
+        )
+        live = layer_activation_bytes(arch, weight_format("baseline", {"dtype": dtype}), Workload(tokens))
+        factors.append(growth / live)
+        print(f"{f'{tokens} tokens {dtype}':<28} {growth / 2**20:>17.1f} {live / 2**20:>18.1f} {factors[-1]:>7.2f}")
+    print(f"heap factor, median: {statistics.median(factors):.2f}")
     return 0
 
 

@@ -7,7 +7,12 @@ and batch that fit that card. Needs no torch for presets, paths and cached hub i
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import pandas as pd
+
+from quantbench.errors import QuantbenchError
+from quantbench.planner.calibrate import compare, error_by_method
 from quantbench.planner.estimate import (
     ATTENTION,
     DEVICES,
@@ -36,8 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--model",
-        required=True,
-        help=f"a preset ({', '.join(PRESETS)}), a model directory or config.json, "
+        help=f"(required unless --calibrate) a preset ({', '.join(PRESETS)}), a model directory or config.json, "
         "a hub id in the local Hugging Face cache, or embedded:smollm2-135m",
     )
     parser.add_argument(
@@ -58,6 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--attention", choices=ATTENTION, default="sdpa", help="eager materializes scores")
     parser.add_argument("--device", choices=DEVICES, default="cuda", help="runtime overhead to add")
     parser.add_argument("--gpu", help='a catalog GPU, e.g. "RTX 4090": largest context and batch that fit it')
+    parser.add_argument(
+        "--calibrate",
+        type=Path,
+        metavar="STORE",
+        help="instead of planning: compare the planner with every memory peak measured in a results store",
+    )
     return parser
 
 
@@ -101,8 +111,39 @@ def format_fits(est: Estimate) -> str:
     return _wrap("fits on, GiB free", yes) + "\n" + _wrap("too small, GiB", no)
 
 
+def format_calibration(frame: pd.DataFrame) -> str:
+    """Per-trial predictions and the error per method and metric, for a results-store frame."""
+    compared = compare(frame)
+    if compared.empty:
+        return "no finished trial in the store measured weight_bytes, peak_rss_bytes or cuda_max_allocated_bytes"
+    lines = [f"{'trial':<16}  {'method':<10} {'device':<6} {'metric':<24} {'measured':>15} {'predicted':>15}  error"]
+    for r in compared.itertuples():
+        predicted = "—" if pd.isna(r.predicted) else f"{r.predicted:,.0f}"
+        error = r.note if pd.isna(r.error_pct) else f"{r.error_pct:+.1f}%"
+        trial = f"{r.trial_key:<16}  {r.method:<10} {r.device:<6} {r.metric:<24}"
+        lines.append(f"{trial} {r.measured:>15,.0f} {predicted:>15}  {error}")
+    lines += ["", f"{'method':<10} {'metric':<24} {'trials':>6} {'mean error':>11} {'max |error|':>12}"]
+    for r in error_by_method(compared).itertuples():
+        lines.append(
+            f"{r.method:<10} {r.metric:<24} {r.trials:>6} {r.mean_error_pct:>+10.1f}% {r.max_abs_error_pct:>11.1f}%"
+        )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the plan; QuantbenchError (bad input) propagates to the CLI, which prints it."""
+    if args.calibrate is not None:
+        from quantbench.results.store import read_results
+
+        contents = read_results(args.calibrate)
+        for problem in contents.skipped:
+            print(f"skipped {problem}")
+        if contents.frame.empty:
+            raise QuantbenchError(f"no results in {args.calibrate}: run trials first, or pass --calibrate STORE")
+        print(format_calibration(contents.frame))
+        return 0
+    if not args.model:
+        raise QuantbenchError("plan needs --model (a preset, a model directory, or a hub id), or --calibrate STORE")
     spec = MethodSpec.parse(args.method)
     params = dict(spec.params)
     for key, value in (("bits", args.bits), ("group_size", args.group_size), ("dtype", args.dtype)):

@@ -10,9 +10,10 @@ Three measured metrics have a prediction:
 - `peak_rss_bytes` (whole CPU process) vs the full CPU estimate, whose runtime term is the
   measured RSS of Python + torch + transformers (estimate.CPU_RUNTIME_BYTES).
 
-Memory metrics need the workload the trial measured at: `workload_of(row)` gives it (by default
-from `context_tokens` and `batch_size` columns, with every position's logits, as a perplexity
-pass computes them). Rows without one keep predicted = NaN and say why in `note`.
+Memory metrics need the workload the trial measured at: `workload_of(row)` gives it. The
+default reads the eval's protocol (`protocol_json`): a perplexity eval scores `batch_size`
+windows of `seq_len` tokens per forward with every position's logits and no KV cache. Rows
+without a workload keep predicted = NaN and say why in `note`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -35,33 +37,47 @@ NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
-def workload_from_columns(row: pd.Series) -> Workload | None:
-    """The measured workload from `context_tokens` / `batch_size` columns, if the row has them."""
-    context, batch = row.get("context_tokens"), row.get("batch_size")
-    if context is None or batch is None or pd.isna(context) or pd.isna(batch):
+def workload_from_protocol(row: pd.Series) -> Workload | None:
+    """The workload of a perplexity eval's memory row, from its protocol; None for other evals
+    or when the protocol does not record seq_len (the eval's default is not repeated here)."""
+    text = row.get("protocol_json")
+    protocol = json.loads(text) if isinstance(text, str) and text else {}  # NaN where a row has none
+    if row.get("eval") != "perplexity" or "seq_len" not in protocol:
         return None
     device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
-    return Workload(context=int(context), batch=int(batch), all_logits=True, device=device)
+    batch = int(protocol.get("batch_size", 1))
+    return Workload(int(protocol["seq_len"]), batch, all_logits=True, use_cache=False, device=device)
+
+
+def planner_params(method: str, params: dict[str, Any], device: str) -> dict[str, Any]:
+    """Translate a backend's stored parameters (backends/*.py names) into formats.py's."""
+    params = dict(params)
+    if "compute_dtype" in params:  # bnb, torchao, hqq, quanto, gptq and awq name their dtype so
+        params["dtype"] = params.pop("compute_dtype")
+    if method == "hqq" and "nbits" in params:
+        params["bits"] = params.pop("nbits")
+    if method == "quanto" and "weights" in params:
+        # quanto's float8 weights keep the int8 layout: one byte per weight and a scale per row
+        params["bits"] = {"int8": 8, "float8": 8, "int4": 4, "int2": 2}.get(params.pop("weights"), 0)
+    if method == "torchao" and str(params.get("bits")) == "4":
+        params["packing"] = "int4" if device == "cuda" else "intx"  # what backends/torchao.py picks
+    known = format_parameters(method)
+    params = {k: v for k, v in params.items() if k in known}  # other settings do not change bytes
+    params.setdefault("dtype", DEFAULT_DTYPE[device])
+    return params
 
 
 def _predict(
     row: pd.Series, arch: Architecture, workload_of: Callable[[pd.Series], Workload | None]
 ) -> tuple[float, str]:
-    params = json.loads(row["params_json"] or "{}")
     device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
-    if "compute_dtype" in params:  # bnb and torchao name their dtype so
-        params["dtype"] = params.pop("compute_dtype")
-    if row["method"] == "torchao" and str(params.get("bits")) == "4":
-        params["packing"] = "int4" if device == "cuda" else "intx"  # what backends/torchao.py picks
-    known = format_parameters(row["method"])
-    params = {k: v for k, v in params.items() if k in known}  # other settings do not change bytes
-    params.setdefault("dtype", DEFAULT_DTYPE[device])
+    params = planner_params(row["method"], json.loads(row["params_json"] or "{}"), device)
     fmt = weight_format(row["method"], params)
     if row["metric"] == "weight_bytes":
         return float(weight_bytes(arch, fmt).total), ""
     workload = workload_of(row)
     if workload is None:
-        return math.nan, "no workload (context/batch) recorded for this trial"
+        return math.nan, "no workload: not a perplexity eval, or its protocol lacks seq_len"
     est = estimate(arch, fmt, workload)
     return float(est.allocated if row["metric"] == "cuda_max_allocated_bytes" else est.total), ""
 
@@ -69,7 +85,7 @@ def _predict(
 def compare(
     results: pd.DataFrame,
     architecture_of: Callable[[str], Architecture] = lambda ref: load_architecture(ref)[0],
-    workload_of: Callable[[pd.Series], Workload | None] = workload_from_columns,
+    workload_of: Callable[[pd.Series], Workload | None] = workload_from_protocol,
     ok_status: str = "ok",
 ) -> pd.DataFrame:
     """One row per measured memory metric of every finished trial: measured, predicted,

@@ -47,6 +47,14 @@ KIND_LABELS = {
     "bias": "biases",
     "router": "routers",
 }
+# glibc serves allocations above its dynamic mmap threshold (at most 32 MiB on 64-bit,
+# DEFAULT_MMAP_THRESHOLD_MAX in malloc.c) with mmap and returns them on free; smaller freed
+# blocks stay in the heap and in RSS. CPU_HEAP_FACTOR is peak-RSS growth of a prefill divided by
+# layer_activation_bytes, for activations under that threshold: bench/planner_overhead.py,
+# median of 3 shapes × 3 runs (random 156M Llama, 2048/4096 tokens bf16, 2048 fp32), 2026-11-23.
+GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
+CPU_HEAP_FACTOR = 2.5
+
 ATTENTION = ("sdpa", "eager")
 DEVICES = ("cuda", "cpu")
 MLA_CACHES = ("latent", "expanded")
@@ -58,7 +66,8 @@ class Workload:
     `batch` sequences, the cache dtype, and how prefill runs.
 
     `prefill_chunk` (tokens per forward) bounds activations as chunked prefill does; None means the
-    whole context in one pass. `attention="eager"` materializes the score matrix; `sdpa` (flash /
+    whole context in one pass. `use_cache=False` is a scoring pass that keeps no KV cache.
+    `attention="eager"` materializes the score matrix; `sdpa` (flash /
     memory-efficient kernels) does not. `all_logits` computes logits for every position, as a
     perplexity eval does. `mla_cache="expanded"` counts the per-head keys and values transformers'
     DeepSeek-V2 code caches instead of the compressed latent that vLLM/SGLang keep.
@@ -72,6 +81,7 @@ class Workload:
     all_logits: bool = False
     device: str = "cuda"
     mla_cache: str = "latent"
+    use_cache: bool = True
 
     def validate(self) -> None:
         for name in ("context", "batch", "prefill_chunk"):
@@ -158,6 +168,8 @@ def kv_cache_bytes(arch: Architecture, workload: Workload) -> int:
     """KV cache: per layer, tokens × batch × elements per token × dtype bytes, where elements per
     token = 2 × KV heads × head_dim (GQA/MQA share K/V across query heads), or for MLA the latent
     (kv_lora_rank) + the shared rope key (qk_rope_head_dim), one copy for all heads."""
+    if not workload.use_cache:
+        return 0
     if arch.is_mla and workload.mla_cache == "latent":
         per_token = arch.kv_lora_rank + arch.qk_rope_head_dim
     elif arch.is_mla:
@@ -172,18 +184,15 @@ def _widest_mlp(arch: Architecture) -> int:
     return max(g.rows for g in weight_groups(arch) if g.name.endswith("up_proj"))
 
 
-def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) -> int:
-    """Peak transient memory of the prefill pass, in the compute dtype.
+def layer_activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) -> int:
+    """Tensors alive at once inside one decoder layer during prefill, in the compute dtype.
 
-    Inside one decoder layer at most these tensors are alive per token (transformers' Llama code):
-    attention: residual + normed input (2H), q, rotated q and the attention output (3 × q width),
-    k and rotated k (2 × k width), v; MLP: residual + normed input (2H), act(gate), up and their
-    product (3 × intermediate). Layers run one after another, so only the larger stage counts.
-    MoE layers are sized as if one expert received every token (the upper bound of HF's
-    per-expert loop). Eager attention adds the score matrix (dtype scores, fp32 softmax, dtype
-    probabilities). After the last layer the logits replace these: the last position in the
-    dtype, its fp32 copy and one processed copy when sampling; every position when all_logits.
-    Methods that dequantize a weight before the matmul add one dense copy of the largest matrix.
+    Per token (transformers' Llama code): attention holds residual + normed input (2H), q, rotated
+    q and the attention output (3 × q width), k and rotated k (2 × k width), v; the MLP holds
+    residual + normed input (2H), act(gate), up and their product (3 × intermediate). Layers run
+    one after another, so only the larger stage counts. MoE layers are sized as if one expert
+    received every token (the upper bound of HF's per-expert loop). Eager attention adds the
+    score matrix (dtype scores, fp32 softmax, dtype probabilities).
     """
     a = fmt.dtype_bytes
     h, b, tq = arch.hidden_size, workload.batch, workload.prefill_tokens
@@ -198,13 +207,37 @@ def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) 
     layer = max(attn, mlp) * b * tq * a
     if workload.attention == "eager":
         layer += b * arch.num_heads * tq * workload.context * (2 * a + 4)
-    logits_tokens = tq if workload.all_logits else 1
-    # every position: dtype logits + fp32 copy; last position: + one processed copy when sampling
-    logits = b * logits_tokens * arch.vocab_size * (a + (4 if workload.all_logits else 8))
+    return layer
+
+
+def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) -> int:
+    """Peak transient memory of the prefill pass.
+
+    After the last layer come the logits: for the last position the dtype logits, an fp32 copy
+    (none when the dtype is fp32 already) and one processed fp32 copy when sampling; for every
+    position (all_logits) the dtype logits, the fp32 copy, and the fp32 log-softmax of one
+    sequence that quantbench's perplexity eval scores at a time. On CUDA the caching allocator
+    reuses the layers' blocks for the logits, so the larger of the two counts. On CPU, RSS keeps
+    what glibc's heap held: activations under its 32 MiB mmap threshold stay resident after being
+    freed (× CPU_HEAP_FACTOR, measured), larger ones are mmapped and returned, and the logits come
+    on top. Methods that dequantize a weight before the matmul add one dense copy of the largest
+    matrix.
+    """
+    a = fmt.dtype_bytes
+    layer = layer_activation_bytes(arch, fmt, workload)
+    upcast = 0 if a == 4 else 4
+    if workload.all_logits:
+        logits = (workload.batch * (a + upcast) + 4) * workload.prefill_tokens * arch.vocab_size
+    else:
+        logits = workload.batch * arch.vocab_size * (a + upcast + 4)
     dequant = 0
     if fmt.dequantizes_weights:
         dequant = max(g.rows * g.cols for g in weight_groups(arch) if g.kind == "linear") * a
-    return max(layer, logits) + dequant
+    if workload.device == "cuda":
+        return max(layer, logits) + dequant
+    largest = workload.batch * workload.prefill_tokens * _widest_mlp(arch) * a
+    heap = CPU_HEAP_FACTOR if largest < GLIBC_MMAP_THRESHOLD_MAX else 1.0
+    return math.ceil(layer * heap) + logits + dequant
 
 
 def estimate(arch: Architecture, fmt: WeightFormat, workload: Workload) -> Estimate:
@@ -227,7 +260,9 @@ def estimate(arch: Architecture, fmt: WeightFormat, workload: Workload) -> Estim
     capped = sum(t < workload.context for t in tokens)
     per_token = "MLA latent" if arch.is_mla and workload.mla_cache == "latent" else f"{arch.num_kv_heads} KV heads"
     kv_note = f"{arch.num_layers} layers, {per_token}, {workload.kv_dtype}"
-    if capped:
+    if not workload.use_cache:
+        kv_note = "none: a scoring pass (use_cache=False)"
+    elif capped:
         kv_note += f", {capped} sliding layers capped at {min(tokens)} tokens"
     components.append(Component("KV cache", kv_cache_bytes(arch, workload), kv_note))
     components.append(

@@ -15,7 +15,7 @@ size along cols (in_features), `a` the compute dtype's bytes.
 |         |                              | per 64 + fp32 per 256 blocks + 256-entry fp32 code map|
 | gptq    | n·bits/8 in int32            | fp16 scale + packed zero per group, int32 g_idx per col|
 | awq     | n·bits/8 in int32            | fp16 scale + packed zero per group                    |
-| hqq     | packed in uint8 (3-bit: int32, 10 per word) | scale + zero per group in a        |
+| hqq     | packed in uint8 (3-bit: int32, 10 per word; 5/6-bit: one byte each) | scale + zero per group in a |
 | quanto  | int8: n; int4/int2 packed    | int8: scale per row in a; int4/2: scale+shift per 128 |
 | torchao | int8: n; int4: n/2           | int8: fp32 scale + int8 zero per row; int4: bf16      |
 |         | intx (CPU): one int8 per code| scale + zero per group; intx: a scale + int8 zero     |
@@ -142,7 +142,12 @@ def _hqq(fmt: WeightFormat, rows: int, cols: int) -> int:
     # row, or for 3-bit 10 groups per int32 row.
     groups = rows * _groups_per_row(fmt, cols)
     g = cols if fmt.group_size == -1 else fmt.group_size
-    codes = math.ceil(groups / 10) * g * 4 if fmt.bits == 3 else math.ceil(groups * fmt.bits / 8) * g
+    if fmt.bits == 3:
+        codes = math.ceil(groups / 10) * g * 4
+    elif fmt.bits in (5, 6):  # hqq 0.2 has no 5/6-bit packing: one uint8 per code
+        codes = groups * g
+    else:
+        codes = math.ceil(groups * fmt.bits / 8) * g
     return codes + groups * 2 * fmt.dtype_bytes
 
 
@@ -183,7 +188,7 @@ BITS = {
     "bnb": (4, 8),
     "gptq": (4, 2, 3, 8),
     "awq": (4,),
-    "hqq": (4, 1, 2, 3, 8),
+    "hqq": (4, 1, 2, 3, 5, 6, 8),
     "quanto": (8, 2, 4),
     "torchao": (8, 4),
     "triton": (4, 2, 8),

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.planner.calibrate import compare, error_by_method, within
+from quantbench.planner.calibrate import compare, error_by_method, planner_params, within
 from quantbench.planner.estimate import CPU_RUNTIME_BYTES, Workload, estimate, weight_bytes
 from quantbench.planner.formats import weight_format
 from quantbench.planner.presets import preset
@@ -41,20 +41,21 @@ def architecture_of(ref):
 
 BNB = weight_format("bnb", {"bits": 4, "dtype": "bfloat16"})
 BASE32 = weight_format("baseline", {"dtype": "float32"})
-RSS_WORK = Workload(512, batch=1, all_logits=True, device="cpu")
+RSS_WORK = Workload(512, batch=2, all_logits=True, use_cache=False, device="cpu")
+PPL = {"eval": "perplexity", "protocol_json": json.dumps({"seq_len": 512, "batch_size": 2, "corpus": "builtin"})}
 
 
 @pytest.fixture
 def frame():
     bnb_weights = weight_bytes(ARCH, BNB).total
     rss = estimate(ARCH, BASE32, RSS_WORK).total
-    cuda = estimate(ARCH, BNB, Workload(512, all_logits=True)).allocated
+    cuda = estimate(ARCH, BNB, Workload(512, 2, all_logits=True, use_cache=False)).allocated
     return pd.DataFrame(
         [
             # compute_dtype is bnb's name for the dtype; threshold does not change bytes
             row("t1", "bnb", {"bits": 4, "compute_dtype": "bfloat16", "threshold": 6.0}, "weight_bytes", bnb_weights),
             row("t1", "bnb", {"bits": 4}, "perplexity", 12.3),  # not a memory metric: ignored
-            row("t2", "baseline", {"dtype": "float32"}, "peak_rss_bytes", rss * 1.05, context_tokens=512, batch_size=1),
+            row("t2", "baseline", {"dtype": "float32"}, "peak_rss_bytes", rss * 1.05, **PPL),
             row(
                 "t3",
                 "bnb",
@@ -62,10 +63,9 @@ def frame():
                 "cuda_max_allocated_bytes",
                 cuda * 0.9,
                 device="cuda:0",
-                context_tokens=512,
-                batch_size=1,
+                **PPL,
             ),
-            row("t4", "baseline", {}, "peak_rss_bytes", 1e9),  # no workload columns: no prediction
+            row("t4", "baseline", {}, "peak_rss_bytes", 1e9, eval="perplexity", protocol_json="{}"),  # no seq_len
             row("t5", "baseline", {}, "weight_bytes", 1e9, status="failed"),  # failed trials are skipped
             row("t6", "baseline", {}, "weight_bytes", 1e9, model="org/unknown"),
             row("t7", "gguf", {}, "weight_bytes", 1e9),
@@ -118,3 +118,23 @@ def test_error_by_method_and_within(frame):
 def test_missing_columns_are_named():
     with pytest.raises(QuantbenchError, match="results frame lacks columns params_json, status"):
         compare(pd.DataFrame(columns=["trial_key", "model_ref", "method", "device", "metric", "value"]))
+
+
+@pytest.mark.parametrize(
+    ("method", "stored", "device", "expected"),
+    [
+        ("hqq", {"nbits": 3, "group_size": 64, "axis": 1, "compute_dtype": "float16"}, "cpu",
+         {"bits": 3, "group_size": 64, "dtype": "float16"}),
+        ("quanto", {"weights": "int4", "activations": "none", "compute_dtype": "bfloat16"}, "cpu",
+         {"bits": 4, "dtype": "bfloat16"}),
+        ("quanto", {"weights": "float8"}, "cuda", {"bits": 8, "dtype": "bfloat16"}),
+        ("torchao", {"bits": 4, "group_size": 32, "activations": "none"}, "cpu",
+         {"bits": 4, "group_size": 32, "packing": "intx", "dtype": "float32"}),
+        ("gptq", {"bits": 4, "group_size": 64, "desc_act": False, "sym": True, "damp": 0.05}, "cuda",
+         {"bits": 4, "group_size": 64, "dtype": "bfloat16"}),
+        ("rtn", {"bits": 4, "group_size": 128, "symmetric": True, "skip": ["lm_head"], "dtype": "float32"}, "cpu",
+         {"bits": 4, "group_size": 128, "symmetric": True, "dtype": "float32"}),
+    ],
+)  # fmt: skip
+def test_backend_parameters_translate_to_planner_parameters(method, stored, device, expected):
+    assert planner_params(method, stored, device) == expected

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import architecture_from_config
 from quantbench.planner.estimate import (
+    CPU_HEAP_FACTOR,
     CPU_RUNTIME_BYTES,
     CUDA_RUNTIME_BYTES,
     Workload,
@@ -99,8 +102,9 @@ def test_llama_8b_gptq_weights_by_hand():
         (BF16, Workload(32768, batch=8, prefill_chunk=2048), 8 * 2048 * (2 * 4096 + 3 * 14336) * 2),
         # eager attention adds heads × q × kv scores: dtype scores, fp32 softmax, dtype probs
         (BF16, Workload(1024, attention="eager"), 1024 * 51200 * 2 + 32 * 1024 * 1024 * (2 + 4 + 2)),
-        # every position's logits (a perplexity pass): dtype + fp32 copy outweigh the layer
-        (BF16, Workload(2048, all_logits=True), 2048 * 128256 * (2 + 4)),
+        # every position's logits (a perplexity pass): dtype + fp32 copy + one row's log-softmax
+        (BF16, Workload(2048, all_logits=True), 2048 * 128256 * (2 + 4 + 4)),
+        (BF16, Workload(2048, batch=3, all_logits=True), 2048 * 128256 * (3 * (2 + 4) + 4)),
         # short prompts: last-token logits (dtype, fp32, processed fp32) outweigh the layer
         (BF16, Workload(8), 128256 * (2 + 8)),
         # bnb 4-bit rebuilds the largest matrix (14336 × 4096) in bf16 before its matmul
@@ -202,3 +206,29 @@ def test_unknown_gpu_lists_the_catalog():
     with pytest.raises(QuantbenchError, match=r"unknown GPU '4090'; known GPUs: RTX 3060, .*RTX 4090, .*H200") as err:
         find_gpu("4090")
     assert "\n" not in str(err.value)
+
+
+def test_cpu_activations_keep_heap_temporaries_resident():
+    # SmolLM2 at 2048 tokens: the largest activation (2048 × 1536 × 2 B = 6 MiB) stays under glibc's
+    # 32 MiB mmap threshold, so RSS holds CPU_HEAP_FACTOR × the live peak, plus the logits on top.
+    arch, work = preset("smollm2-135m"), Workload(2048, device="cpu")
+    layer = 2048 * (2 * 576 + 3 * 1536) * 2
+    assert activation_bytes(arch, BF16, work) == math.ceil(layer * CPU_HEAP_FACTOR) + 49152 * (2 + 4 + 4)
+
+
+def test_cpu_activations_above_the_mmap_threshold_count_once():
+    # Llama 8B at 2048 tokens: 2048 × 14336 × 2 B = 56 MiB per MLP tensor, mmapped and returned on free
+    work = Workload(2048, device="cpu")
+    layer = 2048 * (2 * 4096 + 3 * 14336) * 2
+    assert activation_bytes(preset("llama-3.1-8b"), BF16, work) == layer + 128256 * (2 + 4 + 4)
+
+
+def test_fp32_logits_need_no_upcast_copy():
+    fp32 = weight_format("baseline", {"dtype": "float32"})
+    assert activation_bytes(preset("llama-3.1-8b"), fp32, Workload(1)) == 128256 * (4 + 4)
+
+
+def test_scoring_pass_keeps_no_cache():
+    est = estimate(preset("llama-3.1-8b"), BF16, Workload(4096, use_cache=False))
+    assert est.part("KV cache") == 0
+    assert "use_cache=False" in next(c.note for c in est.components if c.name == "KV cache")

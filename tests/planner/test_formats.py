@@ -37,6 +37,7 @@ N = ROWS * COLS
         ("hqq", {"bits": 2}, N // 4 + (N // 64) * 2 * 2),
         ("hqq", {"bits": 1}, N // 8 + (N // 64) * 2 * 2),
         ("hqq", {"bits": 8}, N + (N // 64) * 2 * 2),
+        ("hqq", {"bits": 5}, N + (N // 64) * 2 * 2),  # hqq 0.2 stores 5/6-bit codes one per byte
         ("quanto", {"bits": 8}, N + ROWS * 2 + 2 * 2),  # int8 + bf16 scale per row + in/out scales
         ("quanto", {"bits": 4}, N // 2 + (N // 128) * 2 * 2 + 2 * 2),  # + bf16 scale, shift per 128
         ("quanto", {"bits": 2}, N // 4 + (N // 128) * 2 * 2 + 2 * 2),

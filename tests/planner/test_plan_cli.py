@@ -112,3 +112,41 @@ def test_cached_hub_config_reads_the_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     assert source._cached_hub_config("org/tiny") == snapshot / "config.json"
     assert source._cached_hub_config("org/other") is None
+
+
+def test_model_or_calibrate_is_required():
+    with pytest.raises(QuantbenchError, match="plan needs --model"):
+        plan()
+
+
+def test_calibrate_reads_a_store(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from quantbench.results import store
+
+    frame = pd.DataFrame(
+        [
+            {
+                "trial_key": "abc",
+                "model_ref": "smollm2-135m",
+                "method": "baseline",
+                "params_json": json.dumps({"dtype": "float32"}),
+                "device": "cpu",
+                "status": "ok",
+                "metric": "weight_bytes",
+                "value": 134_515_008 * 4 * 1.02,
+            }
+        ]
+    )
+    monkeypatch.setattr(store, "read_results", lambda path: store.StoreContents(frame, ["bad.parquet: garbled"]))
+    assert plan("--calibrate", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "skipped bad.parquet: garbled" in out
+    assert "abc               baseline   cpu    weight_bytes" in out
+    assert "-2.0%" in out
+    assert "baseline   weight_bytes                  1       -2.0%         2.0%" in out
+
+
+def test_calibrate_an_empty_store(tmp_path):
+    with pytest.raises(QuantbenchError, match="no results in"):
+        plan("--calibrate", str(tmp_path))
