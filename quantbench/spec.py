@@ -85,6 +85,17 @@ class TrialSpec:
     method: MethodSpec
     evals: tuple[EvalSpec, ...]
     device: str = "cpu"
+    repeat: int = 0  # the n-th repetition of the same trial in a sweep (0 = the first)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialSpec:
+        return cls(
+            ModelRef(**data["model"]),
+            MethodSpec(data["method"]["name"], data["method"]["params"]),
+            tuple(EvalSpec(e["name"], e["params"]) for e in data["evals"]),
+            data["device"],
+            data.get("repeat", 0),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +103,8 @@ class TrialSpec:
             "method": {"name": self.method.name, "params": dict(self.method.params)},
             "evals": [{"name": e.name, "params": dict(e.params)} for e in self.evals],
             "device": self.device,
+            # Only repetitions add a field, so the keys of first runs never change.
+            **({"repeat": self.repeat} if self.repeat else {}),
         }
 
     @property

@@ -11,22 +11,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from quantbench.app import results_cli
 from quantbench.errors import QuantbenchError
+from quantbench.evals.latency import LatencyParams
 from quantbench.evals.perplexity import PerplexityParams
+from quantbench.results.query import Filters
+from quantbench.runner.environment import quiet_library_logs
 from quantbench.spec import DEFAULT_MODEL, DEVICES, EvalSpec, MethodSpec, ModelRef
 
 PPL_DEFAULTS = PerplexityParams()
-# Columns of the results table, in display order, with how to show them.
-DISPLAY = {
-    "perplexity": ("ppl", "{:.3f}"),
-    "bits_per_byte": ("bits/byte", "{:.4f}"),
-    "word_perplexity": ("word ppl", "{:.2f}"),
-    "weight_bytes": ("weights MiB", lambda v: f"{v / 2**20:.1f}"),
-    "bits_per_weight": ("bits/w", "{:.2f}"),
-    "quantize_seconds": ("quant s", "{:.1f}"),
-    "eval_tokens_per_second": ("eval tok/s", "{:.0f}"),
-    "peak_rss_bytes": ("peak RSS MiB", lambda v: f"{v / 2**20:.0f}"),
-}
+LATENCY_DEFAULTS = LatencyParams()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,18 +43,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stride", type=int, default=PPL_DEFAULTS.stride, help="sliding-window step (default: seq-len)")
     run.add_argument("--max-tokens", type=int, default=PPL_DEFAULTS.max_tokens, help="token budget (default: all)")
     run.add_argument("--batch-size", type=int, default=PPL_DEFAULTS.batch_size, help="windows per forward pass")
+    latency = LATENCY_DEFAULTS
+    run.add_argument("--prompt-lengths", type=_int_list, help=f"latency prefill lengths ({latency.prompt_lengths})")
+    run.add_argument("--batch-sizes", type=_int_list, help=f"latency decode batches ({latency.batch_sizes})")
+    run.add_argument("--new-tokens", type=int, help=f"latency tokens generated per row ({latency.new_tokens})")
+    run.add_argument("--repeats", type=int, help=f"latency minimum timed calls per series ({latency.repeats})")
     run.add_argument("--device", default="cpu", choices=DEVICES)
-    run.add_argument("--force", action="store_true", help="re-run trials already in the store")
-    _store_arg(run)
+    _execution_args(run)
+
+    sweep = sub.add_parser("sweep", help="run every trial of a sweep file (YAML), resuming what is done")
+    sweep.add_argument("file", type=Path, help="see examples/sweep-cpu.yaml")
+    _execution_args(sweep)
 
     results = sub.add_parser("results", help="list the trials in the store")
-    results.add_argument("--model", help="only this model reference")
-    results.add_argument("--method", help="only this method name")
-    results.add_argument("--status", choices=["ok", "failed"])
-    _store_arg(results)
+    results_cli.add_store_and_filters(results)
 
     sub.add_parser("methods", help="list quantization methods and whether they run here")
+    results_cli.add_parsers(sub)
     return parser
+
+
+def _execution_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="re-run trials already in the store")
+    parser.add_argument("--timeout", type=float, help="seconds per trial before its worker is killed")
+    _store_arg(parser)
+
+
+def _int_list(text: str) -> list[int]:
+    """A comma list of integers, e.g. "128,512" (range checks belong to the eval's Params)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _store_arg(parser: argparse.ArgumentParser) -> None:
@@ -70,29 +84,50 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from quantbench.runner.trial import completed_keys, execute, plan_trial, prepare_trial
+    from quantbench.runner.trial import plan_trial
 
-    _quiet_libraries()
+    quiet_library_logs()
     model = ModelRef(args.model, trust_remote_code=args.trust_remote_code)
     names = [name.strip() for text in args.eval or ["perplexity"] for name in text.split(",") if name.strip()]
     evals = [_eval_spec(name, args) for name in names]
     # Plan every trial before running any, so a typo in the last method fails in a second.
     specs = [plan_trial(model, MethodSpec.parse(m), evals, args.device) for m in args.method or ["baseline"]]
-    done = set() if args.force else completed_keys(args.store)
-    for spec in specs:
-        if spec.key in done:
-            print(f"[{spec.key}] {spec.method.label}: already in the store (use --force to re-run)", file=sys.stderr)
-    prepared = [prepare_trial(spec, args.store) for spec in specs if spec.key not in done]
-    failed = 0
-    for trial in prepared:
-        spec = trial.spec
-        print(f"[{spec.key}] {spec.method.label} on {spec.model.ref} ({spec.device})", file=sys.stderr, flush=True)
-        outcome = execute(trial, args.store)
-        if outcome.status == "failed":
-            failed += 1
-            print(f"  FAILED: {outcome.error}", file=sys.stderr)
-    _print_trials(args.store, keys={s.key for s in specs})
-    return 1 if failed else 0
+    return _run_specs(specs, args.store, args.force, args.timeout)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from quantbench.runner.sweep import load_sweep
+
+    quiet_library_logs()
+    sweep, specs = load_sweep(args.file)
+    print(f"{args.file}: {len(specs)} trials", file=sys.stderr)
+    return _run_specs(specs, args.store, args.force, args.timeout or sweep.timeout_s)
+
+
+def _run_specs(specs: list, store: Path, force: bool, timeout_s: float | None) -> int:
+    from quantbench.runner.executor import run_local
+
+    outcomes = run_local(specs, store, force=force, timeout_s=timeout_s, on_event=_print_event)
+    _print_trials(store, keys={s.key for s in specs})
+    statuses = {o.status for o in outcomes}
+    return 2 if "error" in statuses else 1 if "failed" in statuses else 0
+
+
+def _print_event(event) -> None:
+    spec = event.spec
+    if event.kind == "skipped":
+        print(f"[{spec.key}] {spec.method.label}: already in the store (use --force to re-run)", file=sys.stderr)
+    elif event.kind == "started":
+        where = f"{spec.model.ref} ({spec.device})"
+        print(f"[{event.index}/{event.total}] {spec.method.label} on {where} ...", file=sys.stderr, flush=True)
+    else:
+        outcome = event.outcome
+        line = f"[{event.index}/{event.total}] {outcome.status} in {event.elapsed_s:.1f} s"
+        if outcome.error:
+            line += f": {outcome.error}"
+        if event.eta_s:
+            line += f"; about {event.eta_s / 60:.1f} min left"
+        print(line, file=sys.stderr, flush=True)
 
 
 def _eval_spec(name: str, args: argparse.Namespace) -> EvalSpec:
@@ -104,14 +139,14 @@ def _eval_spec(name: str, args: argparse.Namespace) -> EvalSpec:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    _print_trials(args.store, model=args.model, method=args.method, status=args.status)
+    _print_trials(args.store, filters=results_cli.filters_from(args))
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from quantbench.backends.registry import BACKENDS, get_backend
+    from quantbench.backends.registry import backend_names, get_backend
 
-    for name in BACKENDS:
+    for name in backend_names():
         backend = get_backend(name)
         cpu = backend.check("cpu")
         params = ", ".join(f"{k}={f.default}" for k, f in backend.Params.model_fields.items())
@@ -121,44 +156,27 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_trials(store: Path, keys: set[str] | None = None, **filters: str | None) -> None:
-    from quantbench.results.query import wide
-    from quantbench.results.store import read_results
+def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | None = None) -> None:
+    from quantbench.results.columns import display_table
+    from quantbench.results.query import query, wide
 
-    contents = read_results(store)
+    filters = filters or Filters()
+    contents = query(store, filters)
     for problem in contents.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     table = wide(contents.frame)
     if keys is not None:
         table = table[table["trial_key"].isin(keys)]
-    for column, wanted in {"model_ref": filters.get("model"), "status": filters.get("status")}.items():
-        if wanted:
-            table = table[table[column] == wanted]
-    if filters.get("method"):
-        table = table[table["method_label"].str.split(":").str[0] == filters["method"]]
     if table.empty:
-        print(f"no trials in {store}" + (" match" if any(filters.values()) else ""))
+        print(f"no trials in {store}" + (" match" if filters.active() else ""))
         return
-    shown = table[["trial_key", "status", "model_ref", "method_label", "device"]]
-    shown = shown.rename(columns={"method_label": "method"})
-    for metric, (title, fmt) in DISPLAY.items():
-        if metric in table:
-            render = fmt.format if isinstance(fmt, str) else fmt
-            shown[title] = [("" if v != v else render(v)) for v in table[metric]]  # v != v: NaN
-    print(shown.to_string(index=False))
+    print(display_table(table).to_string(index=False))
     for _, row in table[table["status"] == "failed"].iterrows():
         print(f"{row['trial_key']} failed: {row['error'].splitlines()[0]}")
 
 
-def _quiet_libraries() -> None:
-    """Progress bars of every weight shard drown the results; keep warnings and errors."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-COMMANDS = {"run": cmd_run, "results": cmd_results, "methods": cmd_methods}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods}
+COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,13 @@
-"""Every quantization method, by name. Imported lazily, so listing methods never imports a library."""
+"""Every quantization method, by name. Imported lazily, so listing methods never imports a library.
+
+Your own adapter plugs in without editing this file: set
+`QUANTBENCH_BACKENDS="mine=my_package.module:MyBackend"` (several separated by `;`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 
 from quantbench.backends.base import Backend
 from quantbench.errors import QuantbenchError
@@ -20,9 +25,24 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def backend_names() -> dict[str, str]:
+    """Built-in adapters plus those named in $QUANTBENCH_BACKENDS."""
+    extra = {}
+    for item in filter(None, os.environ.get("QUANTBENCH_BACKENDS", "").split(";")):
+        name, sep, target = item.partition("=")
+        if not sep or ":" not in target:
+            raise QuantbenchError(f"QUANTBENCH_BACKENDS: expected name=module:Class, got {item!r}")
+        extra[name.strip()] = target.strip()
+    return {**BACKENDS, **extra}
+
+
 def get_backend(name: str) -> Backend:
-    target = BACKENDS.get(name)
+    names = backend_names()
+    target = names.get(name)
     if target is None:
-        raise QuantbenchError(f"unknown method {name!r}; valid methods: {', '.join(sorted(BACKENDS))}")
+        raise QuantbenchError(f"unknown method {name!r}; valid methods: {', '.join(sorted(names))}")
     module_name, _, class_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    try:
+        return getattr(importlib.import_module(module_name), class_name)()
+    except (ImportError, AttributeError) as exc:
+        raise QuantbenchError(f"method {name!r}: cannot import {target} ({exc})") from None

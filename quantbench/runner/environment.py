@@ -62,3 +62,11 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def quiet_library_logs() -> None:
+    """Progress bars for every weight shard drown the results; keep warnings and errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -86,10 +86,9 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
     return PreparedTrial(spec, backend, resolved, corpora)
 
 
-def execute(trial: PreparedTrial, store: Path) -> TrialOutcome:
-    """Quantize, evaluate and write the rows of a prepared trial; a crash becomes a failed trial."""
+def trial_header(trial: PreparedTrial, kernel: str = "") -> TrialHeader:
     spec = trial.spec
-    header = TrialHeader(
+    return TrialHeader(
         trial_key=spec.key,
         model_ref=spec.model.ref,
         model_fingerprint=trial.model.fingerprint,
@@ -101,19 +100,27 @@ def execute(trial: PreparedTrial, store: Path) -> TrialOutcome:
         hardware_fingerprint=environment.hardware_fingerprint(spec.device),
         versions=environment.versions(trial.backend.library),
         git_sha=environment.git_sha(),
+        kernel=kernel,
     )
+
+
+def record_failure(trial: PreparedTrial, store: Path, error: str, detail: str = "") -> TrialOutcome:
+    """Store a failed trial: its one-line reason, plus detail (traceback, stderr tail) for the record."""
+    table = trial_table(trial_header(trial), [], error=f"{error}\n{detail}".strip())
+    return TrialOutcome(trial.spec, "failed", error=error, path=result_store.write_trial(store, trial.spec.key, table))
+
+
+def execute(trial: PreparedTrial, store: Path) -> TrialOutcome:
+    """Quantize, evaluate and write the rows of a prepared trial; a crash becomes a failed trial."""
     try:
         metrics, kernel = _measure(trial)
     except QuantbenchError:
         raise
     except Exception as exc:  # any library failure mid-trial is recorded, not fatal to a sweep
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        error = f"{type(exc).__name__}: {message}"
-        detail = traceback.format_exc(limit=-3)
-        path = result_store.write_trial(store, spec.key, trial_table(header, [], error=f"{error}\n{detail}"))
-        return TrialOutcome(spec, "failed", error=error, path=path)
-    path = result_store.write_trial(store, spec.key, trial_table(replace(header, kernel=kernel), metrics))
-    return TrialOutcome(spec, "ok", metrics, path=path)
+        return record_failure(trial, store, f"{type(exc).__name__}: {message}", traceback.format_exc(limit=-3))
+    table = trial_table(trial_header(trial, kernel), metrics)
+    return TrialOutcome(trial.spec, "ok", metrics, path=result_store.write_trial(store, trial.spec.key, table))
 
 
 def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:

@@ -1,9 +1,9 @@
 """The command line end to end on the tiny model: what a user types, what they see, what is stored."""
 
 import pytest
+from conftest import ROOT
 
 from quantbench.app.cli import main
-from quantbench.backends.baseline import BaselineBackend
 from quantbench.results.store import read_results
 
 
@@ -76,17 +76,39 @@ def test_unwritable_store_fails_before_any_work(run_args, tmp_path, capsys):
     assert "is not writable" in capsys.readouterr().err
 
 
-def test_a_crash_inside_a_trial_is_stored_as_a_failed_trial(run_args, tmp_path, monkeypatch, capsys):
-    # Fault injection: no real library crashes on demand, so the baseline is made to raise.
-    def crash(*args, **kwargs):
-        raise RuntimeError("simulated kernel crash")
+@pytest.fixture
+def fault_backends(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the worker process imports them too
+    monkeypatch.setenv(
+        "QUANTBENCH_BACKENDS",
+        ";".join(f"{n}=fault_backends:{c}Backend" for n, c in [("raising", "Raising"), ("aborting", "Aborting"),
+                                                               ("hanging", "Hanging")]),
+    )  # fmt: skip
 
-    monkeypatch.setattr(BaselineBackend, "quantize", crash)
-    assert main(run_args) == 1
-    assert "FAILED: RuntimeError: simulated kernel crash" in capsys.readouterr().err
+
+def test_an_exception_inside_a_trial_is_stored_as_a_failed_trial(run_args, tmp_path, fault_backends, capsys):
+    assert main([*run_args, "--method", "raising", "--method", "baseline"]) == 1
+    assert "failed in" in capsys.readouterr().err
     frame = read_results(tmp_path).frame
-    assert list(frame["status"]) == ["failed"]
-    assert frame["error"][0].startswith("RuntimeError: simulated kernel crash")
+    failed = frame[frame["status"] == "failed"]
+    assert len(failed) == 1 and failed["method"].iloc[0] == "raising"
+    assert failed["error"].iloc[0].startswith("RuntimeError: simulated kernel crash")
+    assert (frame["method"] == "baseline").any()  # the next trial ran
+
+
+def test_a_worker_that_aborts_is_recorded_with_its_signal_and_stderr(run_args, tmp_path, fault_backends):
+    assert main([*run_args, "--method", "aborting", "--method", "baseline"]) == 1
+    frame = read_results(tmp_path).frame
+    failed = frame[frame["status"] == "failed"]
+    assert failed["error"].iloc[0].startswith("worker died (killed by SIGABRT)")
+    assert "about to abort" in failed["error"].iloc[0]
+    assert set(frame.loc[frame["status"] == "ok", "method"]) == {"baseline"}
+
+
+def test_a_hanging_worker_is_killed_at_its_timeout(run_args, tmp_path, fault_backends):
+    assert main([*run_args, "--method", "hanging", "--timeout", "20"]) == 1
+    frame = read_results(tmp_path).frame
+    assert frame["error"].iloc[0].startswith("timed out after 20 s")
 
 
 def test_methods_lists_the_baseline(capsys):
