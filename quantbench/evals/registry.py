@@ -16,6 +16,7 @@ from quantbench.errors import QuantbenchError
 
 EVALS: dict[str, str] = {
     "perplexity": "quantbench.evals.perplexity",
+    "latency": "quantbench.evals.latency",
 }
 
 

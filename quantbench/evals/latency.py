@@ -1,0 +1,305 @@
+"""Latency profile: prefill time per prompt length and decode throughput per batch size.
+
+Protocol, the same for every method:
+- Prompts are random token ids from the tokenizer's vocabulary without special tokens, drawn
+  with a fixed seed, so every method sees the same inputs and no prompt ends early.
+- Prompt lengths are capped by the model's `max_position_embeddings` (the cap is stored as
+  `prompt_length_cap`); metric names carry the length actually measured.
+- `first_call_seconds` is the eval's very first forward pass, timed on its own and never part
+  of any statistic: it holds the one-time costs (lazy initialisation, kernel autotuning or
+  compilation, allocator growth). Then every series runs `warmup` untimed calls, then timed
+  calls until it has both `repeats` samples and `min_seconds` of measured time.
+- Prefill (time to first token) at batch 1: one forward over the prompt with the KV cache on,
+  computing the logits of the last position only, as `generate` does.
+- Decode at each batch size: `generate(min_new_tokens=new_tokens, max_new_tokens=new_tokens,
+  do_sample=False)` over `decode_prompt_length`-token prompts, so every method decodes exactly
+  the same number of tokens (EOS is masked until then; the count is checked). The decode loop
+  is timed directly: a logits processor stamps the clock as each token's scores arrive, and
+  decode time is the interval from token 1 to token N, i.e. N−1 decode steps without prefill.
+  This needs one generate per sample instead of the difference of two (generate N − generate
+  1), whose noise can exceed a short decode; on CUDA the stamps are events recorded on the
+  stream, so they add no host synchronisation.
+
+Statistics: `*_seconds` and `decode_ms_per_token` are medians; `prefill_seconds_p90` is the
+90th percentile of the times (the slow tail); `decode_tokens_per_second_p90` is the
+throughput that 90% of samples reached or beat (the 10th percentile of per-sample tokens/s,
+also the slow tail); `*_spread` is (max − min) / median of the same samples. Throughput counts
+every row: batch × (N − 1) / decode time. `decode_ms_per_token` is the time between two
+tokens of one sequence (median decode time / (N − 1)), what a reader of one stream waits.
+`decode_weight_bytes_per_second` divides the bytes one decode step must read (every weight,
+the input embedding table excepted unless tied) by the median step time: decode is
+memory-bound, so this explains most speed-ups from quantization.
+
+Energy: on CUDA with `pynvml` importable, NVML's energy counter over the timed decode calls
+gives `decode_joules_per_token` (whole GPU, prefill of those calls included). Elsewhere no
+energy metric is stored (the store holds floats only); the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from quantbench.backends.base import QuantizedModel
+from quantbench.corpora import Corpus
+from quantbench.errors import QuantbenchError
+from quantbench.evals.memory import PeakMemory
+from quantbench.models import ResolvedModel
+
+log = logging.getLogger(__name__)
+PROMPT_SEED = 0
+
+
+class LatencyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_lengths: tuple[PositiveInt, ...] = Field((128, 512, 2048), min_length=1, description="prefill lengths")
+    batch_sizes: tuple[PositiveInt, ...] = Field((1, 4, 16), min_length=1, description="decode batch sizes")
+    new_tokens: int = Field(32, ge=2, description="tokens generated per row (one prefill + N-1 decode steps)")
+    decode_prompt_length: PositiveInt = Field(128, description="prompt tokens per row before decoding")
+    warmup: int = Field(1, ge=0, description="untimed calls before each series")
+    repeats: PositiveInt = Field(3, description="minimum timed calls per series")
+    min_seconds: float = Field(0.2, ge=0, description="minimum measured time per series")
+
+
+Params = LatencyParams
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Timestamps on the timeline where the work runs: `perf_counter` on CPU (calls return when
+    the work is done); on CUDA, events recorded on the stream (kernels run asynchronously, so
+    host time would measure launches), read after a synchronize."""
+
+    cuda: bool = False
+
+    def mark(self) -> float | torch.cuda.Event:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start, end) -> float:
+        if not self.cuda:
+            return end - start
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def clock_for(device: str) -> Clock:
+    return Clock(cuda=str(device).startswith("cuda"))
+
+
+def time_call(fn: Callable[[], object], clock: Clock) -> float:
+    start = clock.mark()
+    fn()
+    return clock.seconds(start, clock.mark())
+
+
+def sample(measure: Callable[[], float], warmup: int, repeats: int, min_seconds: float) -> list[float]:
+    """Run `measure` (which returns the seconds it measured) `warmup` times untimed, then until
+    there are at least `repeats` samples and they add up to at least `min_seconds`."""
+    for _ in range(warmup):
+        measure()
+    samples: list[float] = []
+    while len(samples) < repeats or sum(samples) < min_seconds:
+        samples.append(measure())
+    return samples
+
+
+def spread(values: Sequence[float]) -> float:
+    return (max(values) - min(values)) / float(np.median(values))
+
+
+def prompt_ids(model: QuantizedModel, batch: int, length: int, seed: int = PROMPT_SEED) -> torch.Tensor:
+    """(batch, length) token ids drawn with a fixed seed from the vocabulary, special tokens excluded."""
+    tokenizer = model.tokenizer
+    n_embeddings = model.module.get_input_embeddings().num_embeddings
+    special = set(tokenizer.all_special_ids)
+    allowed = torch.tensor([i for i in range(min(len(tokenizer), n_embeddings)) if i not in special])
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(allowed), (batch, length), generator=generator)
+    return allowed[picks].to(model.device)
+
+
+def prompt_length_cap(module: torch.nn.Module) -> int | None:
+    return getattr(module.config, "max_position_embeddings", None)
+
+
+def capped_lengths(lengths: Sequence[int], cap: int | None) -> list[int]:
+    """Requested prompt lengths limited to the model's context, each measured once."""
+    return sorted({min(n, cap) if cap else n for n in lengths})
+
+
+def prefill_seconds(model: QuantizedModel, ids: torch.Tensor, clock: Clock) -> float:
+    """One forward over the prompt with the KV cache on: the time to the first token's logits."""
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.module.forward).parameters else {}
+    return time_call(lambda: model.module(input_ids=ids, use_cache=True, **kwargs), clock)
+
+
+class _TokenStamps:
+    """A logits processor that stamps the clock each time generate has a new token's scores (once
+    per generated token). A plain callable, so importing this module does not import transformers."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.marks: list = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.marks.append(self.clock.mark())
+        return scores
+
+
+def decode(model: QuantizedModel, ids: torch.Tensor, new_tokens: int, clock: Clock) -> tuple[float, torch.Tensor]:
+    """Greedy-generate exactly `new_tokens` per row; return the seconds of the N−1 decode steps
+    (token 1's scores to token N's) and the generated ids (batch, new_tokens)."""
+    stamps = _TokenStamps(clock)
+    tokenizer = model.tokenizer
+    out = model.module.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        min_new_tokens=new_tokens,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        logits_processor=[stamps],
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    generated = out[:, ids.shape[1] :]
+    # Equal work for every method is the point of the protocol; a library that ignores
+    # min_new_tokens must fail the trial rather than report a faster, shorter decode.
+    if generated.shape[1] != new_tokens or len(stamps.marks) < new_tokens:
+        raise RuntimeError(f"generate produced {generated.shape[1]} tokens per row, expected {new_tokens}")
+    # On CUDA generate may run one speculative step past the end (deferred stop check); it is not counted.
+    return clock.seconds(stamps.marks[0], stamps.marks[new_tokens - 1]), generated
+
+
+def bytes_read_per_decode_step(model: QuantizedModel) -> int:
+    """The weight bytes one decode step reads: all of them except the input embedding table, of
+    which a step reads one row per sequence (unless it is tied to the output layer, read whole)."""
+    embeddings = model.module.get_input_embeddings().weight
+    output = model.module.get_output_embeddings()
+    tied = output is not None and output.weight.data_ptr() == embeddings.data_ptr()
+    return model.weight_bytes - (0 if tied else embeddings.numel() * embeddings.element_size())
+
+
+def check_inputs(source: ResolvedModel, params: LatencyParams, corpus: Corpus | None) -> None:
+    """Fail before quantizing when the model's context cannot hold one prompt token plus the new tokens."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source.path, trust_remote_code=source.ref.trust_remote_code)
+    cap = getattr(config, "max_position_embeddings", None)
+    if cap is not None and params.new_tokens >= cap:
+        raise QuantbenchError(
+            f"new_tokens {params.new_tokens} does not fit the model's context of {cap} tokens; "
+            "use a smaller --new-tokens"
+        )
+
+
+@torch.inference_mode()
+def run(
+    model: QuantizedModel, params: LatencyParams, corpus: Corpus | None, source: ResolvedModel
+) -> list[tuple[str, float, str]]:
+    """The eval-registry entry point: the latency profile of `model` (metric rows, see the module doc)."""
+    clock = clock_for(model.device)
+    cap = prompt_length_cap(model.module)
+    lengths = capped_lengths(params.prompt_lengths, cap)
+    rows: list[tuple[str, float, str]] = [("cpu_threads", torch.get_num_threads(), "threads")]
+    if cap is not None:
+        rows.append(("prompt_length_cap", cap, "tokens"))
+    energy = _energy_meter(model.device)
+    with PeakMemory() as memory:
+        rows.append(("first_call_seconds", prefill_seconds(model, prompt_ids(model, 1, lengths[0]), clock), "s"))
+        for length in lengths:
+            rows += _prefill_rows(model, params, clock, length)
+        prompt_length = params.decode_prompt_length
+        if cap is not None:
+            prompt_length = min(prompt_length, cap - params.new_tokens)
+        for batch in params.batch_sizes:
+            rows += _decode_rows(model, params, clock, energy, batch, prompt_ids(model, batch, prompt_length))
+    rows.append(("inference_peak_rss_bytes", memory.peak.rss_bytes, "bytes"))
+    if clock.cuda:
+        rows.append(("inference_cuda_max_allocated_bytes", memory.peak.cuda_allocated_bytes, "bytes"))
+        rows.append(("inference_cuda_max_reserved_bytes", memory.peak.cuda_reserved_bytes, "bytes"))
+    return rows
+
+
+def _prefill_rows(model: QuantizedModel, params: LatencyParams, clock: Clock, length: int) -> list:
+    ids = prompt_ids(model, 1, length)
+    times = sample(lambda: prefill_seconds(model, ids, clock), params.warmup, params.repeats, params.min_seconds)
+    return [
+        (f"prefill_seconds@len={length}", float(np.median(times)), "s"),
+        (f"prefill_seconds_p90@len={length}", float(np.percentile(times, 90)), "s"),
+        (f"prefill_spread@len={length}", spread(times), ""),
+    ]
+
+
+def _decode_rows(
+    model: QuantizedModel,
+    params: LatencyParams,
+    clock: Clock,
+    energy: Callable[[], float] | None,
+    batch: int,
+    ids: torch.Tensor,
+) -> list:
+    for _ in range(params.warmup):  # outside `sample`, so the energy count starts after them
+        decode(model, ids, params.new_tokens, clock)
+    joules_before = energy() if energy else 0.0
+    times = sample(lambda: decode(model, ids, params.new_tokens, clock)[0], 0, params.repeats, params.min_seconds)
+    steps = params.new_tokens - 1
+    median_seconds = float(np.median(times))
+    throughput = [batch * steps / t for t in times]
+    rows = [
+        (f"decode_tokens_per_second@batch={batch}", float(np.median(throughput)), "tokens/s"),
+        (f"decode_tokens_per_second_p90@batch={batch}", float(np.percentile(throughput, 10)), "tokens/s"),
+        (f"decode_ms_per_token@batch={batch}", 1e3 * median_seconds / steps, "ms"),
+        (f"decode_spread@batch={batch}", spread(throughput), ""),
+        (
+            f"decode_weight_bytes_per_second@batch={batch}",
+            bytes_read_per_decode_step(model) * steps / median_seconds,
+            "bytes/s",
+        ),
+    ]
+    if energy:
+        tokens = batch * params.new_tokens * len(times)
+        rows.append((f"decode_joules_per_token@batch={batch}", (energy() - joules_before) / tokens, "J/token"))
+    return rows
+
+
+def _energy_meter(device: str) -> Callable[[], float] | None:
+    """A function returning the GPU's energy counter in joules, or None (reason logged once).
+
+    Untested here: written for NVML on CUDA machines; the CI machines have no GPU.
+    """
+    if not str(device).startswith("cuda"):
+        _log_once("energy not measured: NVML energy counters exist only on NVIDIA GPUs")
+        return None
+    try:
+        import pynvml
+    except ImportError:
+        _log_once("energy not measured: pynvml is not installed (pip install nvidia-ml-py)")
+        return None
+    pynvml.nvmlInit()
+    # NVML numbers GPUs by PCI bus, torch by CUDA_VISIBLE_DEVICES order: match them by bus id.
+    props = torch.cuda.get_device_properties(torch.device(device))
+    bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+    try:
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    except pynvml.NVMLError as exc:  # pre-Volta GPUs have no energy counter
+        _log_once(f"energy not measured: {exc}")
+        return None
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3  # millijoules
+
+
+@cache
+def _log_once(message: str) -> None:
+    log.info(message)
