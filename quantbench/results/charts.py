@@ -1,0 +1,160 @@
+"""Plotly figures over the store: quality vs size with the Pareto front, quality vs bits,
+latency / throughput bars, memory bars.
+
+Every figure takes tidy rows (one per metric, as `query` returns them) and is a pure function
+of them: points and traces are ordered by comparability group, then trial key, so the same
+rows give the same figure JSON whatever order the store returned them in. Trials that do not
+compare (another model, corpus or protocol; another machine for speed and memory) are drawn
+as separate traces whose legend names the group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from quantbench.results.columns import MIB, column
+from quantbench.results.compare import comparability_groups
+from quantbench.results.query import wide
+
+TEMPLATE = "plotly_white"
+
+
+def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
+    """Which points are not dominated when both x and y are better lower.
+
+    A point is dominated when another is no worse in both and strictly better in one; equal
+    points do not dominate each other, so ties on the front all stay on it. NaN is never on it.
+    """
+    on_front = [False] * len(xs)
+    order = sorted(
+        (i for i in range(len(xs)) if not (math.isnan(xs[i]) or math.isnan(ys[i]))), key=lambda i: (xs[i], ys[i])
+    )
+    best: tuple[float, float] | None = None  # the front point with the lowest y so far
+    for i in order:
+        if best is None or ys[i] < best[1] or (xs[i], ys[i]) == best:
+            on_front[i] = True
+            best = (xs[i], ys[i])
+    return on_front
+
+
+def _hover(table: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The full configuration of each trial, for hover text."""
+    lines = []
+    for _, row in table.iterrows():
+        values = " · ".join(f"{column(m).title} {column(m).show(row[m])}" for m in metrics if m in row)
+        lines.append(
+            f"<b>{row['method_label']}</b><br>trial {row['trial_key']}<br>model {row['model_ref']}<br>"
+            f"device {row['device']} · kernel {row['kernel']}<br>{row['hardware']}<br>{values}"
+        )
+    return lines
+
+
+def _grouped(frame: pd.DataFrame, metric: str, by_hardware: bool = False) -> list[tuple[str, pd.DataFrame]]:
+    """(group label, wide rows sorted by trial key) for the ok trials that measured `metric`."""
+    table = wide(frame[frame["status"] == "ok"]) if not frame.empty else wide(frame)
+    if metric not in table:
+        return []
+    groups = comparability_groups(frame, metric, by_hardware)
+    table = table[table[metric].notna()].sort_values("trial_key")
+    table = table.assign(group=table["trial_key"].map(groups))
+    return [(label, rows) for label, rows in table.groupby("group", sort=True)]
+
+
+def _empty(title: str, why: str) -> go.Figure:
+    figure = go.Figure(layout={"title": title, "template": TEMPLATE})
+    figure.add_annotation(text=why, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return figure
+
+
+def quality_vs_size(frame: pd.DataFrame, quality: str = "perplexity", size: str = "weight_bytes") -> go.Figure:
+    """Scatter of quality against weight size per comparability group, its Pareto front as a line."""
+    title = f"{column(quality).title} vs {column(size).title}"
+    groups = _grouped(frame, quality)
+    if not groups:
+        return _empty(title, f"no trial measured {quality}")
+    higher = column(quality).better == "higher"
+    figure = go.Figure(layout={"title": title, "template": TEMPLATE})
+    for label, rows in groups:
+        rows = rows[rows[size].notna()]
+        x = (rows[size] / MIB).tolist() if size.endswith("_bytes") else rows[size].tolist()
+        y = rows[quality].tolist()
+        front = pareto_front(x, [-v for v in y] if higher else y)
+        hover = _hover(rows, [quality, size, "bits_per_weight"])
+        figure.add_scatter(
+            x=x, y=y, mode="markers", name=label, legendgroup=label, hovertext=hover, hoverinfo="text",
+            marker={"size": [12 if f else 8 for f in front], "symbol": ["star" if f else "circle" for f in front]},
+        )  # fmt: skip
+        on = sorted((xi, yi) for xi, yi, f in zip(x, y, front, strict=True) if f)
+        figure.add_scatter(
+            x=[p[0] for p in on], y=[p[1] for p in on], mode="lines", name=f"Pareto front · {label}",
+            legendgroup=label, line={"dash": "dot"}, hoverinfo="skip",
+        )  # fmt: skip
+    x_unit = "MiB" if size.endswith("_bytes") else column(size).title
+    figure.update_layout(xaxis_title=f"{column(size).metric} ({x_unit})", yaxis_title=column(quality).title)
+    return figure
+
+
+def quality_vs_bits(frame: pd.DataFrame, quality: str = "perplexity") -> go.Figure:
+    """Quality against effective bits per weight, one line per method family and group."""
+    title = f"{column(quality).title} vs bits per weight"
+    groups = _grouped(frame, quality)
+    if not groups:
+        return _empty(title, f"no trial measured {quality}")
+    figure = go.Figure(layout={"title": title, "template": TEMPLATE})
+    for label, rows in groups:
+        for method, family in rows.groupby("method", sort=True):
+            family = family[family["bits_per_weight"].notna()].sort_values(["bits_per_weight", "trial_key"])
+            figure.add_scatter(
+                x=family["bits_per_weight"].tolist(), y=family[quality].tolist(), mode="lines+markers",
+                name=f"{method} · {label}", legendgroup=label, hoverinfo="text",
+                hovertext=_hover(family, [quality, "bits_per_weight"]),
+            )  # fmt: skip
+    figure.update_layout(xaxis_title="effective bits per weight", yaxis_title=column(quality).title)
+    return figure
+
+
+def metric_bars(frame: pd.DataFrame, metrics: list[str], title: str, by_hardware: bool = True) -> go.Figure:
+    """Grouped bars: one bar per trial for each metric (and `@variant` of it) present.
+
+    The x axis has two levels, comparability group then method, so bars of trials measured on
+    different machines or protocols sit apart under their own label.
+    """
+    table = wide(frame[frame["status"] == "ok"]) if not frame.empty else wide(frame)
+    series = [c for m in metrics for c in sorted(table.columns, key=str) if c == m or str(c).startswith(m + "@")]
+    series = [c for c in series if table[c].notna().any()]
+    if not series:
+        return _empty(title, f"no trial measured {' or '.join(metrics)}")
+    # One group label per trial (from the first series it has), so its bars share one x slot.
+    groups: dict[str, str] = {}
+    for name in series:
+        for key, label in comparability_groups(frame, name, by_hardware).items():
+            groups.setdefault(key, label)
+    table = table.assign(group=table["trial_key"].map(groups))
+    figure = go.Figure(layout={"title": title, "template": TEMPLATE, "barmode": "group"})
+    for name in series:
+        rows = table[table[name].notna()]
+        rows = rows.sort_values(["group", "method_label", "trial_key"])
+        scale = MIB if name.split("@")[0].endswith("_bytes") else 1
+        methods = [f"{m} ({k[:6]})" for m, k in zip(rows["method_label"], rows["trial_key"], strict=True)]
+        figure.add_bar(
+            x=[rows["group"].tolist(), methods], y=(rows[name] / scale).tolist(), name=column(name).title,
+            hoverinfo="text", hovertext=_hover(rows, [name]),
+        )  # fmt: skip
+    unit = "MiB" if all(s.split("@")[0].endswith("_bytes") for s in series) else ""
+    figure.update_layout(yaxis_title=unit)
+    return figure
+
+
+def latency_bars(frame: pd.DataFrame) -> go.Figure:
+    return metric_bars(frame, ["decode_tokens_per_second", "prefill_seconds"], "Decode throughput and prefill time")
+
+
+def memory_bars(frame: pd.DataFrame) -> go.Figure:
+    return metric_bars(frame, ["weight_bytes", "peak_rss_bytes", "peak_cuda_allocated_bytes"], "Memory")
+
+
+CHARTS = {"pareto": quality_vs_size, "bits": quality_vs_bits, "latency": latency_bars, "memory": memory_bars}

@@ -1,0 +1,108 @@
+"""How metrics are shown to people: title, display unit, and which direction is better.
+
+One catalogue for the CLI table, the comparison, the charts and the exports, so a metric has
+the same title and unit everywhere. The store keeps SI units (bytes, seconds); conversion to
+MiB happens only here, for display.
+
+Metric names produced by evals that this catalogue relies on (agreed with their authors):
+- divergence: `kld_mean`, `top1_agreement` (fraction 0..1);
+- tasks: `task:<task>:<measure>` and its standard error `task:<task>:<measure>_stderr`,
+  e.g. `task:hellaswag:acc`, `task:hellaswag:acc_stderr` (lm-eval's `acc,none` renamed);
+- latency: `decode_tokens_per_second`, `prefill_seconds`; variants at another batch size or
+  prompt length append `@<param>=<value>`, e.g. `decode_tokens_per_second@batch=4`;
+- memory: `peak_rss_bytes`, `peak_cuda_allocated_bytes` (the trial's peak is the largest
+  over its evals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str
+    title: str
+    render: Callable[[float], str]
+    better: str = ""  # "lower", "higher" or "" (no ranking, e.g. token counts)
+
+    def show(self, value: float) -> str:
+        return "" if value is None or math.isnan(value) else self.render(value)
+
+
+def _fixed(digits: int) -> Callable[[float], str]:
+    return lambda v: f"{v:.{digits}f}"
+
+
+def _mib(v: float) -> str:
+    return f"{v / MIB:.1f}"
+
+
+# Display order of the headline columns; metrics not listed here are still exported raw.
+CATALOGUE = [
+    Column("bits_per_weight", "bits/w", _fixed(2), "lower"),
+    Column("weight_bytes", "weights MiB", _mib, "lower"),
+    Column("perplexity", "ppl", _fixed(3), "lower"),
+    Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
+    Column("word_perplexity", "word ppl", _fixed(2), "lower"),
+    Column("kld_mean", "KLD", _fixed(4), "lower"),
+    Column("top1_agreement", "top-1 agree", _fixed(3), "higher"),
+    Column("decode_tokens_per_second", "decode tok/s", _fixed(1), "higher"),
+    Column("prefill_seconds", "prefill s", _fixed(3), "lower"),
+    Column("quantize_seconds", "quant s", _fixed(1), "lower"),
+    Column("eval_tokens_per_second", "eval tok/s", _fixed(0), "higher"),
+    Column("peak_rss_bytes", "peak RSS MiB", lambda v: f"{v / MIB:.0f}", "lower"),
+    Column("peak_cuda_allocated_bytes", "peak CUDA MiB", lambda v: f"{v / MIB:.0f}", "lower"),
+]
+COLUMNS = {c.metric: c for c in CATALOGUE}
+
+
+def column(metric: str) -> Column:
+    """The catalogue entry, or a plain one for metrics it does not know (task scores, variants)."""
+    known = COLUMNS.get(metric.split("@")[0])
+    if known is not None:
+        if known.metric == metric:
+            return known
+        return Column(metric, f"{known.title} {metric.split('@', 1)[1]}", known.render, known.better)
+    if metric.startswith("task:"):
+        better = "" if metric.endswith("_stderr") else "higher"
+        return Column(metric, metric.removeprefix("task:"), _fixed(4), better)
+    return Column(metric, metric, lambda v: f"{v:.4g}")
+
+
+def headline(table: pd.DataFrame) -> list[Column]:
+    """Catalogue columns that the wide `table` has at least one value for, in display order."""
+    return [c for c in CATALOGUE if c.metric in table and table[c.metric].notna().any()]
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The wide `table` as text for people: who the trial is, then the headline metrics."""
+    shown = pd.DataFrame(
+        {
+            "trial_key": table["trial_key"],
+            "status": table["status"],
+            "model": table["model_ref"],
+            "method": table["method_label"],
+            "device": table["device"],
+        }
+    )
+    for spec in headline(table):
+        shown[spec.title] = [spec.show(v) for v in table[spec.metric]]
+    return shown.reset_index(drop=True)
+
+
+def best_rows(table: pd.DataFrame) -> dict[str, set[int]]:
+    """For each ranked headline column (by title), the row positions holding its best value; ties all count."""
+    best = {}
+    for spec in headline(table):
+        if spec.better:
+            values = table[spec.metric].reset_index(drop=True)
+            target = values.min() if spec.better == "lower" else values.max()
+            best[spec.title] = set(values.index[values == target])
+    return best
