@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from quantbench.results.columns import MIB, column
+from quantbench.results.columns import MIB, column, natural_key
 from quantbench.results.compare import comparability_groups
 from quantbench.results.query import wide
 
@@ -124,8 +124,8 @@ def metric_bars(frame: pd.DataFrame, metrics: list[str], title: str, by_hardware
     different machines or protocols sit apart under their own label.
     """
     table = wide(frame[frame["status"] == "ok"]) if not frame.empty else wide(frame)
-    series = [c for m in metrics for c in sorted(table.columns, key=str) if c == m or str(c).startswith(m + "@")]
-    series = [c for c in series if table[c].notna().any()]
+    names = sorted((str(c) for c in table.columns if table[c].notna().any()), key=natural_key)
+    series = [c for m in metrics for c in names if c == m or c.startswith(m + "@")]
     if not series:
         return _empty(title, f"no trial measured {' or '.join(metrics)}")
     # One group label per trial (from the first series it has), so its bars share one x slot.
@@ -154,7 +154,7 @@ def latency_bars(frame: pd.DataFrame) -> go.Figure:
 
 
 def memory_bars(frame: pd.DataFrame) -> go.Figure:
-    return metric_bars(frame, ["weight_bytes", "peak_rss_bytes", "peak_cuda_allocated_bytes"], "Memory")
+    return metric_bars(frame, ["weight_bytes", "peak_rss_bytes", "inference_cuda_max_allocated_bytes"], "Memory")
 
 
 CHARTS = {"pareto": quality_vs_size, "bits": quality_vs_bits, "latency": latency_bars, "memory": memory_bars}

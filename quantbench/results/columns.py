@@ -8,15 +8,16 @@ Metric names produced by evals that this catalogue relies on (agreed with their 
 - divergence: `kld_mean`, `top1_agreement` (fraction 0..1);
 - tasks: `task:<task>:<measure>` and its standard error `task:<task>:<measure>_stderr`,
   e.g. `task:hellaswag:acc`, `task:hellaswag:acc_stderr` (lm-eval's `acc,none` renamed);
-- latency: `decode_tokens_per_second`, `prefill_seconds`; variants at another batch size or
-  prompt length append `@<param>=<value>`, e.g. `decode_tokens_per_second@batch=4`;
-- memory: `peak_rss_bytes`, `peak_cuda_allocated_bytes` (the trial's peak is the largest
-  over its evals).
+- latency: `decode_tokens_per_second@batch=<n>`, `prefill_seconds@len=<tokens>` (a metric
+  measured at several settings appends `@<param>=<value>`; the bare name works too);
+- memory: `peak_rss_bytes` (each eval's; the trial's peak is the largest),
+  `inference_cuda_max_allocated_bytes` (latency eval, CUDA).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ CATALOGUE = [
     Column("quantize_seconds", "quant s", _fixed(1), "lower"),
     Column("eval_tokens_per_second", "eval tok/s", _fixed(0), "higher"),
     Column("peak_rss_bytes", "peak RSS MiB", lambda v: f"{v / MIB:.0f}", "lower"),
-    Column("peak_cuda_allocated_bytes", "peak CUDA MiB", lambda v: f"{v / MIB:.0f}", "lower"),
+    Column("inference_cuda_max_allocated_bytes", "peak CUDA MiB", lambda v: f"{v / MIB:.0f}", "lower"),
 ]
 COLUMNS = {c.metric: c for c in CATALOGUE}
 
@@ -76,9 +77,15 @@ def column(metric: str) -> Column:
     return Column(metric, metric, lambda v: f"{v:.4g}")
 
 
+def natural_key(name: str) -> list:
+    """Sort key that puts `@batch=4` before `@batch=16`."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def headline(table: pd.DataFrame) -> list[Column]:
-    """Catalogue columns that the wide `table` has at least one value for, in display order."""
-    return [c for c in CATALOGUE if c.metric in table and table[c.metric].notna().any()]
+    """Catalogue columns (and their `@variant`s) that the wide `table` has a value for, in display order."""
+    present = sorted((str(c) for c in table.columns if table[c].notna().any()), key=natural_key)
+    return [column(m) for c in CATALOGUE for m in present if m == c.metric or m.startswith(c.metric + "@")]
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from quantbench.errors import QuantbenchError
-from quantbench.results.columns import CATALOGUE, column
+from quantbench.results.columns import column, headline
 from quantbench.results.query import wide
 
 # Metrics shown as a ratio against the reference, and what the ratio is called. `better` in
@@ -170,11 +170,8 @@ def compare(frame: pd.DataFrame, keys: list[str], reference: str | None = None) 
 
 def _metrics(table: pd.DataFrame) -> list[str]:
     """Catalogue metrics, their variants and task scores present in the table, in display order."""
-    present = [c for c in table.columns if table[c].notna().any()]
-    ordered = []
-    for spec in CATALOGUE:
-        ordered += [c for c in present if c == spec.metric or c.startswith(spec.metric + "@")]
-    return ordered + sorted(c for c in present if str(c).startswith("task:"))
+    tasks = sorted(str(c) for c in table.columns if str(c).startswith("task:") and table[c].notna().any())
+    return [c.metric for c in headline(table)] + tasks
 
 
 def comparability_groups(frame: pd.DataFrame, metric: str, by_hardware: bool = False) -> pd.Series:

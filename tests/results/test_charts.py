@@ -62,11 +62,11 @@ def test_figure_json_is_deterministic_whatever_the_row_order(mixed_store, name):
 def test_bars_group_by_machine_and_show_variants(tmp_path):
     fill(
         tmp_path,
-        trial("a", metrics={"decode_tokens_per_second": 10.0, "decode_tokens_per_second@batch=4": 30.0}),
-        trial("b", "rtn", {"bits": 4}, metrics={"decode_tokens_per_second": 20.0}, hardware="gpu: H100"),
+        trial("a", metrics={"decode_tokens_per_second@batch=1": 10.0, "decode_tokens_per_second@batch=4": 30.0}),
+        trial("b", "rtn", {"bits": 4}, metrics={"decode_tokens_per_second@batch=1": 20.0}, hardware="gpu: H100"),
     )
     figure = charts.latency_bars(read_results(tmp_path).frame)
-    assert [t.name for t in figure.data] == ["decode tok/s", "decode tok/s batch=4"]
+    assert [t.name for t in figure.data] == ["decode tok/s batch=1", "decode tok/s batch=4"]
     groups, methods = figure.data[0].x
     assert list(methods) == ["baseline:dtype=float32 (a)", "rtn:bits=4 (b)"]
     assert len(set(groups)) == 2 and any("gpu: H100" in g for g in groups)

@@ -109,3 +109,18 @@ def test_same_name_different_fingerprint_gets_told_apart(tmp_path):
     fill(tmp_path, trial("a", metrics={"perplexity": 1.0}), trial("b", metrics={"perplexity": 1.0}, fingerprint="zz"))
     groups = comparability_groups(read_results(tmp_path).frame, "perplexity")
     assert groups["a"].endswith("[fp-tiny]") and groups["b"].endswith("[zz]")
+
+
+def test_speed_ups_per_batch_size_of_the_latency_eval(tmp_path):
+    fast = {"decode_tokens_per_second@batch=16": 400.0, "decode_tokens_per_second@batch=4": 120.0}
+    fill(
+        tmp_path,
+        trial("base", metrics={"decode_tokens_per_second@batch=16": 200.0, "decode_tokens_per_second@batch=4": 60.0}),
+        trial("fast", "rtn", {"bits": 4}, metrics={**fast, "prefill_seconds@len=128": 0.5}),
+    )
+    text = compare(read_results(tmp_path).frame, ["fast"]).text()
+    rows = [r for r in text.index if "batch" in r]
+    assert rows == ["decode tok/s batch=4", "speed-up × @batch=4", "decode tok/s batch=16", "speed-up × @batch=16"]
+    assert text.loc["speed-up × @batch=16"].tolist() == ["1.00×", "2.00×"]
+    assert text.loc["prefill s len=128"].tolist() == ["", "0.500"]
+    assert "prefill speed-up × @len=128" in text.index  # shown, empty where the reference lacks it
