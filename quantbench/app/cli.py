@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="re-run trials already in the store")
     parser.add_argument("--timeout", type=float, help="seconds per trial before its worker is killed")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local", help="ray: one Ray task per trial")
+    parser.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
     _store_arg(parser)
 
 
@@ -92,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     evals = [_eval_spec(name, args) for name in names]
     # Plan every trial before running any, so a typo in the last method fails in a second.
     specs = [plan_trial(model, MethodSpec.parse(m), evals, args.device) for m in args.method or ["baseline"]]
-    return _run_specs(specs, args.store, args.force, args.timeout)
+    return _run_specs(specs, args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -101,14 +103,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     quiet_library_logs()
     sweep, specs = load_sweep(args.file)
     print(f"{args.file}: {len(specs)} trials", file=sys.stderr)
-    return _run_specs(specs, args.store, args.force, args.timeout or sweep.timeout_s)
+    return _run_specs(specs, args, timeout_s=args.timeout or sweep.timeout_s)
 
 
-def _run_specs(specs: list, store: Path, force: bool, timeout_s: float | None) -> int:
-    from quantbench.runner.executor import run_local
+def _run_specs(specs: list, args: argparse.Namespace, timeout_s: float | None = None) -> int:
+    options = dict(force=args.force, timeout_s=timeout_s or args.timeout, on_event=_print_event)
+    if args.executor == "ray":
+        from quantbench.runner.ray_executor import run_ray
 
-    outcomes = run_local(specs, store, force=force, timeout_s=timeout_s, on_event=_print_event)
-    _print_trials(store, keys={s.key for s in specs})
+        outcomes = run_ray(specs, args.store, address=args.address, **options)
+    else:
+        from quantbench.runner.executor import run_local
+
+        outcomes = run_local(specs, args.store, **options)
+    _print_trials(args.store, keys={s.key for s in specs})
     statuses = {o.status for o in outcomes}
     return 2 if "error" in statuses else 1 if "failed" in statuses else 0
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantbench.errors import QuantbenchError
-from quantbench.runner.trial import TrialOutcome, completed_keys, prepare_trial
+from quantbench.runner.trial import PreparedTrial, TrialOutcome, completed_keys, prepare_trial
 from quantbench.runner.worker import run_in_worker
 from quantbench.spec import TrialSpec
 
@@ -28,6 +28,18 @@ class TrialEvent:
     eta_s: float | None = None  # for the rest of the sweep, from the mean trial time so far
 
 
+def pending_trials(
+    specs: list[TrialSpec], store: Path, force: bool, on_event: Callable[[TrialEvent], None]
+) -> tuple[list[TrialOutcome], list[PreparedTrial]]:
+    """Outcomes for the trials the store already has, and the others prepared (inputs checked)."""
+    done = set() if force else completed_keys(store)
+    skipped = [TrialOutcome(spec, "skipped") for spec in specs if spec.key in done]
+    for outcome in skipped:
+        on_event(TrialEvent("skipped", 0, len(specs), outcome.spec, outcome))
+    # Check every input before the first trial starts: a typo in the last method fails now.
+    return skipped, [prepare_trial(spec, store) for spec in specs if spec.key not in done]
+
+
 def run_local(
     specs: list[TrialSpec],
     store: Path,
@@ -37,14 +49,7 @@ def run_local(
 ) -> list[TrialOutcome]:
     """Run `specs` in worker processes; a QuantbenchError raised inside one trial is reported
     as its outcome ("error", nothing stored) and the sweep goes on."""
-    done = set() if force else completed_keys(store)
-    outcomes = []
-    for spec in specs:
-        if spec.key in done:
-            outcomes.append(TrialOutcome(spec, "skipped"))
-            on_event(TrialEvent("skipped", 0, len(specs), spec, outcomes[-1]))
-    # Check every input before the first trial starts: a typo in the last method fails now.
-    prepared = [prepare_trial(spec, store) for spec in specs if spec.key not in done]
+    outcomes, prepared = pending_trials(specs, store, force, on_event)
     durations: list[float] = []
     for index, trial in enumerate(prepared, start=1):
         on_event(TrialEvent("started", index, len(prepared), trial.spec))
