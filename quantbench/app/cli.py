@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-sizes", type=_int_list, help=f"latency decode batches ({latency.batch_sizes})")
     run.add_argument("--new-tokens", type=int, help=f"latency tokens generated per row ({latency.new_tokens})")
     run.add_argument("--repeats", type=int, help=f"latency minimum timed calls per series ({latency.repeats})")
+    run.add_argument("--top-k", type=int, help="divergence: baseline log-probs cached per token (64)")
+    run.add_argument("--tasks", help="tasks: comma list of lm-eval task names (lambada_openai)")
+    run.add_argument(
+        "--task-data", action="append", help="tasks: TASK=FILE, a local copy of the task's data (repeatable)"
+    )
+    run.add_argument("--limit", type=int, help="tasks: documents per task (default: all)")
+    run.add_argument("--num-fewshot", type=int, help="tasks: few-shot examples (default: the task's)")
     run.add_argument("--device", default="cpu", choices=DEVICES)
     _execution_args(run)
 

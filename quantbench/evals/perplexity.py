@@ -88,6 +88,35 @@ def windows(n_tokens: int, seq_len: int, stride: int) -> Iterator[Window]:
         scored_until = end
 
 
+@dataclass(frozen=True)
+class ScoredWindow:
+    window: Window
+    logits: torch.Tensor  # (n, V) fp32: the logits that predict `targets`
+    targets: torch.Tensor  # (n,) token ids scored in this window
+
+
+def tokenize(tokenizer, corpus: Corpus, max_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (N,) of the joined corpus and each token's character span (N, 2), cut to `max_tokens`."""
+    encoding = tokenizer(corpus.text, return_offsets_mapping=True, verbose=False)
+    ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
+    offsets = torch.tensor(encoding["offset_mapping"], dtype=torch.long).reshape(-1, 2)
+    del encoding  # Python lists of ints cost ~10x the tensors
+    return ids[:max_tokens], offsets[:max_tokens]
+
+
+def scored_windows(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, params: PerplexityParams
+) -> Iterator[ScoredWindow]:
+    """Run `logits_fn` over the windows of `ids`, `batch_size` at a time, and yield each window's
+    scored part; one batch of logits is alive at a time, so memory does not grow with the corpus."""
+    for batch in _chunks(windows(len(ids), params.seq_len, params.stride or params.seq_len), params.batch_size):
+        logits = logits_fn(torch.stack([ids[w.begin : w.end] for w in batch]))
+        for row, w in zip(logits, batch, strict=True):
+            # logits at position p predict token p + 1
+            yield ScoredWindow(w, row[w.first_target - w.begin - 1 : -1].float(), ids[w.first_target : w.end])
+        del logits
+
+
 def evaluate(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     tokenizer,
@@ -97,31 +126,19 @@ def evaluate(
     """Score `corpus` with `logits_fn` (token ids (B, T) -> logits (B, T, V))."""
     start = time.perf_counter()
     text = corpus.text
-    encoding = tokenizer(text, return_offsets_mapping=True, verbose=False)
-    ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
-    offsets = torch.tensor(encoding["offset_mapping"], dtype=torch.long).reshape(-1, 2)
-    del encoding  # Python lists of ints cost ~10x the tensors
-    if params.max_tokens is not None:
-        ids = ids[: params.max_tokens]
+    ids, offsets = tokenize(tokenizer, corpus, params.max_tokens)
     _check_length(len(ids), corpus, params)
 
-    nll_sum, tokens, n_bytes, words, n_windows, forward_seconds = 0.0, 0, 0, 0, 0, 0.0
-    for batch in _chunks(windows(len(ids), params.seq_len, params.stride or params.seq_len), params.batch_size):
-        inputs = torch.stack([ids[w.begin : w.end] for w in batch])
-        t0 = time.perf_counter()
-        logits = logits_fn(inputs)
-        forward_seconds += time.perf_counter() - t0
-        for row, w in zip(logits, batch, strict=True):
-            # logits at position p predict token p + 1
-            predicted = row[w.first_target - w.begin - 1 : -1].float()
-            targets = ids[w.first_target : w.end]
-            nll_sum += F.cross_entropy(predicted, targets, reduction="sum").item()
-            tokens += len(targets)
-            covered = text[offsets[w.first_target, 0] : offsets[w.end - 1, 1]]
-            n_bytes += len(covered.encode())
-            words += len(covered.split())
-            n_windows += 1
-        del logits
+    forward = _TimedCalls(logits_fn)
+    nll_sum, tokens, n_bytes, words, n_windows = 0.0, 0, 0, 0, 0
+    for scored in scored_windows(forward, ids, params):
+        w = scored.window
+        nll_sum += F.cross_entropy(scored.logits, scored.targets, reduction="sum").item()
+        tokens += len(scored.targets)
+        covered = text[offsets[w.first_target, 0] : offsets[w.end - 1, 1]]
+        n_bytes += len(covered.encode())
+        words += len(covered.split())
+        n_windows += 1
 
     nll_mean = nll_sum / tokens
     return PerplexityResult(
@@ -132,8 +149,22 @@ def evaluate(
         tokens_scored=tokens,
         windows=n_windows,
         seconds=time.perf_counter() - start,
-        forward_seconds=forward_seconds,
+        forward_seconds=forward.seconds,
     )
+
+
+class _TimedCalls:
+    """Wraps a function and adds up the wall time spent inside it."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(inputs)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
 
 def _chunks(items: Iterator[Window], size: int) -> Iterator[list[Window]]:

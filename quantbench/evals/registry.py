@@ -16,6 +16,8 @@ from quantbench.errors import QuantbenchError
 
 EVALS: dict[str, str] = {
     "perplexity": "quantbench.evals.perplexity",
+    "divergence": "quantbench.evals.divergence",
+    "tasks": "quantbench.evals.tasks",
     "latency": "quantbench.evals.latency",
 }
 

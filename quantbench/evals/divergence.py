@@ -1,0 +1,267 @@
+"""How far a quantized model's next-token distributions drift from the unquantized model's.
+
+What llama.cpp's `llama-perplexity --kl-divergence` reports, for any backend. For every scored
+token of the perplexity protocol (same windows, see perplexity.py):
+- KL(P_base ‖ Q) in nats, P the unquantized model's distribution, Q the quantized one's;
+- top-1 agreement: both models give the same token the highest probability;
+- Δp = q(correct token) − p(correct token).
+Aggregates: mean, median, p90, p99 and max KL; agreement in %; mean and RMS Δp; the perplexity
+ratio PPL(Q) / PPL(P).
+
+The baseline pass runs the unquantized model (fp32, on the quantized model's device) once per
+(model fingerprint, token ids, protocol, top_k) and caches, per scored token, the top-k
+log-probabilities with their token ids, the log of the remaining mass and the log-probability
+of the correct token, in fp32 (`top_k` × 8 + 8 bytes per token; a full fp32 row of a 49k-token
+vocabulary is 192 KiB). KL is then computed over k + 1 buckets: the k tokens and "the rest".
+Merging tokens into one bucket can only lower KL (log-sum inequality), so the estimate is a
+lower bound; with k = 64 it stays within 2% of the exact KL (tests/evals/test_divergence.py).
+
+Cache files are written to a temp name and renamed (atomic); the file name is the key's hash and
+the header holds the key itself, so a file from another model, corpus or protocol is never read
+as this one. Both passes stream window by window; only per-token scalars are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from quantbench import models
+from quantbench.backends.base import QuantizedModel
+from quantbench.corpora import Corpus
+from quantbench.errors import QuantbenchError
+from quantbench.evals import perplexity
+from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
+from quantbench.models import ResolvedModel
+
+FORMAT = "quantbench-divergence-baseline/1"
+MAGIC = b"QBKLD001"
+REFERENCE_DTYPE = "float32"
+
+
+class DivergenceParams(PerplexityParams):
+    top_k: int = Field(64, ge=1, description="baseline log-probs kept per token; the rest is one bucket")
+
+
+Params = DivergenceParams
+
+
+@dataclass(frozen=True)
+class DivergenceResult:
+    kld: np.ndarray  # per scored token, nats
+    top1_agree: int
+    delta_p_sum: float
+    delta_p_sq_sum: float
+    nll_base_sum: float
+    nll_quant_sum: float
+    cache_hit: bool
+    cache_bytes_per_token: float
+
+    def metrics(self) -> list[tuple[str, float, str]]:
+        n = len(self.kld)
+        return [
+            ("kld_mean", float(self.kld.mean()), "nats"),
+            ("kld_median", float(np.median(self.kld)), "nats"),
+            ("kld_p90", float(np.percentile(self.kld, 90)), "nats"),
+            ("kld_p99", float(np.percentile(self.kld, 99)), "nats"),
+            ("kld_max", float(self.kld.max()), "nats"),
+            ("top1_agreement", 100.0 * self.top1_agree / n, "%"),
+            ("delta_p_mean", self.delta_p_sum / n, ""),
+            ("delta_p_rms", (self.delta_p_sq_sum / n) ** 0.5, ""),
+            ("ppl_ratio", float(np.exp((self.nll_quant_sum - self.nll_base_sum) / n)), ""),
+            ("kld_tokens", n, "tokens"),
+            ("baseline_cache_hit", float(self.cache_hit), ""),
+            ("baseline_cache_bytes_per_token", self.cache_bytes_per_token, "bytes/token"),
+        ]
+
+
+def record_dtype(top_k: int, vocab_size: int) -> np.dtype:
+    """One cached baseline token: top-k ids and log-probs, log of the rest of the mass, log p(target)."""
+    index = np.uint16 if vocab_size <= 2**16 else np.int32
+    return np.dtype([("ids", index, (top_k,)), ("logp", np.float32, (top_k,)), ("log_rest", np.float32),
+                     ("logp_target", np.float32)])  # fmt: skip
+
+
+def baseline_records(logits: torch.Tensor, targets: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """Compress the baseline's logits (n, V) into cache records."""
+    k = dtype["ids"].shape[0]
+    logp = torch.log_softmax(logits, dim=-1)
+    top, ids = logp.topk(k, dim=-1)
+    out = np.empty(len(targets), dtype)
+    out["logp_target"] = logp.gather(1, targets[:, None])[:, 0].numpy()
+    out["ids"], out["logp"] = ids.numpy(), top.numpy()
+    out["log_rest"] = _log_rest(logp, ids).numpy()
+    return out
+
+
+def _log_rest(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the mass outside `ids`, summed over the other tokens (not 1 − Σ top-k, which loses
+    all precision when the top-k hold nearly all the mass). Overwrites `logp`."""
+    return logp.scatter_(1, ids, float("-inf")).logsumexp(dim=-1)
+
+
+@dataclass
+class TokenStats:
+    kld: torch.Tensor
+    top1_agree: torch.Tensor  # bool
+    delta_p: torch.Tensor
+    nll_base: torch.Tensor
+    nll_quant: torch.Tensor
+
+
+def compare(base: np.ndarray, logits: torch.Tensor, targets: torch.Tensor) -> TokenStats:
+    """Per-token statistics of a quantized model's logits (n, V) against cached baseline records."""
+    logq = torch.log_softmax(logits, dim=-1)
+    ids = torch.tensor(base["ids"].astype(np.int64))
+    logp = torch.tensor(base["logp"])
+    log_rest = torch.tensor(base["log_rest"])
+    logp_target = torch.tensor(base["logp_target"])
+    # topk, not argmax: the same tie-breaking as the baseline pass, so a model agrees with itself.
+    agree = logq.topk(1, dim=-1).indices[:, 0] == ids[:, 0]
+    logq_target = logq.gather(1, targets[:, None])[:, 0]
+    logq_top = logq.gather(1, ids)
+    logq_rest = _log_rest(logq, ids)
+    p_rest = log_rest.exp()
+    rest_term = torch.where(p_rest > 0, p_rest * (log_rest - logq_rest), 0.0)  # k >= V leaves no rest
+    kld = (logp.exp() * (logp - logq_top)).sum(dim=-1) + rest_term
+    return TokenStats(kld, agree, logq_target.exp() - logp_target.exp(), -logp_target, -logq_target)
+
+
+def cache_key(source: ResolvedModel, ids: torch.Tensor, params: DivergenceParams, device: str) -> dict:
+    """Everything the cached baseline depends on. Token ids stand for corpus + tokenizer + max_tokens."""
+    return {
+        "format": FORMAT,
+        "model_fingerprint": source.fingerprint,
+        "tokens_sha256": hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest(),
+        "seq_len": params.seq_len,
+        "stride": params.stride or params.seq_len,
+        "top_k": params.top_k,
+        "reference_dtype": REFERENCE_DTYPE,
+        "device": device,
+    }
+
+
+def cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return models.cache_dir() / "divergence" / f"{digest[:32]}.kld"
+
+
+def read_cache(path: Path, key: dict, n_tokens: int) -> np.ndarray | None:
+    """The cached records memory-mapped, or None when absent, damaged or built for another key."""
+    try:
+        with path.open("rb") as f:
+            if f.read(8) != MAGIC:
+                return None
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        if header["key"] != key:
+            return None
+        dtype = np.dtype([tuple(field) if len(field) == 2 else (field[0], field[1], tuple(field[2]))
+                          for field in header["dtype"]])  # fmt: skip
+        offset = 16 + header_len
+        if path.stat().st_size != offset + n_tokens * dtype.itemsize:
+            return None
+        return np.memmap(path, dtype, mode="r", offset=offset, shape=(n_tokens,))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cache(path: Path, key: dict, dtype: np.dtype, records: Iterator[np.ndarray]) -> None:
+    """Stream records to a temp file next to `path`, then rename it into place (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"key": key, "dtype": dtype.descr}).encode()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+            for chunk in records:
+                f.write(chunk.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def evaluate(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    tokenizer,
+    corpus: Corpus,
+    params: DivergenceParams,
+    source: ResolvedModel,
+    device: str,
+) -> DivergenceResult:
+    """Compare `logits_fn` (the quantized model) with the unquantized model behind `source`."""
+    ids, _ = tokenize(tokenizer, corpus, params.max_tokens)
+    n_tokens = sum(w.end - w.first_target for w in _windows(ids, params))
+    key = cache_key(source, ids, params, device)
+    path = cache_path(key)
+    base = read_cache(path, key, n_tokens)
+    cache_hit = base is not None
+    if base is None:
+        reference = models.load(source, dtype=REFERENCE_DTYPE, device=device)
+        vocab = reference.get_output_embeddings().weight.shape[0]
+        dtype = record_dtype(min(params.top_k, vocab), vocab)
+
+        @torch.inference_mode()
+        def reference_logits(batch: torch.Tensor) -> torch.Tensor:
+            return reference(input_ids=batch.to(device), use_cache=False).logits.float().cpu()
+
+        records = (baseline_records(s.logits, s.targets, dtype) for s in scored_windows(reference_logits, ids, params))
+        write_cache(path, key, dtype, records)
+        del reference
+        base = read_cache(path, key, n_tokens)
+        assert base is not None, f"baseline cache {path} unreadable right after writing"
+
+    kld, agree, dp_sum, dp_sq, nll_p, nll_q, at = [], 0, 0.0, 0.0, 0.0, 0.0, 0
+    for scored in scored_windows(logits_fn, ids, params):
+        n = len(scored.targets)
+        stats = compare(base[at : at + n], scored.logits, scored.targets)
+        at += n
+        kld.append(stats.kld.numpy())
+        agree += int(stats.top1_agree.sum())
+        dp_sum += stats.delta_p.double().sum().item()
+        dp_sq += stats.delta_p.double().square().sum().item()
+        nll_p += stats.nll_base.double().sum().item()
+        nll_q += stats.nll_quant.double().sum().item()
+    return DivergenceResult(
+        kld=np.concatenate(kld),
+        top1_agree=agree,
+        delta_p_sum=dp_sum,
+        delta_p_sq_sum=dp_sq,
+        nll_base_sum=nll_p,
+        nll_quant_sum=nll_q,
+        cache_hit=cache_hit,
+        cache_bytes_per_token=path.stat().st_size / n_tokens,
+    )
+
+
+def _windows(ids: torch.Tensor, params: DivergenceParams) -> Iterator[perplexity.Window]:
+    return perplexity.windows(len(ids), params.seq_len, params.stride or params.seq_len)
+
+
+def check_inputs(source: ResolvedModel, params: DivergenceParams, corpus: Corpus) -> None:
+    """The reference must be an unquantized checkpoint, and the corpus must fill one window."""
+    config = json.loads((source.path / "config.json").read_text())
+    if "quantization_config" in config:
+        method = config["quantization_config"].get("quant_method", "unknown")
+        raise QuantbenchError(
+            f"divergence needs the unquantized model as reference, but {source.ref.ref} is already quantized "
+            f"({method}); pass the original checkpoint with --model"
+        )
+    perplexity.check_inputs(source, params, corpus)
+
+
+def run(
+    model: QuantizedModel, params: DivergenceParams, corpus: Corpus, source: ResolvedModel
+) -> list[tuple[str, float, str]]:
+    """The eval-registry entry point: divergence of `model` from the unquantized `source`."""
+    return evaluate(model.logits, model.tokenizer, corpus, params, source, model.device).metrics()
