@@ -75,8 +75,13 @@ def read_results(store: Path) -> StoreContents:
     """Every readable row in the store, newest schema first; unreadable files listed in `skipped`."""
     if not store.is_dir():
         return StoreContents(pd.DataFrame())
+    return read_files(result_files(store))
+
+
+def read_files(files: list[Path]) -> StoreContents:
+    """The readable rows of these result files; unreadable ones listed in `skipped`."""
     good, skipped = [], []
-    for path in result_files(store):
+    for path in files:
         problem = _problem(path)
         if problem:
             skipped.append(f"{path.name}: {problem}")
