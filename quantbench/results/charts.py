@@ -42,15 +42,17 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
 
 
 def _hover(table: pd.DataFrame, metrics: list[str]) -> list[str]:
-    """The full configuration of each trial, for hover text."""
-    lines = []
-    for _, row in table.iterrows():
-        values = " · ".join(f"{column(m).title} {column(m).show(row[m])}" for m in metrics if m in row)
-        lines.append(
-            f"<b>{row['method_label']}</b><br>trial {row['trial_key']}<br>model {row['model_ref']}<br>"
-            f"device {row['device']} · kernel {row['kernel']}<br>{row['hardware']}<br>{values}"
-        )
-    return lines
+    """The full configuration of each trial, for hover text (built column-wise: stores are large)."""
+    text = (
+        "<b>" + table["method_label"].astype(str) + "</b><br>trial " + table["trial_key"].astype(str)
+        + "<br>model " + table["model_ref"].astype(str) + "<br>device " + table["device"].astype(str)
+        + " · kernel " + table["kernel"].astype(str) + "<br>" + table["hardware"].astype(str)
+    )  # fmt: skip
+    for metric in metrics:
+        if metric in table:
+            spec = column(metric)
+            text = text + f"<br>{spec.title} " + table[metric].map(spec.show).astype(str)
+    return text.tolist()
 
 
 def _grouped(frame: pd.DataFrame, metric: str, by_hardware: bool = False) -> list[tuple[str, pd.DataFrame]]:
@@ -71,27 +73,28 @@ def _empty(title: str, why: str) -> go.Figure:
 
 
 def quality_vs_size(frame: pd.DataFrame, quality: str = "perplexity", size: str = "weight_bytes") -> go.Figure:
-    """Scatter of quality against weight size per comparability group, its Pareto front as a line."""
+    """Quality against weight size per comparability group: dominated trials as dots, the Pareto
+    front (trials no other beats on both) as stars joined by a dotted line."""
     title = f"{column(quality).title} vs {column(size).title}"
     groups = _grouped(frame, quality)
     if not groups:
         return _empty(title, f"no trial measured {quality}")
     higher = column(quality).better == "higher"
     figure = go.Figure(layout={"title": title, "template": TEMPLATE})
+    metrics = [quality, size, "bits_per_weight"]
     for label, rows in groups:
         rows = rows[rows[size].notna()]
-        x = (rows[size] / MIB).tolist() if size.endswith("_bytes") else rows[size].tolist()
-        y = rows[quality].tolist()
-        front = pareto_front(x, [-v for v in y] if higher else y)
-        hover = _hover(rows, [quality, size, "bits_per_weight"])
+        rows = rows.assign(x=rows[size] / MIB if size.endswith("_bytes") else rows[size])
+        front = pd.Series(pareto_front(rows["x"].tolist(), (-rows[quality] if higher else rows[quality]).tolist()))
+        off, on = rows[~front.to_numpy()], rows[front.to_numpy()].sort_values(["x", quality, "trial_key"])
         figure.add_scatter(
-            x=x, y=y, mode="markers", name=label, legendgroup=label, hovertext=hover, hoverinfo="text",
-            marker={"size": [12 if f else 8 for f in front], "symbol": ["star" if f else "circle" for f in front]},
+            x=off["x"].tolist(), y=off[quality].tolist(), mode="markers", name=label,
+            legendgroup=label, hovertext=_hover(off, metrics), hoverinfo="text", marker={"symbol": "circle", "size": 8},
         )  # fmt: skip
-        on = sorted((xi, yi) for xi, yi, f in zip(x, y, front, strict=True) if f)
         figure.add_scatter(
-            x=[p[0] for p in on], y=[p[1] for p in on], mode="lines", name=f"Pareto front · {label}",
-            legendgroup=label, line={"dash": "dot"}, hoverinfo="skip",
+            x=on["x"].tolist(), y=on[quality].tolist(), mode="lines+markers", name=f"Pareto front · {label}",
+            legendgroup=label, hovertext=_hover(on, metrics), hoverinfo="text", line={"dash": "dot"},
+            marker={"symbol": "star", "size": 12},
         )  # fmt: skip
     x_unit = "MiB" if size.endswith("_bytes") else column(size).title
     figure.update_layout(xaxis_title=f"{column(size).metric} ({x_unit})", yaxis_title=column(quality).title)

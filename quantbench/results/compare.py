@@ -185,7 +185,7 @@ def comparability_groups(frame: pd.DataFrame, metric: str, by_hardware: bool = F
         return pd.Series(dtype=str)
     fields = ["model_fingerprint", "corpus_hash", "protocol_json"] + (["hardware_fingerprint"] if by_hardware else [])
     rows = rows.fillna({f: "" for f in fields})
-    keys = rows[fields].astype(str).agg("|".join, axis=1)
+    keys = rows[fields[0]].astype(str).str.cat([rows[f].astype(str) for f in fields[1:]], sep="|")
     labels = {}
     for key, group in rows.groupby(keys, sort=True):
         first = group.iloc[0]

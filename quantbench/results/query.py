@@ -8,14 +8,21 @@ corpus but still belong to it).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from quantbench.errors import QuantbenchError
-from quantbench.results.store import StoreContents, read_results
+from quantbench.results.store import StoreContents, read_files, result_files
 
 TRIAL_COLUMNS = ["trial_key", "created_at", "status", "model_ref", "method_label", "device", "kernel", "error"]
 # What the UI and exports show besides the display columns: enough to reproduce the trial.
@@ -24,12 +31,16 @@ DETAIL_COLUMNS = ["method", "params_json", "model_fingerprint", "hardware", "har
 # The nominal bit width of a trial's method. Methods name it differently: `bits` (most),
 # `nbits` (hqq), `weights=int4` (quanto), `dtype=bfloat16` (baseline); the first that holds a
 # number wins, so rtn's `bits=4` beats its load `dtype=float32`.
-BITS_SQL = "COALESCE({})".format(
-    ", ".join(
-        f"TRY_CAST(NULLIF(regexp_extract(json_extract_string(params_json, '$.{key}'), '\\d+'), '') AS DOUBLE)"
-        for key in ("bits", "nbits", "weights", "dtype")
-    )
-)
+BITS_KEYS = ("bits", "nbits", "weights", "dtype")
+
+
+def nominal_bits(params_json: str | None) -> float:
+    params = json.loads(params_json or "{}")
+    for key in BITS_KEYS:
+        digits = re.search(r"\d+", str(params.get(key, "")))
+        if digits:
+            return float(digits.group())
+    return math.nan
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class Filters:
 
     model: str | None = None  # model_ref or model_fingerprint
     method: str | None = None  # method name ("bnb") or full label ("bnb:bits=4,...")
-    bits: float | None = None  # nominal bit width, see BITS_SQL
+    bits: float | None = None  # nominal bit width, see nominal_bits
     device: str | None = None
     corpus: str | None = None  # corpus name or content hash
     since: dt.datetime | None = None  # created_at >= since
@@ -75,7 +86,6 @@ def select(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     for name, sql in {
         "model": "(model_ref = $model OR model_fingerprint = $model)",
         "method": "(method = $method OR method_label = $method)",
-        "bits": f"{BITS_SQL} = $bits",
         "device": "device = $device",
         "corpus": "(corpus = $corpus OR corpus_hash = $corpus)",
         "since": "created_at >= $since",
@@ -86,16 +96,88 @@ def select(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
         if value is not None:
             conditions.append(sql)
             params[name] = value
-    with duckdb.connect() as con:
-        con.register("rows", frame)
-        keys = con.execute(f"SELECT DISTINCT trial_key FROM rows WHERE {' AND '.join(conditions)}", params).fetchall()
-    return frame[frame["trial_key"].isin([k for (k,) in keys])].reset_index(drop=True)
+    keys = set(frame["trial_key"])
+    if conditions:
+        with duckdb.connect() as con:
+            con.register("rows", frame)
+            found = con.execute(f"SELECT DISTINCT trial_key FROM rows WHERE {' AND '.join(conditions)}", params)
+            keys = {k for (k,) in found.fetchall()}
+    if filters.bits is not None:
+        bits = trial_bits(frame)
+        keys &= set(bits.index[bits == filters.bits])
+    return frame[frame["trial_key"].isin(keys)].reset_index(drop=True)
 
 
 def query(store: Path, filters: Filters | None = None) -> StoreContents:
     """Rows of the matching trials in the store, plus the files that could not be read."""
-    contents = read_results(store)
+    contents = read_cached(store)
     return StoreContents(select(contents.frame, filters or Filters()), contents.skipped)
+
+
+# Opening thousands of small trial files costs far more than reading their rows. For a large
+# store a query therefore keeps every row it read in one cache file (in the user's cache dir,
+# so a read-only or shared store works and the store holds only trial files), with the size,
+# mtime and inode of each trial file those rows came from. The next query reads that file plus
+# only the trial files added since; if any cached file changed or vanished, it reads them all.
+CACHE_MIN_FILES = 200  # below this, reading the files directly takes well under a second
+_STAMPS_KEY = b"quantbench.file_stamps"
+
+
+def cache_path(store: Path) -> Path:
+    from quantbench.models import cache_dir  # imports torch: only when a large store is read
+
+    digest = hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "query" / f"{digest}.parquet"
+
+
+def _stamp(path: Path) -> str:
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+
+
+def read_cached(store: Path) -> StoreContents:
+    """What `read_results(store)` returns, read mostly from the query cache when it is current."""
+    if not store.is_dir():
+        return StoreContents(pd.DataFrame())
+    files = result_files(store)
+    if len(files) < CACHE_MIN_FILES:
+        return read_files(files)
+    stamps = {p.name: _stamp(p) for p in files}
+    cache = cache_path(store)
+    cached, cached_stamps = _load_cache(cache)
+    if any(stamps.get(name) != stamp for name, stamp in cached_stamps.items()):
+        cached, cached_stamps = pd.DataFrame(), {}  # a trial was rewritten or removed
+    fresh = read_files([store / name for name in stamps if name not in cached_stamps])
+    if fresh.frame.empty:
+        return StoreContents(cached, fresh.skipped)
+    bad = {line.split(": ", 1)[0] for line in fresh.skipped}  # "name: problem"; re-read, re-reported next time
+    cached_stamps |= {name: stamps[name] for name in stamps if name not in bad}
+    frame = pd.concat([df for df in (cached, fresh.frame) if not df.empty], ignore_index=True)
+    frame = frame.sort_values(["created_at", "trial_key"], kind="stable", ignore_index=True)
+    _save_cache(cache, frame, cached_stamps)
+    return StoreContents(frame, fresh.skipped)
+
+
+def _load_cache(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    try:
+        table = pq.read_table(path)
+        return table.to_pandas(), json.loads(table.schema.metadata[_STAMPS_KEY])
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
+        return pd.DataFrame(), {}  # no cache yet, or a damaged one: read the trial files
+
+
+def _save_cache(path: Path, frame: pd.DataFrame, stamps: dict[str, str]) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _STAMPS_KEY: json.dumps(stamps)})
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no writable cache dir: queries still work, just uncached
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def wide(frame: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +206,4 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
 def trial_bits(frame: pd.DataFrame) -> pd.Series:
     """Nominal bit width per trial key (NaN where the method names none)."""
     trials = frame[["trial_key", "params_json"]].drop_duplicates("trial_key")
-    with duckdb.connect() as con:
-        con.register("trials", trials)
-        bits = con.execute(f"SELECT trial_key, {BITS_SQL} AS bits FROM trials").df()
-    return bits.set_index("trial_key")["bits"].astype(float)
+    return pd.Series([nominal_bits(p) for p in trials["params_json"]], index=trials["trial_key"], dtype=float)

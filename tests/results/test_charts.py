@@ -34,11 +34,12 @@ def test_quality_vs_size_draws_each_comparability_group_with_its_front(mixed_sto
     builtin = "tiny · builtin · batch_size=1 max_tokens=128 seq_len=32"
     wiki = "tiny · wikitext2 · batch_size=1 max_tokens=128 seq_len=32"
     assert names == [builtin, f"Pareto front · {builtin}", wiki, f"Pareto front · {wiki}"]
-    points, front = figure.data[0], figure.data[1]
-    assert list(points.x) == [4.0, 1.0, 0.6]  # base, bnb4, hqq2 in MiB, by trial key
-    assert list(points.marker.symbol) == ["star", "star", "star"]  # each is best at something
-    assert list(front.x) == [0.6, 1.0, 4.0] and list(front.y) == [30.0, 11.0, 10.0]
-    assert "bnb:bits=4,quant_type=nf4" in points.hovertext[1] and "trial bnb4" in points.hovertext[1]
+    dominated, front = figure.data[0], figure.data[1]
+    assert list(dominated.x) == []  # base, bnb4 and hqq2 are each best at something
+    assert list(front.x) == [0.6, 1.0, 4.0] and list(front.y) == [30.0, 11.0, 10.0]  # MiB, by size
+    assert front.marker.symbol == "star" and front.mode == "lines+markers"
+    assert "bnb:bits=4,quant_type=nf4" in front.hovertext[1] and "trial bnb4" in front.hovertext[1]
+    assert "ppl 11.000" in front.hovertext[1] and "weights MiB 1.0" in front.hovertext[1]
     assert "broke" not in json.dumps(figure.to_plotly_json(), default=str)  # failed trials have no point
 
 
@@ -48,8 +49,9 @@ def test_a_dominated_point_is_drawn_off_the_front(tmp_path):
         trial("a", metrics={"perplexity": 10.0, "weight_bytes": 4.0}),
         trial("b", "rtn", {"bits": 4}, metrics={"perplexity": 12.0, "weight_bytes": 5.0}),
     )
-    points = quality_vs_size(read_results(tmp_path).frame).data[0]
-    assert list(points.marker.symbol) == ["star", "circle"]
+    dominated, front = quality_vs_size(read_results(tmp_path).frame).data
+    assert list(dominated.hovertext) == [h for h in dominated.hovertext if "trial b" in h] and len(dominated.x) == 1
+    assert list(front.x) == [4.0 / 2**20]
 
 
 @pytest.mark.parametrize("name", sorted(charts.CHARTS))
