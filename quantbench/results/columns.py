@@ -5,9 +5,10 @@ the same title and unit everywhere. The store keeps SI units (bytes, seconds); c
 MiB happens only here, for display.
 
 Metric names produced by evals that this catalogue relies on (agreed with their authors):
-- divergence: `kld_mean`, `top1_agreement` (fraction 0..1);
-- tasks: `task:<task>:<measure>` and its standard error `task:<task>:<measure>_stderr`,
-  e.g. `task:hellaswag:acc`, `task:hellaswag:acc_stderr` (lm-eval's `acc,none` renamed);
+- divergence: `kld_mean` (nats), `top1_agreement` (percent);
+- tasks: `task:<task>:<measure>` and its standard error `task:<task>:<measure>_stderr`, a
+  non-default lm-eval filter appended as `@<filter>`, e.g. `task:hellaswag:acc`,
+  `task:hellaswag:acc_stderr`; `task:<task>:samples` counts the examples;
 - latency: `decode_tokens_per_second@batch=<n>`, `prefill_seconds@len=<tokens>` (a metric
   measured at several settings appends `@<param>=<value>`; the bare name works too);
 - memory: `peak_rss_bytes` (each eval's; the trial's peak is the largest),
@@ -53,7 +54,7 @@ CATALOGUE = [
     Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
     Column("word_perplexity", "word ppl", _fixed(2), "lower"),
     Column("kld_mean", "KLD", _fixed(4), "lower"),
-    Column("top1_agreement", "top-1 agree", _fixed(3), "higher"),
+    Column("top1_agreement", "top-1 agree %", _fixed(2), "higher"),
     Column("decode_tokens_per_second", "decode tok/s", _fixed(1), "higher"),
     Column("prefill_seconds", "prefill s", _fixed(3), "lower"),
     Column("quantize_seconds", "quant s", _fixed(1), "lower"),
@@ -72,9 +73,19 @@ def column(metric: str) -> Column:
             return known
         return Column(metric, f"{known.title} {metric.split('@', 1)[1]}", known.render, known.better)
     if metric.startswith("task:"):
-        better = "" if metric.endswith("_stderr") else "higher"
+        measure = metric.split("@")[0].rsplit(":", 1)[-1]
+        if measure.endswith("_stderr") or measure == "samples":
+            better = ""
+        else:  # lm-eval tasks also report perplexities (lambada) and bits per byte (wikitext)
+            better = "lower" if "perplexity" in measure or "bits_per" in measure else "higher"
         return Column(metric, metric.removeprefix("task:"), _fixed(4), better)
     return Column(metric, metric, lambda v: f"{v:.4g}")
+
+
+def stderr_of(metric: str) -> str:
+    """The name of a task score's standard error: `task:arc:acc@f` -> `task:arc:acc_stderr@f`."""
+    root, at, variant = metric.partition("@")
+    return f"{root}_stderr{at}{variant}"
 
 
 def natural_key(name: str) -> list:

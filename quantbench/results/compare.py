@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from quantbench.errors import QuantbenchError
-from quantbench.results.columns import column, headline
+from quantbench.results.columns import column, headline, stderr_of
 from quantbench.results.query import wide
 
 # Metrics shown as a ratio against the reference, and what the ratio is called. `better` in
@@ -154,8 +154,8 @@ def compare(frame: pd.DataFrame, keys: list[str], reference: str | None = None) 
         if metric == "perplexity":
             out[f"Δ% {metric}"] = (values - base) / base * 100
             renderers[f"Δ% {metric}"] = lambda v: f"{v:+.2f}%"
-        if metric.startswith("task:") and spec.better and f"{metric}_stderr" in table:
-            stderr = table[f"{metric}_stderr"].to_numpy(dtype=float)
+        if metric.startswith("task:") and spec.better and stderr_of(metric) in table:
+            stderr = table[stderr_of(metric)].to_numpy(dtype=float)
             # Standard error of a difference of two independent estimates.
             sigma = (stderr**2 + stderr[0] ** 2) ** 0.5
             beyond = [None if math.isnan(s) else bool(abs(d) > s) for d, s in zip(values - base, sigma, strict=True)]

@@ -2,6 +2,7 @@ import pytest
 from conftest import PROTOCOL, fill, trial
 
 from quantbench.errors import QuantbenchError
+from quantbench.results.columns import column
 from quantbench.results.compare import comparability_groups, compare
 from quantbench.results.store import read_results
 
@@ -14,7 +15,7 @@ def test_deltas_against_the_default_baseline(mixed_store):
     assert row["Δ% perplexity"] == pytest.approx(10.0)
     assert row["memory saved ×"] == pytest.approx(4.0)
     assert row["speed-up ×"] == pytest.approx(1.5)
-    assert row["kld_mean"] == 0.05 and row["top1_agreement"] == 0.9
+    assert row["kld_mean"] == 0.05 and row["top1_agreement"] == 90.0
     text = comparison.text()
     assert list(text.columns) == ["base baseline:dtype=float32", "bnb4 bnb:bits=4,quant_type=nf4"]
     assert text.loc["Δ% perplexity"].tolist() == ["+0.00%", "+10.00%"]
@@ -36,6 +37,29 @@ def test_task_deltas_say_whether_they_exceed_the_stderr(tmp_path):
     table = compare(read_results(tmp_path).frame, ["near", "far"]).table.set_index("trial_key")
     assert table["Δ task:arc:acc"].to_dict() == pytest.approx({"base": 0, "near": -0.01, "far": -0.10})
     assert table["task:arc:acc Δ beyond stderr"].to_dict() == {"base": False, "near": False, "far": True}
+
+
+def test_task_scores_with_a_filter_and_lower_is_better_measures(tmp_path):
+    base = {"task:gsm:exact@strict": 0.30, "task:gsm:exact_stderr@strict": 0.01, "task:lambada:perplexity": 4.0}
+    fill(
+        tmp_path,
+        trial("base", metrics={**base, "task:gsm:samples": 100}),
+        trial("q", "rtn", {"bits": 3}, metrics={"task:gsm:exact@strict": 0.25, "task:gsm:exact_stderr@strict": 0.01,
+                                                "task:lambada:perplexity": 5.0, "task:gsm:samples": 100}),
+    )  # fmt: skip
+    table = compare(read_results(tmp_path).frame, ["q"]).table.set_index("trial_key")
+    assert table.at["q", "task:gsm:exact@strict Δ beyond stderr"]
+    assert table.at["q", "Δ task:lambada:perplexity"] == 1.0
+    assert "Δ task:gsm:samples" not in table
+
+
+@pytest.mark.parametrize(
+    ("metric", "better"),
+    [("task:arc:acc", "higher"), ("task:arc:acc_stderr", ""), ("task:gsm:exact_stderr@strict", ""),
+     ("task:arc:samples", ""), ("task:lambada:perplexity", "lower"), ("task:wikitext:bits_per_byte", "lower")],
+)  # fmt: skip
+def test_which_way_task_measures_are_better(metric, better):
+    assert column(metric).better == better
 
 
 def test_the_unquantized_baseline_is_preferred(tmp_path):

@@ -46,8 +46,8 @@ def test_markdown_bolds_the_best_value_per_column(frame, tmp_path):
     assert rows["base"][header.index("ppl")] == "**10.000**"
     assert rows["hqq2"][header.index("weights MiB")] == "**0.6**"
     assert (
-        rows["bnb4"][header.index("top-1 agree")] == "0.900"
-        and rows["base"][header.index("top-1 agree")] == "**1.000**"
+        rows["bnb4"][header.index("top-1 agree %")] == "90.00"
+        and rows["base"][header.index("top-1 agree %")] == "**100.00**"
     )
 
 
