@@ -59,6 +59,9 @@ def planner_params(method: str, params: dict[str, Any], device: str) -> dict[str
     if method == "quanto" and "weights" in params:
         # quanto's float8 weights keep the int8 layout: one byte per weight and a scale per row
         params["bits"] = {"int8": 8, "float8": 8, "int4": 4, "int2": 2}.get(params.pop("weights"), 0)
+    if method == "bnb" and str(params.get("bits")) == "8":  # the backend stores its 4-bit defaults too
+        params.pop("quant_type", None)
+        params.pop("double_quant", None)
     if method == "torchao" and str(params.get("bits")) == "4":
         params["packing"] = "int4" if device == "cuda" else "intx"  # what backends/torchao.py picks
     known = format_parameters(method)

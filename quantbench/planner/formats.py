@@ -16,7 +16,7 @@ size along cols (in_features), `a` the compute dtype's bytes.
 | gptq    | n·bits/8 in int32            | fp16 scale + packed zero per group, int32 g_idx per col|
 | awq     | n·bits/8 in int32            | fp16 scale + packed zero per group                    |
 | hqq     | packed in uint8 (3-bit: int32, 10 per word; 5/6-bit: one byte each) | scale + zero per group in a |
-| quanto  | int8: n; int4/int2 packed    | int8: scale per row in a; int4/2: scale+shift per 128 |
+| quanto  | int8: n; int4/int2 packed    | int8: scale per row in a; int4/2: scale+shift per group ≤ 128 |
 | torchao | int8: n; int4: n/2           | int8: fp32 scale + int8 zero per row; int4: bf16      |
 |         | intx (CPU): one int8 per code| scale + zero per group; intx: a scale + int8 zero     |
 | rtn, triton | n·bits/8 packed in int32 along K | fp16 scale (+ fp16 zero unless symmetric) per group |
@@ -156,7 +156,9 @@ def _quanto(fmt: WeightFormat, rows: int, cols: int) -> int:
     scalars = 2 * fmt.dtype_bytes  # input_scale and output_scale buffers of every QLinear
     if fmt.bits == 8:
         return n + rows * fmt.dtype_bytes + scalars
-    return math.ceil(n * fmt.bits / 8) + math.ceil(n / QUANTO_GROUP) * 2 * fmt.dtype_bytes + scalars
+    # quanto shrinks the group to the largest divisor of in_features up to 128 (576 -> 96)
+    group = max(d for d in range(1, QUANTO_GROUP + 1) if cols % d == 0)
+    return math.ceil(n * fmt.bits / 8) + n // group * 2 * fmt.dtype_bytes + scalars
 
 
 def _torchao(fmt: WeightFormat, rows: int, cols: int) -> int:

@@ -55,6 +55,19 @@ def test_linear_bytes_by_hand(method, params, expected):
     assert weight_format(method, params).linear_bytes(ROWS, COLS) == expected
 
 
+@pytest.mark.parametrize(
+    ("rows", "cols", "expected"),
+    # measured: nn.Linear(576, 1536) in bf16 -> 479,236 bytes of quanto int4 state; 576 = 6 × 96
+    [(1536, 576, 1536 * 576 // 2 + 1536 * 6 * 2 * 2 + 4), (576, 1536, 576 * 1536 // 2 + 576 * 12 * 2 * 2 + 4)],
+)
+def test_quanto_group_is_the_largest_divisor_up_to_128(rows, cols, expected):
+    assert (
+        weight_format("quanto", {"bits": 4}).linear_bytes(rows, cols)
+        == expected
+        == (479_236 if cols == 576 else 470_020)
+    )
+
+
 def test_project_format_matches_the_rtn_backend():
     rtn = pytest.importorskip("quantbench.backends.rtn")
     for bits, group, sym in [(4, 128, False), (8, -1, True), (3, 64, False), (2, 32, True)]:
