@@ -36,8 +36,8 @@ CUDA_RUNTIME_BYTES = 512 * MIB
 
 # Process RSS of a worker that imported torch + transformers and ran one tiny Llama forward,
 # before any real weights: bench/planner_overhead.py, median of 3 fresh interpreters, 2026-11-23,
-# torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 474.6 MiB (import torch alone: 219 MiB).
-CPU_RUNTIME_BYTES = 497627136
+# torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 474.8 MiB (import torch alone: 219 MiB).
+CPU_RUNTIME_BYTES = 497909760
 
 KIND_LABELS = {
     "linear": "linears",
@@ -53,7 +53,7 @@ KIND_LABELS = {
 # layer_activation_bytes, for activations under that threshold: bench/planner_overhead.py,
 # median of 3 shapes × 3 runs (random 156M Llama, 2048/4096 tokens bf16, 2048 fp32), 2026-11-23.
 GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
-CPU_HEAP_FACTOR = 2.5
+CPU_HEAP_FACTOR = 2.49  # measured factors 2.49, 2.38, 2.52
 
 ATTENTION = ("sdpa", "eager")
 DEVICES = ("cuda", "cpu")
