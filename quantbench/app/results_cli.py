@@ -64,7 +64,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, help="file to write, inside --dir")
     export.add_argument("--dir", type=Path, default=Path.cwd(), help="directory exports are confined to (default: .)")
-    export.add_argument("--chart", default="pareto", help="chart for png: pareto (default), bits, latency or memory")
+    export.add_argument(
+        "--chart", default="pareto", help="chart for png: pareto (default), bits, throughput, prefill or memory"
+    )
     add_store_and_filters(export)
 
 

@@ -120,8 +120,9 @@ def quality_vs_bits(frame: pd.DataFrame, quality: str = "perplexity") -> go.Figu
     return figure
 
 
-def metric_bars(frame: pd.DataFrame, metrics: list[str], title: str, by_hardware: bool = True) -> go.Figure:
-    """Grouped bars: one bar per trial for each metric (and `@variant` of it) present.
+def metric_bars(frame: pd.DataFrame, metrics: list[str], title: str, unit: str, by_hardware: bool = True) -> go.Figure:
+    """Grouped bars: one bar per trial for each metric (and `@variant` of it) present, all in
+    `unit` (bytes are shown in MiB).
 
     The x axis has two levels, comparability group then method, so bars of trials measured on
     different machines or protocols sit apart under their own label.
@@ -147,17 +148,27 @@ def metric_bars(frame: pd.DataFrame, metrics: list[str], title: str, by_hardware
             x=[rows["group"].tolist(), methods], y=(rows[name] / scale).tolist(), name=column(name).title,
             hoverinfo="text", hovertext=_hover(rows, [name]),
         )  # fmt: skip
-    unit = "MiB" if all(s.split("@")[0].endswith("_bytes") for s in series) else ""
     figure.update_layout(yaxis_title=unit)
     return figure
 
 
-def latency_bars(frame: pd.DataFrame) -> go.Figure:
-    return metric_bars(frame, ["decode_tokens_per_second", "prefill_seconds"], "Decode throughput and prefill time")
+def throughput_bars(frame: pd.DataFrame) -> go.Figure:
+    return metric_bars(frame, ["decode_tokens_per_second"], "Decode throughput per batch size", "tokens/s")
+
+
+def prefill_bars(frame: pd.DataFrame) -> go.Figure:
+    return metric_bars(frame, ["prefill_seconds"], "Prefill time (time to first token) per prompt length", "s")
 
 
 def memory_bars(frame: pd.DataFrame) -> go.Figure:
-    return metric_bars(frame, ["weight_bytes", "peak_rss_bytes", "inference_cuda_max_allocated_bytes"], "Memory")
+    metrics = ["weight_bytes", "peak_rss_bytes", "inference_cuda_max_allocated_bytes"]
+    return metric_bars(frame, metrics, "Weights and peak memory", "MiB")
 
 
-CHARTS = {"pareto": quality_vs_size, "bits": quality_vs_bits, "latency": latency_bars, "memory": memory_bars}
+CHARTS = {
+    "pareto": quality_vs_size,
+    "bits": quality_vs_bits,
+    "throughput": throughput_bars,
+    "prefill": prefill_bars,
+    "memory": memory_bars,
+}

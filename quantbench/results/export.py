@@ -105,7 +105,7 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def to_html(frame: pd.DataFrame, table: pd.DataFrame) -> str:
-    """One page: headline table, the four charts, every column; opens without a network."""
+    """One page: headline table, every chart, every column; opens without a network."""
     from quantbench.results.charts import CHARTS
 
     headline = _marked(table, lambda v: f"<b>{v}</b>", lambda v: html.escape(str(v))).to_html(index=False, escape=False)

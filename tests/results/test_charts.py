@@ -67,7 +67,7 @@ def test_bars_group_by_machine_and_show_variants(tmp_path):
         trial("a", metrics={"decode_tokens_per_second@batch=1": 10.0, "decode_tokens_per_second@batch=4": 30.0}),
         trial("b", "rtn", {"bits": 4}, metrics={"decode_tokens_per_second@batch=1": 20.0}, hardware="gpu: H100"),
     )
-    figure = charts.latency_bars(read_results(tmp_path).frame)
+    figure = charts.throughput_bars(read_results(tmp_path).frame)
     assert [t.name for t in figure.data] == ["decode tok/s batch=1", "decode tok/s batch=4"]
     groups, methods = figure.data[0].x
     assert list(methods) == ["baseline:dtype=float32 (a)", "rtn:bits=4 (b)"]
@@ -77,7 +77,7 @@ def test_bars_group_by_machine_and_show_variants(tmp_path):
 
 def test_memory_bars_in_mib(mixed_store):
     figure = charts.memory_bars(read_results(mixed_store).frame)
-    assert figure.data[0].name == "weights MiB"
+    assert figure.data[0].name == "weights MiB" and figure.layout.title.text == "Weights and peak memory"
     assert sorted(figure.data[0].y) == [0.6, 1.0, 2.0, 4.0]
     assert figure.layout.yaxis.title.text == "MiB"
 
@@ -85,7 +85,14 @@ def test_memory_bars_in_mib(mixed_store):
 def test_a_chart_without_data_says_why(tmp_path):
     fill(tmp_path, trial("a", metrics={"weight_bytes": 4.0}))
     frame = read_results(tmp_path).frame
-    for build, why in [(charts.latency_bars, "no trial measured decode_tokens_per_second"),
+    for build, why in [(charts.throughput_bars, "no trial measured decode_tokens_per_second"),
                        (charts.quality_vs_size, "no trial measured perplexity")]:  # fmt: skip
         figure = build(frame)
         assert not figure.data and figure.layout.annotations[0].text.startswith(why)
+
+
+def test_prefill_bars_per_prompt_length_in_seconds(tmp_path):
+    fill(tmp_path, trial("a", metrics={"prefill_seconds@len=512": 0.4, "prefill_seconds@len=128": 0.1}))
+    figure = charts.prefill_bars(read_results(tmp_path).frame)
+    assert [t.name for t in figure.data] == ["prefill s len=128", "prefill s len=512"]
+    assert figure.layout.yaxis.title.text == "s"

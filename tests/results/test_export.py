@@ -78,7 +78,7 @@ def test_html_report_holds_the_data_and_opens_offline(frame, tmp_path):
         assert key in text
     assert "<b>10.000</b>" in text
     assert not re.search(r"<script[^>]*\bsrc=", text)  # every script inline, plotly.js included
-    assert text.count('class="plotly-graph-div"') == 4 and len(text) > 1_000_000
+    assert text.count('class="plotly-graph-div"') == 5 and len(text) > 1_000_000
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_an_absolute_path_inside_the_directory_is_fine(tmp_path):
     ("fmt", "chart", "message"),
     [
         ("docx", "pareto", "unknown export format 'docx'; valid formats: md, csv, parquet, latex, json, html, png"),
-        ("png", "pie", "unknown chart 'pie'; valid charts: pareto, bits, latency, memory"),
+        ("png", "pie", "unknown chart 'pie'; valid charts: pareto, bits, throughput, prefill, memory"),
     ],
 )
 def test_unknown_format_or_chart(frame, tmp_path, fmt, chart, message):
