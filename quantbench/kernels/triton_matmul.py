@@ -175,15 +175,16 @@ SPLITK_CONFIGS = [
     for sk in (4, 8)
 ] + [_cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=16, SPLIT_K=1, GROUP_M=1)]
 GEMM_CONFIGS = [
-    _cfg(num_warps=8, num_stages=3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
-    _cfg(num_warps=4, num_stages=4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64),
-    _cfg(num_warps=4, num_stages=4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32),
-    _cfg(num_warps=8, num_stages=3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=32),
-    _cfg(num_warps=4, num_stages=4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
-    _cfg(num_warps=4, num_stages=3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16),
+    _cfg(num_warps=w, num_stages=s, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_M=8)
+    for w, s, bm, bn, bk in (
+        (8, 3, 128, 128, 32),
+        (4, 4, 128, 64, 64),
+        (4, 4, 64, 128, 32),
+        (8, 3, 128, 256, 32),
+        (4, 4, 64, 64, 64),
+        (4, 3, 64, 64, 16),
+    )
 ]
-for _c in GEMM_CONFIGS:
-    _c.kwargs.update(SPLIT_K=1, GROUP_M=8)
 
 # Interpreter: big tiles (each program is a numpy loop step, so fewer programs run faster), and a
 # split of 2 so the atomic reduction across K slices is exercised.
