@@ -67,7 +67,9 @@ def _grouped(frame: pd.DataFrame, metric: str, by_hardware: bool = False) -> lis
 
 
 def _empty(title: str, why: str) -> go.Figure:
-    figure = go.Figure(layout={"title": title, "template": TEMPLATE})
+    figure = go.Figure(
+        layout={"title": title, "template": TEMPLATE, "xaxis": {"visible": False}, "yaxis": {"visible": False}}
+    )
     figure.add_annotation(text=why, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     return figure
 

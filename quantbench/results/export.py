@@ -109,10 +109,11 @@ def to_html(frame: pd.DataFrame, table: pd.DataFrame) -> str:
     from quantbench.results.charts import CHARTS
 
     headline = _marked(table, lambda v: f"<b>{v}</b>", lambda v: html.escape(str(v))).to_html(index=False, escape=False)
+    figures = [build(frame) for build in CHARTS.values()]
     charts = [
         # The first chart carries plotly.js inline (~4.7 MB); the others reuse it.
-        build(frame).to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
-        for i, build in enumerate(CHARTS.values())
+        figure.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+        for i, figure in enumerate(f for f in figures if f.data)  # a chart with nothing measured is left out
     ]
     everything = table.to_html(index=False, na_rep="")
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
