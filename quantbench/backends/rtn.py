@@ -41,7 +41,7 @@ def check_group_size_value(value: int) -> int:
 
 class RtnParams(MethodParams):
     bits: int = Field(4, ge=2, le=8)
-    group_size: int = 128  # -1 = one group per output channel
+    group_size: int = 64  # -1 = one group per output channel; 64 divides the default model's 576
     symmetric: bool = False  # False: per-group zero point (asymmetric range)
     skip: ModuleNames = ("lm_head",)  # exact module names kept in float, joined with '+'
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # load dtype of the model

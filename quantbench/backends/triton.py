@@ -27,7 +27,7 @@ from quantbench.models import ResolvedModel
 
 class TritonParams(MethodParams):
     bits: int = Field(4, ge=2, le=8)  # packable widths only, see the validator
-    group_size: int = 128  # -1 = one group per output channel
+    group_size: int = 64  # -1 = one group per output channel; 64 divides the default model's 576
     symmetric: bool = False
     source: Literal["rtn", "gptq", "awq", "hqq"] = "rtn"  # which method chooses the codes
     skip: ModuleNames = ("lm_head",)  # exact module names kept in float, joined with '+'
