@@ -146,7 +146,7 @@ def prefill_seconds(model: QuantizedModel, ids: torch.Tensor, clock: Clock) -> f
     return time_call(lambda: model.module(input_ids=ids, use_cache=True, **kwargs), clock)
 
 
-class _TokenStamps:
+class TokenStamps:
     """A logits processor that stamps the clock each time generate has a new token's scores (once
     per generated token). A plain callable, so importing this module does not import transformers."""
 
@@ -162,7 +162,7 @@ class _TokenStamps:
 def decode(model: QuantizedModel, ids: torch.Tensor, new_tokens: int, clock: Clock) -> tuple[float, torch.Tensor]:
     """Greedy-generate exactly `new_tokens` per row; return the seconds of the N−1 decode steps
     (token 1's scores to token N's) and the generated ids (batch, new_tokens)."""
-    stamps = _TokenStamps(clock)
+    stamps = TokenStamps(clock)
     tokenizer = model.tokenizer
     out = model.module.generate(
         input_ids=ids,
