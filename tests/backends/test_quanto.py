@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import build_tiny_llama
+from support import build_tiny_llama
 
 from quantbench import models
 from quantbench.backends.quanto import QuantoBackend

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import WIKITEXT_TEST
+from support import WIKITEXT_TEST
 
 from quantbench import models
 from quantbench.backends.base import QuantizedModel

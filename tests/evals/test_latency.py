@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from support import build_tiny_llama
 
 from quantbench.app.cli import main
 from quantbench.backends.base import QuantizedModel, weight_bytes

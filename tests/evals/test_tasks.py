@@ -2,8 +2,8 @@ import json
 import math
 
 import pytest
-from conftest import SHARED_DATA, WIKITEXT_TEST
 from pydantic import ValidationError
+from support import SHARED_DATA, WIKITEXT_TEST
 
 from quantbench import models
 from quantbench.backends.base import QuantizedModel

@@ -4,7 +4,7 @@ import math
 import os
 
 import pytest
-from conftest import WIKITEXT_TEST
+from support import WIKITEXT_TEST
 
 from quantbench import models
 from quantbench.app.cli import main

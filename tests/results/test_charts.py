@@ -2,7 +2,7 @@ import json
 import math
 
 import pytest
-from conftest import fill, trial
+from rows import fill, trial
 
 from quantbench.results import charts
 from quantbench.results.charts import pareto_front, quality_vs_size

@@ -1,5 +1,5 @@
 import pytest
-from conftest import PROTOCOL, fill, trial
+from rows import PROTOCOL, fill, trial
 
 from quantbench.errors import QuantbenchError
 from quantbench.results.columns import column

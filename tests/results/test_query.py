@@ -3,7 +3,7 @@ import datetime as dt
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import T0, fill, trial
+from rows import T0, fill, trial
 
 from quantbench.errors import QuantbenchError
 from quantbench.results import query as query_module

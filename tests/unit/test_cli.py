@@ -1,7 +1,7 @@
 """The command line end to end on the tiny model: what a user types, what they see, what is stored."""
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 from quantbench.app.cli import main
 from quantbench.results.store import read_results

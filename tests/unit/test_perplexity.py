@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, build_tiny_llama
+from support import ROOT, build_tiny_llama
 
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
@@ -102,7 +102,7 @@ PEAK_SCRIPT = """
 import json, resource, sys
 sys.path.insert(0, "tests")
 import torch
-from conftest import build_tokenizer, build_tiny_llama
+from support import build_tokenizer, build_tiny_llama
 from quantbench.corpora import Corpus
 from quantbench.evals.perplexity import PerplexityParams, evaluate
 tok = build_tokenizer()

@@ -5,7 +5,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 from quantbench.app.cli import main
 from quantbench.errors import QuantbenchError
