@@ -290,7 +290,7 @@ def _energy_meter(device: str) -> Callable[[], float] | None:
     pynvml.nvmlInit()
     # NVML numbers GPUs by PCI bus, torch by CUDA_VISIBLE_DEVICES order: match them by bus id.
     props = torch.cuda.get_device_properties(torch.device(device))
-    bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
     handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
     try:
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
