@@ -1,7 +1,7 @@
 """Measure the two CPU figures the planner needs to compare its estimate with process RSS.
 
-1. Runtime overhead: the resident memory of a Python process that has imported torch and
-   transformers and run one tiny forward pass, before any real weights exist
+1. Runtime overhead: the resident memory of a quantbench worker process (torch, transformers,
+   one tiny forward pass, the runner/results/evals imports) before any real weights exist
    (estimate.CPU_RUNTIME_BYTES).
 2. Heap factor: how much the peak RSS grows during a prefill forward pass, divided by the
    planner's live-tensor peak for that pass (estimate.CPU_HEAP_FACTOR). Activations of a few MiB
@@ -42,6 +42,9 @@ with torch.inference_mode():
     model(torch.zeros(1, 16, dtype=torch.long))
 """,
 }
+# What a quantbench trial worker also imports (runner, results store, evals: pandas, pyarrow,
+# duckdb, ...) before it loads a model: the figure the planner uses for CPU runs.
+STAGES["+ quantbench worker imports"] = STAGES["+ tiny Llama forward"] + "\nimport quantbench.runner.worker\n"
 
 REPORT = """
 import json, resource, psutil
@@ -85,6 +88,7 @@ def run_child(code: str, *argv: str) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runtime-only", action="store_true", help="skip the (slow) prefill heap-factor runs")
     args = parser.parse_args()
     # Versions from metadata: importing torch here would raise the children's inherited peak RSS.
     versions = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in ("torch", "transformers"))
@@ -95,6 +99,8 @@ def main() -> int:
         rss = statistics.median(r["rss"] for r in runs)
         peak = statistics.median(r["peak"] for r in runs)
         print(f"{name:<28} {rss / 2**20:>17.1f} {peak / 2**20:>18.1f}   ({int(rss)} B)")
+    if args.runtime_only:
+        return 0
 
     arch = architecture_from_config(LLAMA, "random-llama-156m")
     print(f"\n{'prefill (1 thread)':<28} {'RSS growth MiB':>17} {'planner live MiB':>18} {'factor':>7}")

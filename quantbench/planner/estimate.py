@@ -34,10 +34,12 @@ KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1 + 4 / 6
 # by the NVML process figure of a real run through calibrate.py.
 CUDA_RUNTIME_BYTES = 512 * MIB
 
-# Process RSS of a worker that imported torch + transformers and ran one tiny Llama forward,
-# before any real weights: bench/planner_overhead.py, median of 3 fresh interpreters, 2026-11-23,
-# torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 474.8 MiB (import torch alone: 219 MiB).
-CPU_RUNTIME_BYTES = 497909760
+# Process RSS of a quantbench trial worker before any real weights: torch + transformers, one tiny
+# Llama forward (which pulls in the modeling code), and the runner/results/evals imports (pandas,
+# pyarrow, duckdb). bench/planner_overhead.py --runtime-only, median of 3 fresh interpreters,
+# 2026-11-23, torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 599.0 MiB
+# (import torch alone: 220 MiB; torch + transformers + tiny forward: 474.8-513.1 MiB across runs).
+CPU_RUNTIME_BYTES = 628076544
 
 KIND_LABELS = {
     "linear": "linears",
