@@ -3,7 +3,7 @@
 Each method runs in a fresh Python process (this script with --child), so one method's memory
 never inflates the next one's peak RSS. Default: baseline on the embedded model, CPU.
 
-    .venv/bin/python bench/profile.py --method baseline --method rtn:bits=4 [--new-tokens 8 --repeats 2]
+    .venv/bin/python bench/speed.py --method baseline --method rtn:bits=4 [--new-tokens 8 --repeats 2]
 
 Prints one JSON object (machine, versions, date, numbers) and the Markdown table used in README.
 """
