@@ -195,7 +195,8 @@ BITS = {
     "torchao": (8, 4),
     "triton": (4, 2, 8),
 }
-# Defaults follow the backends in quantbench/backends where they exist (rtn, triton, bnb, torchao).
+# Defaults follow quantbench/backends (rtn, triton, bnb, torchao, hqq, quanto), except gptq/awq: their
+# backends default to group 64 so the embedded model's 576-wide layers divide; plans keep the usual 128.
 GROUPED = {"rtn": 128, "gptq": 128, "awq": 128, "hqq": 64, "torchao": 32, "triton": 128, "quanto": QUANTO_GROUP}
 EXTRA = {"bnb": ("quant_type", "double_quant"), "torchao": ("packing",), "rtn": ("symmetric",)}
 EXTRA["triton"] = EXTRA["rtn"]
