@@ -259,7 +259,7 @@ def _stock_yaml(task: str) -> str:
     if entry is None:
         raise QuantbenchError(f"lm-eval does not know the task {task!r} (lm_eval {_lm_eval_version()})")
     kind, yaml_path = entry
-    if kind != "TASK" or yaml_path is None:
+    if kind not in ("TASK", "PY_TASK") or yaml_path is None:
         raise QuantbenchError(f"{task!r} is an lm-eval {kind.lower()}, not a single task; name its tasks instead")
     return yaml_path
 

@@ -83,8 +83,8 @@ def test_the_baseline_is_cached_and_rebuilt_for_another_corpus(source, corpus):
     first, second = _run(model, corpus, source), _run(model, corpus, source)
     assert (first["baseline_cache_hit"], second["baseline_cache_hit"]) == (0.0, 1.0)
     assert second["kld_mean"] == first["kld_mean"]
-    # record: top_k ids (uint16) + top_k fp32 log-probs + two fp32, plus the file header spread over the tokens
-    assert first["baseline_cache_bytes_per_token"] == pytest.approx(64 * 6 + 8, abs=4)
+    # record: (top_k + tail_samples) × (uint16 id + fp32 log-prob) + two fp32, plus the header spread over the tokens
+    assert first["baseline_cache_bytes_per_token"] == pytest.approx((64 + 64) * 6 + 8, abs=4)
     other = Corpus("other", (corpus.rows[1] * 3,))
     assert _run(model, other, source)["baseline_cache_hit"] == 0.0
     assert len(list((models.cache_dir() / "divergence").glob("*.kld"))) == 2
@@ -133,9 +133,10 @@ def test_top_k_must_be_positive():
 
 
 @pytest.mark.slow
-def test_topk_estimate_is_within_two_percent_of_the_exact_kl_on_the_real_model():
-    """SmolLM2-135M (fp32 reference) vs its RTN 4-bit version, 2048 WikiText-2 tokens.
-    Measured on this machine's CPU: exact 0.079 nats, the k=64 estimate 0.3% below it."""
+def test_the_estimate_is_within_two_percent_of_the_exact_kl_on_the_real_model():
+    """SmolLM2-135M (fp32 reference) vs its RTN 4-bit (group 64) version, 2048 WikiText-2 tokens.
+    Measured on this machine's CPU (2 cores, 2026-11-23): exact mean KL 0.38246 nats, estimate 0.38282
+    (+0.09%), p99 2.2461 vs 2.2703 (+1.1%). Top-64 with the rest as one bucket gave 0.303 (-21%)."""
     from quantbench.backends.registry import get_backend
 
     source = models.resolve(ModelRef("embedded:smollm2-135m"))
@@ -144,15 +145,13 @@ def test_topk_estimate_is_within_two_percent_of_the_exact_kl_on_the_real_model()
     rtn = get_backend("rtn")
     quant = rtn.quantize(source, rtn.Params(bits=4, group_size=64), "cpu")
     ids, _ = tokenize(base.tokenizer, load_corpus(str(WIKITEXT_TEST)), params.max_tokens)
-    dtype = divergence.record_dtype(params.top_k, 49152)
+    dtype = divergence.record_dtype(params.top_k, params.tail_samples, 49152)
     exact, estimate = [], []
     for p, q in zip(scored_windows(base.logits, ids, params), scored_windows(quant.logits, ids, params), strict=True):
         exact.append(_exact_kl(p.logits, q.logits))
-        records = divergence.baseline_records(p.logits, p.targets, dtype)
+        records = divergence.baseline_records(p.logits, p.targets, dtype, seed=p.window.begin)
         estimate.append(divergence.compare(records, q.logits, q.targets).kld)
     exact, estimate = torch.cat(exact).double(), torch.cat(estimate).double()
-    exact_mean, estimate_mean = exact.mean().item(), estimate.mean().item()
-    assert exact_mean > 1e-3
-    assert estimate_mean <= exact_mean * (1 + 1e-5)  # merging tokens into one bucket can only lower KL
-    assert estimate_mean == pytest.approx(exact_mean, rel=0.02)
+    assert exact.mean() > 1e-3
+    assert estimate.mean().item() == pytest.approx(exact.mean().item(), rel=0.02)
     assert np.percentile(estimate.numpy(), 99) == pytest.approx(np.percentile(exact.numpy(), 99), rel=0.05)
