@@ -19,9 +19,11 @@ import tempfile
 from pathlib import Path
 
 from quantbench.app.cli import main as quantbench
+from quantbench.backends.registry import get_backend
 from quantbench.results.query import wide
 from quantbench.results.store import read_results
 from quantbench.runner import environment
+from quantbench.spec import MethodSpec, validate_params
 
 TASK_FILES = {  # task -> its file under the shared data folder
     "lambada_openai": "lambada_openai/lambada_test.jsonl",
@@ -30,7 +32,7 @@ TASK_FILES = {  # task -> its file under the shared data folder
     "winogrande": "winogrande/dev.jsonl",
     "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2",
 }
-COLUMNS = ["perplexity", "kld_mean", "kld_p99", "top1_agreement", "ppl_ratio", "weight_bytes"]
+COLUMNS = ["perplexity", "kld_mean", "kld_p99", "top1_agreement", "ppl_ratio", "weight_bytes", "baseline_cache_hit"]
 
 
 def main() -> None:
@@ -61,7 +63,7 @@ def main() -> None:
     table = table[table["model_ref"] == args.model]
     rows = []
     for method in methods:
-        match = table[table["method_label"] == method]
+        match = table[table["method_label"] == stored_label(method)]
         if match.empty:
             rows.append({"method": method, "status": "missing"})
             continue
@@ -81,6 +83,13 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     print(markdown(rows, tasks))
+
+
+def stored_label(method: str) -> str:
+    """The label the store keeps: the method's parameters with their defaults filled in."""
+    spec = MethodSpec.parse(method)
+    params = validate_params(get_backend(spec.name).Params, spec.params, f"method {spec.name!r}")
+    return MethodSpec(spec.name, params.model_dump()).label
 
 
 def markdown(rows: list[dict], tasks: list[str]) -> str:

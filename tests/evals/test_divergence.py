@@ -19,8 +19,10 @@ PARAMS = DivergenceParams(seq_len=64, max_tokens=400, batch_size=2)
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+def private_cache(request, tmp_path, monkeypatch):
+    """Baseline caches go to a fresh dir; the real model keeps the shared cache (its dequantized GGUF)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
