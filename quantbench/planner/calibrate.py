@@ -54,6 +54,8 @@ def planner_params(method: str, params: dict[str, Any], device: str) -> dict[str
     params = dict(params)
     if "compute_dtype" in params:  # bnb, torchao, hqq, quanto, gptq and awq name their dtype so
         params["dtype"] = params.pop("compute_dtype")
+    if params.get("dtype") == "auto":  # backends/triton.py: fp16 on CUDA, fp32 on CPU
+        params["dtype"] = "float16" if device == "cuda" else "float32"
     if method == "hqq" and "nbits" in params:
         params["bits"] = params.pop("nbits")
     if method == "quanto" and "weights" in params:

@@ -197,7 +197,7 @@ BITS = {
 }
 # Defaults follow quantbench/backends (rtn, triton, bnb, torchao, hqq, quanto), except gptq/awq: their
 # backends default to group 64 so the embedded model's 576-wide layers divide; plans keep the usual 128.
-GROUPED = {"rtn": 128, "gptq": 128, "awq": 128, "hqq": 64, "torchao": 32, "triton": 128, "quanto": QUANTO_GROUP}
+GROUPED = {"rtn": 64, "gptq": 128, "awq": 128, "hqq": 64, "torchao": 32, "triton": 64, "quanto": QUANTO_GROUP}
 EXTRA = {"bnb": ("quant_type", "double_quant"), "torchao": ("packing",), "rtn": ("symmetric",)}
 EXTRA["triton"] = EXTRA["rtn"]
 CHOICES = {"quant_type": ("nf4", "fp4"), "packing": ("int4", "intx"), "dtype": tuple(DTYPE_BYTES)}

@@ -128,6 +128,8 @@ def test_missing_columns_are_named():
         ("quanto", {"weights": "int4", "activations": "none", "compute_dtype": "bfloat16"}, "cpu",
          {"bits": 4, "dtype": "bfloat16"}),
         ("quanto", {"weights": "float8"}, "cuda", {"bits": 8, "dtype": "bfloat16"}),
+        ("triton", {"bits": 4, "group_size": 128, "dtype": "auto"}, "cuda",
+         {"bits": 4, "group_size": 128, "dtype": "float16"}),
         ("bnb", {"bits": 8, "quant_type": "nf4", "double_quant": False, "threshold": 6.0}, "cpu",
          {"bits": 8, "dtype": "float32"}),
         ("torchao", {"bits": 4, "group_size": 32, "activations": "none"}, "cpu",

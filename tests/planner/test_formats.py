@@ -45,9 +45,9 @@ N = ROWS * COLS
         ("torchao", {"bits": 4, "group_size": 128}, N // 2 + (N // 128) * 2 * 2),  # bf16 scale + zero
         ("torchao", {"bits": 4, "packing": "intx", "group_size": 128}, N + (N // 128) * (2 + 1)),
         ("torchao", {"bits": 4}, N // 2 + (N // 32) * 2 * 2),  # default group 32, as backends/torchao.py
-        ("rtn", {}, N // 2 + (N // 128) * 2 * 2),  # fp16 scale + fp16 zero per group
-        ("rtn", {"symmetric": "true"}, N // 2 + (N // 128) * 2),
-        ("rtn", {"bits": 3}, N * 3 // 8 + (N // 128) * 2 * 2),
+        ("rtn", {}, N // 2 + (N // 64) * 2 * 2),  # fp16 scale + fp16 zero per group of 64 (the default)
+        ("rtn", {"symmetric": "true", "group_size": 128}, N // 2 + (N // 128) * 2),
+        ("rtn", {"bits": 3, "group_size": 128}, N * 3 // 8 + (N // 128) * 2 * 2),
         ("triton", {"bits": 8, "group_size": -1}, N + ROWS * 2 * 2),
     ],
 )
@@ -99,7 +99,7 @@ def test_bits_per_weight_on_a_large_matrix(method, params, bits_per_weight):
         ("bnb", {"double_quant": "yes"}, "bnb 4-bit nf4 + double quant"),
         ("bnb", {"bits": 8}, "bnb 8-bit"),
         ("torchao", {"bits": 4, "packing": "intx"}, "torchao 4-bit intx group 32"),
-        ("rtn", {"symmetric": "1"}, "rtn 4-bit group 128 symmetric"),
+        ("rtn", {"symmetric": "1"}, "rtn 4-bit group 64 symmetric"),
     ],
 )
 def test_labels(method, params, label):
