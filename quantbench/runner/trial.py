@@ -12,8 +12,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from quantbench import models
 from quantbench.backends.base import Backend
@@ -40,8 +42,15 @@ def plan_trial(model: ModelRef, method: MethodSpec, evals: list[EvalSpec], devic
     for spec in evals:
         eval_module = get_eval(spec.name)
         eval_params = validate_params(eval_module.Params, spec.params, f"eval {spec.name!r}")
-        checked.append(EvalSpec(spec.name, eval_params.model_dump()))
-    return TrialSpec(model, MethodSpec(method.name, params.model_dump()), tuple(checked), device)
+        checked.append(EvalSpec(spec.name, _canonical(eval_params)))
+    return TrialSpec(model, MethodSpec(method.name, _canonical(params)), tuple(checked), device)
+
+
+def _canonical(params: BaseModel) -> dict[str, Any]:
+    """Only what differs from the defaults: equal trials get equal keys, and re-validating the
+    dict never trips a cross-field check on a default the user did not set (e.g. bnb's
+    int8-only `threshold` under bits=4). The full set is recorded with the results."""
+    return params.model_dump(mode="json", exclude_defaults=True)
 
 
 @dataclass
@@ -94,7 +103,7 @@ def trial_header(trial: PreparedTrial, kernel: str = "") -> TrialHeader:
         model_fingerprint=trial.model.fingerprint,
         method=spec.method.name,
         method_label=spec.method.label,
-        params=dict(spec.method.params),
+        params=trial.backend.Params.model_validate(spec.method.params).model_dump(mode="json"),
         device=spec.device,
         hardware=environment.hardware(spec.device),
         hardware_fingerprint=environment.hardware_fingerprint(spec.device),
@@ -146,7 +155,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         corpus = trial.corpora.get(eval_spec.params.get("corpus"))
         with PeakMemory() as eval_memory:
             rows = eval_module.run(model, eval_params, corpus, trial.model)
-        tags = {"protocol": dict(eval_spec.params)}
+        tags = {"protocol": eval_params.model_dump(mode="json")}
         if corpus is not None:
             tags.update(corpus=corpus.name, corpus_hash=corpus.content_hash)
         metrics += [Metric(eval_spec.name, name, value, unit, **tags) for name, value, unit in rows]
