@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantbench.app import results_cli
+from quantbench.app import plan_cli, results_cli
 from quantbench.errors import QuantbenchError
 from quantbench.evals.latency import LatencyParams
 from quantbench.evals.perplexity import PerplexityParams
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list quantization methods and whether they run here")
     results_cli.add_parsers(sub)
+    plan_cli.add_parser(sub)
     return parser
 
 
@@ -191,7 +192,7 @@ def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | 
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods}
-COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export}
+COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export, "plan": plan_cli.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
