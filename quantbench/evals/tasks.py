@@ -286,7 +286,8 @@ def task_config(task: str, data_file: Path | None) -> dict:
     config.update(
         dataset_path="json",
         dataset_name=None,
-        dataset_kwargs={"data_files": {split: str(data_file)}},
+        # datasets' Arrow copy goes beside the file, into the temp dir, instead of piling up in ~/.cache
+        dataset_kwargs={"data_files": {split: str(data_file)}, "cache_dir": str(data_file.parent / "datasets")},
         training_split=None,
         validation_split=None if has_test else split,
         test_split=split if has_test else None,
