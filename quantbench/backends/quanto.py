@@ -61,13 +61,14 @@ class QuantoBackend(Backend):
         from optimum.quanto import Calibration, QLinear, freeze, qfloat8, qint2, qint4, qint8, quantize
 
         qtypes = {"int8": qint8, "int4": qint4, "int2": qint2, "float8": qfloat8}
-        module = models.load(model, dtype=params.compute_dtype, device=device)
         tokenizer = models.load_tokenizer(model)
-        count = weight_count(module)
         activations = qint8 if params.activations == "int8" else None
+        if activations is not None:  # a too-short corpus fails here, before any weight is read
+            windows = calibration_windows(calibration, tokenizer, params.calibration_samples, params.seq_len)
+        module = models.load(model, dtype=params.compute_dtype, device=device)
+        count = weight_count(module)
         quantize(module, weights=qtypes[params.weights], activations=activations, exclude=["lm_head"])
         if activations is not None:
-            windows = calibration_windows(calibration, tokenizer, params.calibration_samples, params.seq_len)
             with torch.no_grad(), Calibration():
                 for window in windows:
                     module(input_ids=window[None].to(device), use_cache=False)

@@ -4,6 +4,7 @@ from support import build_tiny_llama
 
 from quantbench import models
 from quantbench.backends.quanto import QuantoBackend
+from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.spec import ModelRef, validate_params
 
@@ -89,6 +90,13 @@ def test_int8_activations_calibrate_and_stay_close(resolved, baseline):
     assert all(s != 1.0 for s in scales)  # calibrated, not the default
     error = (q.logits(INPUT_IDS) - baseline[1]).pow(2).mean().item()
     assert error < (baseline[1].pow(2).mean().item()) / 10
+
+
+def test_too_short_calibration_corpus_fails_in_one_line(resolved):
+    backend = QuantoBackend()
+    params = validate_params(backend.Params, {"activations": "int8", "seq_len": 64}, "method quanto")
+    with pytest.raises(QuantbenchError, match=r"calibration corpus 'tiny' has \d+ tokens, fewer than n_samples"):
+        backend.quantize(resolved, params, "cpu", Corpus("tiny", ("only a few words",)))
 
 
 def test_int8_closer_to_baseline_than_int4(resolved, baseline):
