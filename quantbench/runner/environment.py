@@ -65,8 +65,14 @@ def _cpu_model() -> str:
 
 
 def quiet_library_logs() -> None:
-    """Progress bars for every weight shard drown the results; keep warnings and errors."""
+    """Progress bars for every weight shard drown the results; keep warnings and errors, except
+    import-time notices about optional GPU kernels and deprecations that say nothing about a run."""
+    import logging
+
     from transformers.utils import logging as hf_logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # "Failed to load _C_cutlass_90a" on CPU
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

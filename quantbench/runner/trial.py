@@ -12,6 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -76,7 +77,15 @@ class PreparedTrial:
     spec: TrialSpec
     backend: Backend
     model: models.ResolvedModel
-    corpora: dict[str, Corpus]
+    evals: tuple[PreparedEval, ...]
+
+
+@dataclass(frozen=True)
+class PreparedEval:
+    name: str
+    module: ModuleType
+    params: BaseModel  # validated, defaults filled in
+    corpus: Corpus | None
 
 
 def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
@@ -87,12 +96,18 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
         raise QuantbenchError(f"method {spec.method.name!r} is unavailable on {spec.device}: {availability.reason}")
     result_store.check_writable(store)
     resolved = models.resolve(spec.model)
-    corpora = {e.params["corpus"]: load_corpus(e.params["corpus"]) for e in spec.evals if "corpus" in e.params}
+    corpora: dict[str, Corpus] = {}  # evals sharing a corpus read it once
+    evals = []
     for eval_spec in spec.evals:
-        eval_module = get_eval(eval_spec.name)
-        params = eval_module.Params.model_validate(eval_spec.params)
-        eval_module.check_inputs(resolved, params, corpora.get(eval_spec.params.get("corpus")))
-    return PreparedTrial(spec, backend, resolved, corpora)
+        module = get_eval(eval_spec.name)
+        params = module.Params.model_validate(eval_spec.params)
+        ref = getattr(params, "corpus", None)
+        if ref is not None and ref not in corpora:
+            corpora[ref] = load_corpus(ref)
+        corpus = corpora.get(ref) if ref is not None else None
+        module.check_inputs(resolved, params, corpus)
+        evals.append(PreparedEval(eval_spec.name, module, params, corpus))
+    return PreparedTrial(spec, backend, resolved, tuple(evals))
 
 
 def trial_header(trial: PreparedTrial, kernel: str = "") -> TrialHeader:
@@ -149,15 +164,12 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         metrics.append(
             Metric("quantize", "quantize_cuda_max_allocated_bytes", quantize_memory.peak.cuda_allocated_bytes, "bytes")
         )
-    for eval_spec in spec.evals:
-        eval_module = get_eval(eval_spec.name)
-        eval_params = eval_module.Params.model_validate(eval_spec.params)
-        corpus = trial.corpora.get(eval_spec.params.get("corpus"))
+    for ev in trial.evals:
         with PeakMemory() as eval_memory:
-            rows = eval_module.run(model, eval_params, corpus, trial.model)
-        tags = {"protocol": eval_params.model_dump(mode="json")}
-        if corpus is not None:
-            tags.update(corpus=corpus.name, corpus_hash=corpus.content_hash)
-        metrics += [Metric(eval_spec.name, name, value, unit, **tags) for name, value, unit in rows]
-        metrics.append(Metric(eval_spec.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
+            rows = ev.module.run(model, ev.params, ev.corpus, trial.model)
+        tags = {"protocol": ev.params.model_dump(mode="json")}
+        if ev.corpus is not None:
+            tags.update(corpus=ev.corpus.name, corpus_hash=ev.corpus.content_hash)
+        metrics += [Metric(ev.name, name, value, unit, **tags) for name, value, unit in rows]
+        metrics.append(Metric(ev.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
     return metrics, model.kernel
