@@ -118,7 +118,7 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
-    _atomic_write_text(memo, json.dumps({"stamp": stamp, "sha256": digest.hexdigest()}))
+    atomic_write_text(memo, json.dumps({"stamp": stamp, "sha256": digest.hexdigest()}))
     return digest.hexdigest()
 
 
@@ -230,7 +230,7 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     with os.fdopen(fd, "w") as f:

@@ -250,7 +250,7 @@ def stock_tasks() -> dict[str, tuple[str, str | None]]:
         pass  # absent or damaged: rebuild
     index = TaskManager().task_index
     tasks = {name: (e.kind.name, str(e.yaml_path) if e.yaml_path else None) for name, e in index.items()}
-    models._atomic_write_text(memo, json.dumps({"root": str(root), "tasks": tasks}))
+    models.atomic_write_text(memo, json.dumps({"root": str(root), "tasks": tasks}))
     return tasks
 
 

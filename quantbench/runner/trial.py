@@ -24,7 +24,7 @@ from quantbench.backends.registry import get_backend
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals.memory import PeakMemory
-from quantbench.evals.registry import get_eval
+from quantbench.evals.registry import EVALS, get_eval
 from quantbench.results import store as result_store
 from quantbench.results.schema import Metric, TrialHeader, trial_table
 from quantbench.runner import environment
@@ -36,7 +36,7 @@ def plan_trial(model: ModelRef, method: MethodSpec, evals: list[EvalSpec], devic
     if device not in DEVICES:
         raise QuantbenchError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if not evals:
-        raise QuantbenchError("no eval requested; valid evals: perplexity")
+        raise QuantbenchError(f"no eval requested; valid evals: {', '.join(sorted(EVALS))}")
     backend = get_backend(method.name)
     params = validate_params(backend.Params, method.params, f"method {method.name!r}")
     checked = []
