@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+# Two rows of 16 token ids: what the adapter tests feed every model.
+INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WIKITEXT_TEST = SHARED_DATA / "wikitext2" / "wiki.test.raw"

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 import torch
-from support import build_tiny_llama
+from support import INPUT_IDS, build_tiny_llama
 
 from quantbench import models
 from quantbench.backends.awq import AwqBackend
@@ -13,7 +13,6 @@ from quantbench.backends.gptq import GptqBackend
 from quantbench.errors import QuantbenchError
 from quantbench.spec import ModelRef, validate_params
 
-INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
 # tiny calibration: the tiny model has 2 layers and hidden 64, so groups of 32
 SMALL = {"group_size": 32, "n_samples": 8, "seq_len": 64}
 
@@ -22,14 +21,6 @@ SMALL = {"group_size": 32, "n_samples": 8, "seq_len": 64}
 def resolved(tiny_model_dir):
     pytest.importorskip("gptqmodel")
     return models.resolve(ModelRef(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def baseline(resolved):
-    module = models.load(resolved, dtype="float32")
-    with torch.inference_mode():
-        logits = module(input_ids=INPUT_IDS).logits
-    return module, logits
 
 
 def quantize(backend, resolved, **raw):

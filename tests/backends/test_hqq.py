@@ -2,29 +2,15 @@ import math
 
 import pytest
 import torch
+from support import INPUT_IDS
 
-from quantbench import models
 from quantbench.backends.hqq import HqqBackend
 from quantbench.errors import QuantbenchError
-from quantbench.spec import ModelRef, validate_params
+from quantbench.spec import validate_params
 
 pytest.importorskip("hqq")
 
-INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
 STORED = ("W_q", "scale", "zero")
-
-
-@pytest.fixture(scope="module")
-def resolved(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def baseline(resolved):
-    module = models.load(resolved, dtype="float32")
-    with torch.inference_mode():
-        logits = module(input_ids=INPUT_IDS).logits
-    return module, logits
 
 
 @pytest.fixture(scope="module")

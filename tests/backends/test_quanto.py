@@ -1,6 +1,6 @@
 import pytest
 import torch
-from support import build_tiny_llama
+from support import INPUT_IDS, build_tiny_llama
 
 from quantbench import models
 from quantbench.backends.quanto import QuantoBackend
@@ -10,21 +10,7 @@ from quantbench.spec import ModelRef, validate_params
 
 pytest.importorskip("optimum.quanto")
 
-INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
 BITS = {"int8": 8, "float8": 8, "int4": 4, "int2": 2}
-
-
-@pytest.fixture(scope="module")
-def resolved(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def baseline(resolved):
-    module = models.load(resolved, dtype="float32")
-    with torch.inference_mode():
-        logits = module(input_ids=INPUT_IDS).logits
-    return module, logits
 
 
 def quantize(resolved, **raw):

@@ -1,27 +1,12 @@
 import pytest
 import torch
+from support import INPUT_IDS
 
-from quantbench import models
 from quantbench.backends.rtn import RtnBackend
 from quantbench.errors import QuantbenchError
 from quantbench.kernels import reference
 from quantbench.kernels.format import pack_linear_weight
-from quantbench.spec import ModelRef, validate_params
-
-INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
-
-
-@pytest.fixture(scope="module")
-def resolved(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def baseline(resolved):
-    module = models.load(resolved, dtype="float32")
-    with torch.inference_mode():
-        logits = module(input_ids=INPUT_IDS).logits
-    return module, logits
+from quantbench.spec import validate_params
 
 
 def quantize(resolved, **raw):

@@ -2,21 +2,14 @@ import importlib.util
 
 import pytest
 import torch
+from support import INPUT_IDS
 
-from quantbench import models
 from quantbench.backends.registry import get_backend
 from quantbench.backends.rtn import RtnBackend
 from quantbench.backends.triton import TritonBackend
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.quant_linear import REFERENCE_KERNEL, QuantLinear
-from quantbench.spec import ModelRef, validate_params
-
-INPUT_IDS = torch.arange(1, 33).reshape(2, 16)
-
-
-@pytest.fixture(scope="module")
-def resolved(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
+from quantbench.spec import validate_params
 
 
 def quantize(backend, resolved, **raw):
