@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
+    environment.quiet_library_logs()
     backend = get_backend("baseline")
     model = backend.quantize(models.resolve(ModelRef(args.model)), backend.Params(dtype=args.dtype), "cpu")
     corpus = load_corpus(args.corpus)
