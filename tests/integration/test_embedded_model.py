@@ -38,3 +38,26 @@ def test_cli_run_on_the_embedded_model_stores_a_finite_perplexity(tmp_path, caps
     capsys.readouterr()
     assert main(["results", "--store", str(tmp_path)]) == 0
     assert "embedded:smollm2-135m" in capsys.readouterr().out
+
+
+def test_real_trials_compare_and_export(tmp_path, capsys):
+    """Two real trials of the embedded model through compare and every text export."""
+    import pandas as pd
+
+    from quantbench.results.export import export
+
+    store = tmp_path / "store"
+    args = ["run", "--model", "embedded:smollm2-135m", "--corpus", str(WIKITEXT_TEST), "--seq-len", "128"]
+    args += ["--max-tokens", "256", "--store", str(store), "--method", "baseline", "--method", "rtn:bits=4"]
+    assert main(args) == 0
+    frame = read_results(store).frame
+    keys = list(frame.drop_duplicates("trial_key")["trial_key"])
+    capsys.readouterr()
+    assert main(["compare", *keys, "--store", str(store)]) == 0
+    assert "rtn" in capsys.readouterr().out
+    for fmt, name in [("csv", "t.csv"), ("json", "t.json"), ("md", "t.md"), ("latex", "t.tex"), ("html", "t.html")]:
+        path = export(frame, fmt, tmp_path, name)
+        text = path.read_text()
+        assert "rtn" in text, fmt
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 2
+    assert '<script src="http' not in (tmp_path / "t.html").read_text()
