@@ -56,6 +56,15 @@ class QuantizedModel:
         out = self.module(input_ids=input_ids.to(self.device), use_cache=False)
         return out.logits.float().cpu()
 
+    @classmethod
+    def measured(
+        cls, module: torch.nn.Module, tokenizer: object, device: str, kernel: str, weights: int, size: int | None = None
+    ) -> QuantizedModel:
+        """`module` with its footprint measured: `size` defaults to `weight_bytes(module)`, and
+        `weights` is the number of weights before quantization (packing changes the parameter count)."""
+        size = weight_bytes(module) if size is None else size
+        return cls(module, tokenizer, device, size, 8 * size / weights, kernel)
+
 
 class Backend:
     """One quantization method. Subclasses set the class attributes and implement `quantize`."""

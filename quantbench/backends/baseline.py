@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, weight_bytes, weight_count
+from quantbench.backends.base import Backend, MethodParams, QuantizedModel, weight_count
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
@@ -24,12 +24,6 @@ class BaselineBackend(Backend):
         self, model: ResolvedModel, params: BaselineParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         module = models.load(model, dtype=params.dtype, device=device)
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=models.load_tokenizer(model),
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / weight_count(module),
-            kernel=f"torch {params.dtype} matmul",
+        return QuantizedModel.measured(
+            module, models.load_tokenizer(model), device, f"torch {params.dtype} matmul", weights=weight_count(module)
         )

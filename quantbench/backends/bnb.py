@@ -16,7 +16,6 @@ from quantbench.backends.base import (
     QuantizedModel,
     int_choice,
     meta_model,
-    weight_bytes,
     weight_count,
 )
 from quantbench.corpora import Corpus
@@ -82,14 +81,8 @@ class BnbBackend(Backend):
         module = models.load(
             model, dtype=params.compute_dtype, device=device, quantization_config=config, device_map={"": device}
         )
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=models.load_tokenizer(model),
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / count,
-            kernel=_kernel(params, device),
+        return QuantizedModel.measured(
+            module, models.load_tokenizer(model), device, _kernel(params, device), weights=count
         )
 
 

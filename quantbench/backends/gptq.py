@@ -21,7 +21,6 @@ from quantbench.backends.base import (
     check_group_size,
     int_choice,
     meta_model,
-    weight_bytes,
     weight_count,
 )
 from quantbench.corpora import Corpus
@@ -113,14 +112,8 @@ class GptqModelBackend(Backend):
             del work
             module = GPTQModel.load(tmp, device=device, dtype=dtype, trust_remote_code=trust).model.eval()
         layer = next(m for m in module.modules() if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear"))
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=tokenizer,
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / weight_count(skeleton),
-            kernel=f"GPTQModel {type(layer).__name__}",
+        return QuantizedModel.measured(
+            module, tokenizer, device, f"GPTQModel {type(layer).__name__}", weights=weight_count(skeleton)
         )
 
 

@@ -15,7 +15,6 @@ from quantbench.backends.base import (
     check_group_size,
     int_choice,
     meta_model,
-    weight_bytes,
     weight_count,
 )
 from quantbench.corpora import Corpus
@@ -57,12 +56,6 @@ class HqqBackend(Backend):
         )
         layer = next(m for m in module.modules() if isinstance(m, HQQLinear))
         path = f"{layer.meta['packing']} unpack + dequantize + {params.compute_dtype} matmul"
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=models.load_tokenizer(model),
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / count,
-            kernel=f"hqq {layer.backend.name} backend ({path})",
+        return QuantizedModel.measured(
+            module, models.load_tokenizer(model), device, f"hqq {layer.backend.name} backend ({path})", weights=count
         )

@@ -18,7 +18,6 @@ from quantbench.backends.base import (
     MethodParams,
     QuantizedModel,
     calibration_windows,
-    weight_bytes,
     weight_count,
 )
 from quantbench.corpora import Corpus
@@ -77,14 +76,8 @@ class QuantoBackend(Backend):
         for layer in layers:
             if type(layer.weight).__name__ == "WeightQBitsTensor":
                 layer.forward = _outside_inference_mode(layer.forward)
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=tokenizer,
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / count,
-            kernel="; ".join(sorted({_kernel(layer, params) for layer in layers})),
+        return QuantizedModel.measured(
+            module, tokenizer, device, "; ".join(sorted({_kernel(layer, params) for layer in layers})), weights=count
         )
 
 

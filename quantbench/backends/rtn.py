@@ -101,11 +101,11 @@ class RtnBackend(Backend):
                 fake_bytes += fake.numel() * fake.element_size()
         size = weight_bytes(module) - fake_bytes + packed
         fmt = f"w{params.bits} g{params.group_size} {'sym' if params.symmetric else 'asym'}"
-        return QuantizedModel(
-            module=module,
-            tokenizer=models.load_tokenizer(model),
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / count,
-            kernel=f"torch {params.dtype} matmul on RTN fake-quant weights ({fmt})",
+        return QuantizedModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            f"torch {params.dtype} matmul on RTN fake-quant weights ({fmt})",
+            weights=count,
+            size=size,
         )

@@ -17,7 +17,6 @@ from quantbench.backends.base import (
     check_group_size,
     int_choice,
     meta_model,
-    weight_bytes,
     weight_count,
 )
 from quantbench.corpora import Corpus
@@ -72,14 +71,8 @@ class TorchaoBackend(Backend):
             quantization_config=TorchAoConfig(config),
             device_map={"": device},
         )
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=models.load_tokenizer(model),
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / weight_count(skeleton),
-            kernel=kernel,
+        return QuantizedModel.measured(
+            module, models.load_tokenizer(model), device, kernel, weights=weight_count(skeleton)
         )
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Availability, Backend, MethodParams, QuantizedModel, weight_bytes, weight_count
+from quantbench.backends.base import Availability, Backend, MethodParams, QuantizedModel, weight_count
 from quantbench.backends.rtn import ModuleNames, check_group_divides, check_group_size_value, quantizable_linears
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -87,15 +87,7 @@ class TritonBackend(Backend):
                 parent_name, _, child = name.rpartition(".")
                 quant = QuantLinear.from_linear(linear, params.bits, params.group_size, params.symmetric)
                 setattr(module.get_submodule(parent_name), child, quant)
-        size = weight_bytes(module)
-        return QuantizedModel(
-            module=module,
-            tokenizer=models.load_tokenizer(model),
-            device=device,
-            weight_bytes=size,
-            bits_per_weight=8 * size / count,
-            kernel=kernel_of(module),
-        )
+        return QuantizedModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
 
 
 def kernel_of(module: nn.Module) -> str:
