@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path
 
 from quantbench.app.cli import main as quantbench
-from quantbench.backends.registry import get_backend
 from quantbench.results.query import wide
 from quantbench.results.store import read_results
 from quantbench.runner import environment
-from quantbench.spec import MethodSpec, validate_params
+from quantbench.runner.trial import plan_trial
+from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef
 
 TASK_FILES = {  # task -> its file under the shared data folder
     "lambada_openai": "lambada_openai/lambada_test.jsonl",
@@ -86,10 +86,8 @@ def main() -> None:
 
 
 def stored_label(method: str) -> str:
-    """The label the store keeps: the method's parameters with their defaults filled in."""
-    spec = MethodSpec.parse(method)
-    params = validate_params(get_backend(spec.name).Params, spec.params, f"method {spec.name!r}")
-    return MethodSpec(spec.name, params.model_dump()).label
+    """The label the store keeps: what the runner plans for `method` (its non-default parameters)."""
+    return plan_trial(ModelRef(DEFAULT_MODEL), MethodSpec.parse(method), [EvalSpec("perplexity")]).method.label
 
 
 def markdown(rows: list[dict], tasks: list[str]) -> str:
