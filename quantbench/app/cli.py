@@ -131,7 +131,15 @@ def _run_specs(specs: list, args: argparse.Namespace, timeout_s: float | None = 
 
 def _print_event(event) -> None:
     spec = event.spec
-    if event.kind == "skipped":
+    if event.kind == "progress":
+        _print_progress(event)
+        return
+    if _progress_line["open"]:  # finish the carriage-return line before a normal one
+        print(file=sys.stderr)
+        _progress_line["open"] = False
+    if event.kind == "cancelled":
+        print(f"[{event.index}/{event.total}] {spec.method.label}: cancelled", file=sys.stderr, flush=True)
+    elif event.kind == "skipped":
         print(f"[{spec.key}] {spec.method.label}: already in the store (use --force to re-run)", file=sys.stderr)
     elif event.kind == "started":
         where = f"{spec.model.ref} ({spec.device})"
@@ -144,6 +152,48 @@ def _print_event(event) -> None:
         if event.eta_s:
             line += f"; about {event.eta_s / 60:.1f} min left"
         print(line, file=sys.stderr, flush=True)
+
+
+# What an eval's progress counts, for the progress line.
+PROGRESS_UNITS = {"perplexity": "windows", "divergence": "windows", "latency": "series", "tasks": "requests"}
+PLAIN_PROGRESS_EVERY_S = 30.0  # without a terminal: a line per stage, then at most one per this
+_progress_line = {"open": False, "stage": "", "printed_at": 0.0}
+
+
+def _print_progress(event) -> None:
+    """On a terminal, one line per trial redrawn in place (bar, counts, ETAs); otherwise a
+    plain line when a stage starts and an occasional one while it runs (logs stay readable)."""
+    import time
+
+    where = f"[{event.index}/{event.total}] {event.spec.method.label} {event.stage}"
+    if event.todo:
+        units = PROGRESS_UNITS.get(event.stage, "")
+        count = f"{event.done}/{event.todo} {units}".rstrip()
+    else:
+        count = f"{event.elapsed_s:.0f} s"
+    etas = []
+    if event.trial_eta_s is not None:
+        etas.append(f"{event.stage} {_duration(event.trial_eta_s)} left")
+    if event.eta_s is not None:
+        etas.append(f"sweep about {_duration(event.eta_s)} left")
+    tail = f" ({'; '.join(etas)})" if etas else ""
+    if sys.stderr.isatty():
+        bar = ""
+        if event.todo:
+            filled = round(20 * min(event.done, event.todo) / event.todo)
+            bar = f" [{'#' * filled}{'.' * (20 - filled)}]"
+        print(f"\r\033[K{where}{bar} {count}{tail}", end="", file=sys.stderr, flush=True)
+        _progress_line["open"] = True
+        return
+    now = time.monotonic()
+    key = f"{event.spec.key}:{event.stage}"
+    if key != _progress_line["stage"] or now - _progress_line["printed_at"] >= PLAIN_PROGRESS_EVERY_S:
+        _progress_line.update(stage=key, printed_at=now)
+        print(f"{where}: {count}{tail}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _eval_spec(name: str, args: argparse.Namespace) -> EvalSpec:

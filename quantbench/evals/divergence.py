@@ -46,7 +46,7 @@ from quantbench import models
 from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
-from quantbench.evals import perplexity
+from quantbench.evals import perplexity, progress
 from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
 from quantbench.models import ResolvedModel
 
@@ -230,6 +230,9 @@ def evaluate(
     path = cache_path(key)
     base = read_cache(path, key, n_tokens)
     cache_hit = base is not None
+    # Progress in windows: the baseline pass (on a cache miss) and the quantized pass.
+    per_pass = perplexity.window_count(len(ids), params.seq_len, params.stride or params.seq_len)
+    todo, done = per_pass * (1 if cache_hit else 2), 0
     if base is None:
         reference = models.load(source, dtype=REFERENCE_DTYPE, device=device)
         vocab = reference.get_output_embeddings().weight.shape[0]
@@ -239,9 +242,14 @@ def evaluate(
         def reference_logits(batch: torch.Tensor) -> torch.Tensor:
             return reference(input_ids=batch.to(device), use_cache=False).logits.float().cpu()
 
-        windows = scored_windows(reference_logits, ids, params)
-        records = (baseline_records(s.logits, s.targets, dtype, seed=s.window.begin) for s in windows)
-        write_cache(path, key, dtype, records)
+        def records() -> Iterator[np.ndarray]:
+            nonlocal done
+            for s in scored_windows(reference_logits, ids, params):
+                yield baseline_records(s.logits, s.targets, dtype, seed=s.window.begin)
+                done += 1
+                progress.report(done, todo)
+
+        write_cache(path, key, dtype, records())
         del reference
         base = read_cache(path, key, n_tokens)
         assert base is not None, f"baseline cache {path} unreadable right after writing"
@@ -257,6 +265,8 @@ def evaluate(
         dp_sq += stats.delta_p.double().square().sum().item()
         nll_p += stats.nll_base.double().sum().item()
         nll_q += stats.nll_quant.double().sum().item()
+        done += 1
+        progress.report(done, todo)
     return DivergenceResult(
         kld=np.concatenate(kld),
         top1_agree=agree,

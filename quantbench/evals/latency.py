@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
+from quantbench.evals import progress
 from quantbench.evals.memory import PeakMemory
 from quantbench.models import ResolvedModel
 
@@ -216,15 +217,19 @@ def run(
     if cap is not None:
         rows.append(("prompt_length_cap", cap, "tokens"))
     energy = _energy_meter(model.device)
+    todo = 1 + len(lengths) + len(params.batch_sizes)  # progress in series: first call, prefills, decodes
     with PeakMemory() as memory:
         rows.append(("first_call_seconds", prefill_seconds(model, prompt_ids(model, 1, lengths[0]), clock), "s"))
-        for length in lengths:
+        progress.report(1, todo)
+        for done, length in enumerate(lengths, start=2):
             rows += _prefill_rows(model, params, clock, length)
+            progress.report(done, todo)
         prompt_length = params.decode_prompt_length
         if cap is not None:
             prompt_length = min(prompt_length, cap - params.new_tokens)
-        for batch in params.batch_sizes:
+        for done, batch in enumerate(params.batch_sizes, start=2 + len(lengths)):
             rows += _decode_rows(model, params, clock, energy, batch, prompt_ids(model, batch, prompt_length))
+            progress.report(done, todo)
     rows.append(("inference_peak_rss_bytes", memory.peak.rss_bytes, "bytes"))
     if clock.cuda:
         rows.append(("inference_cuda_max_allocated_bytes", memory.peak.cuda_allocated_bytes, "bytes"))

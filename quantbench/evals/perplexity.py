@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
+from quantbench.evals import progress
 from quantbench.models import ResolvedModel, load_tokenizer
 
 
@@ -77,6 +78,11 @@ class Window:
     begin: int  # first token of the window (context included)
     end: int  # one past the last token
     first_target: int  # first token whose prediction is scored
+
+
+def window_count(n_tokens: int, seq_len: int, stride: int) -> int:
+    """How many windows `windows` yields (the progress total)."""
+    return max(0, (n_tokens - seq_len) // stride + 1)
 
 
 def windows(n_tokens: int, seq_len: int, stride: int) -> Iterator[Window]:
@@ -130,6 +136,7 @@ def evaluate(
     _check_length(len(ids), corpus, params)
 
     forward = _TimedCalls(logits_fn)
+    todo = window_count(len(ids), params.seq_len, params.stride or params.seq_len)
     nll_sum, tokens, n_bytes, words, n_windows = 0.0, 0, 0, 0, 0
     for scored in scored_windows(forward, ids, params):
         w = scored.window
@@ -139,6 +146,7 @@ def evaluate(
         n_bytes += len(covered.encode())
         words += len(covered.split())
         n_windows += 1
+        progress.report(n_windows, todo)
 
     nll_mean = nll_sum / tokens
     return PerplexityResult(

@@ -39,6 +39,7 @@ from quantbench import models
 from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
+from quantbench.evals import progress
 from quantbench.models import ResolvedModel
 
 
@@ -326,7 +327,7 @@ def evaluate(model: QuantizedModel, params: TasksParams) -> dict:
             # JSON is YAML; lm-eval resolves `include` and the stock `!function`s relative to the stock file.
             (Path(tmp) / f"{task}.yaml").write_text(json.dumps(task_config(task, data_file)))
         manager = TaskManager(include_path=tmp, include_defaults=False)
-        lm = HFLM(pretrained=model.module, tokenizer=model.tokenizer, batch_size=params.batch_size)
+        lm = _reporting(HFLM)(pretrained=model.module, tokenizer=model.tokenizer, batch_size=params.batch_size)
         return simple_evaluate(
             model=lm,
             tasks=list(params.tasks),
@@ -336,6 +337,26 @@ def evaluate(model: QuantizedModel, params: TasksParams) -> dict:
             log_samples=False,
             bootstrap_iters=1000,
         )
+
+
+PROGRESS_CHUNK = 32  # log-likelihood requests between two progress reports
+
+
+def _reporting(hflm: type) -> type:
+    """HFLM whose log-likelihood requests (what the multiple-choice and lambada tasks send; one
+    document is one request per choice) are scored in chunks, with a progress report after each.
+    Every request is still scored on its own inputs, so the scores do not change; lm-eval's
+    rolling and generation requests report nothing (todo stays unknown)."""
+
+    class ReportingLM(hflm):
+        def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
+            results: list = []
+            for at in range(0, len(requests), PROGRESS_CHUNK):
+                results += super().loglikelihood(requests[at : at + PROGRESS_CHUNK], disable_tqdm=True)
+                progress.report(len(results), len(requests))
+            return results
+
+    return ReportingLM
 
 
 def metric_rows(results: dict) -> list[tuple[str, float, str]]:

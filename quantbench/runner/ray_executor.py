@@ -1,6 +1,10 @@
 """Run trials as Ray tasks, for a cluster: one task per trial with the resources it needs
 (`num_gpus=1` for CUDA trials), each task running its trial in a worker process on its node,
-all writing to one store path that every node sees (a shared file system)."""
+all writing to one store path that every node sees (a shared file system).
+
+Events: only "skipped", "started" and "finished" (no per-trial "progress", no cancel). The
+worker's progress pipe ends in the Ray task on the trial's node; bringing it back would need an
+actor or a queue per sweep, which a cluster run watched through its store does not need."""
 
 from __future__ import annotations
 

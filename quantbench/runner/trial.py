@@ -23,6 +23,7 @@ from quantbench.backends.base import Backend
 from quantbench.backends.registry import get_backend
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
+from quantbench.evals import progress
 from quantbench.evals.memory import PeakMemory
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.results import store as result_store
@@ -57,7 +58,7 @@ def _canonical(params: BaseModel) -> dict[str, Any]:
 @dataclass
 class TrialOutcome:
     spec: TrialSpec
-    status: str  # ok | failed | skipped (already in the store)
+    status: str  # ok | failed | skipped (already in the store) | error (bad input, nothing stored) | cancelled
     metrics: list[Metric] = field(default_factory=list)
     error: str = ""
     path: Path | None = None
@@ -152,7 +153,9 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
     params = trial.backend.Params.model_validate(spec.method.params)
     torch.manual_seed(0)
     start = time.perf_counter()
-    with PeakMemory() as quantize_memory:
+    # Adapters read the weights and quantize them in one call (bnb quantizes while loading), so
+    # the "quantize" stage includes reading the checkpoint.
+    with progress.stage("quantize"), PeakMemory() as quantize_memory:
         model = trial.backend.quantize(trial.model, params, spec.device)
     metrics = [
         Metric("quantize", "quantize_seconds", time.perf_counter() - start, "s"),
@@ -165,7 +168,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
             Metric("quantize", "quantize_cuda_max_allocated_bytes", quantize_memory.peak.cuda_allocated_bytes, "bytes")
         )
     for ev in trial.evals:
-        with PeakMemory() as eval_memory:
+        with progress.stage(ev.name), PeakMemory() as eval_memory:
             rows = ev.module.run(model, ev.params, ev.corpus, trial.model)
         tags = {"protocol": ev.params.model_dump(mode="json")}
         if ev.corpus is not None:

@@ -10,46 +10,76 @@ code or signal and the last lines of its stderr.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from quantbench.errors import QuantbenchError
+from quantbench.evals import progress
+from quantbench.evals.progress import Sink as ProgressSink
 from quantbench.runner.environment import quiet_library_logs
 from quantbench.runner.trial import PreparedTrial, TrialOutcome, execute, prepare_trial, record_failure
 from quantbench.spec import TrialSpec
 
 STDERR_TAIL_LINES = 20
+POLL_S = 0.1  # how often the parent looks at the cancel flag and the clock while a worker runs
+PROGRESS_INTERVAL_S = 0.2
 
 
-def run_in_worker(trial: PreparedTrial, store: Path, timeout_s: float | None = None) -> TrialOutcome:
-    """Run a prepared trial in a child process; its stderr is passed through and its tail kept."""
+def run_in_worker(
+    trial: PreparedTrial,
+    store: Path,
+    timeout_s: float | None = None,
+    on_progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
+) -> TrialOutcome:
+    """Run a prepared trial in a child process; its stderr is passed through and its tail kept.
+
+    `on_progress(stage, done, todo)` is called on this thread for each progress line the worker
+    sends. When `cancel` is set, or the timeout passes, or this thread is interrupted, the
+    worker's whole process group is killed: a cancelled trial returns status "cancelled" and
+    leaves nothing in the store (the worker writes its file only when the trial is complete).
+    """
     with tempfile.TemporaryDirectory(prefix="quantbench-trial-") as tmp:
         spec_file, outcome_file = Path(tmp) / "spec.json", Path(tmp) / "outcome.json"
         spec_file.write_text(json.dumps({"spec": trial.spec.to_dict(), "store": str(store)}))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "quantbench.runner.worker", str(spec_file), str(outcome_file)],
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # so a timeout can kill the worker's own children too
-        )
+        # Progress gets its own pipe: stderr is the library's voice and the failure reason's source.
+        progress_read, progress_write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "quantbench.runner.worker", str(spec_file), str(outcome_file),
+                 str(progress_write)],
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                pass_fds=(progress_write,),
+                start_new_session=True,  # its own process group, so a kill reaches the worker's children too
+            )  # fmt: skip
+        finally:
+            os.close(progress_write)  # the worker holds the only write end: EOF when it exits
         tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         relay = threading.Thread(target=_relay, args=(proc.stderr, tail), daemon=True)
         relay.start()
         try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            ended = _watch(proc, progress_read, on_progress or (lambda *_: None), cancel, timeout_s)
+        except BaseException:  # Ctrl-C in the caller: the worker runs in its own session and would live on
+            _kill_group(proc)
+            raise
+        finally:
+            os.close(progress_read)
             relay.join()
+        if ended == "cancelled":
+            return TrialOutcome(trial.spec, "cancelled")
+        if ended == "timeout":
             return record_failure(trial, store, f"timed out after {timeout_s:g} s (worker killed)", "".join(tail))
-        relay.join()
         if outcome_file.is_file():
             outcome = json.loads(outcome_file.read_text())
             if outcome["status"] == "error":
@@ -57,6 +87,63 @@ def run_in_worker(trial: PreparedTrial, store: Path, timeout_s: float | None = N
             path = Path(outcome["path"]) if outcome["path"] else None
             return TrialOutcome(trial.spec, outcome["status"], error=outcome["error"], path=path)
         return record_failure(trial, store, f"worker died ({_describe_exit(proc.returncode)})", "".join(tail))
+
+
+def _watch(
+    proc: subprocess.Popen,
+    progress_fd: int,
+    on_progress: ProgressSink,
+    cancel: threading.Event | None,
+    timeout_s: float | None,
+) -> str:
+    """Pass progress lines on until the worker exits ("exited"), or kill it on cancel or timeout.
+
+    Waits on the pipe with a short timeout rather than spinning, so the watcher costs no CPU the
+    trial is measuring; the timeout bounds how late a cancel is noticed (POLL_S).
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    selector = selectors.DefaultSelector()
+    selector.register(progress_fd, selectors.EVENT_READ)
+    pipe_open, pending = True, b""
+    while True:
+        if cancel is not None and cancel.is_set():
+            _kill_group(proc)
+            return "cancelled"
+        wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+        if wait <= 0:
+            _kill_group(proc)
+            return "timeout"
+        if pipe_open and selector.select(wait):
+            chunk = os.read(progress_fd, 65536)
+            pipe_open = bool(chunk)  # EOF: the worker closed its end by exiting
+            pending = _dispatch(pending + chunk, on_progress)
+        elif pipe_open:
+            if proc.poll() is not None:  # nothing left to read (select said so) and the worker is gone
+                return "exited"
+        else:
+            try:
+                proc.wait(timeout=wait)
+                return "exited"
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _dispatch(data: bytes, on_progress: ProgressSink) -> bytes:
+    """Call `on_progress` for each complete JSON line in `data`; return the incomplete rest."""
+    *lines, rest = data.split(b"\n")
+    for line in lines:
+        try:
+            message = json.loads(line)
+            on_progress(str(message["stage"]), int(message["done"]), int(message["todo"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a malformed line costs one progress update, never the trial
+    return rest
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _relay(stream, tail: collections.deque[str]) -> None:
@@ -74,15 +161,41 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def main(spec_file: str, outcome_file: str) -> int:
+class _ProgressWriter:
+    """The worker's end of the progress pipe: one JSON line per update, at most one per
+    PROGRESS_INTERVAL_S within a stage (a tiny model scores thousands of windows a second), but
+    always a stage's first and last update."""
+
+    def __init__(self, fd: int) -> None:
+        self.stream = os.fdopen(fd, "w", buffering=1)
+        self.last = ("", 0.0)
+
+    def __call__(self, stage: str, done: int, todo: int) -> None:
+        now = time.monotonic()
+        last_stage, last_time = self.last
+        if stage == last_stage and now - last_time < PROGRESS_INTERVAL_S and not (todo and done >= todo):
+            return
+        self.last = (stage, now)
+        with contextlib.suppress(OSError):  # the parent stopped listening; the trial itself goes on
+            self.stream.write(json.dumps({"stage": stage, "done": done, "todo": todo}) + "\n")
+
+
+def main(spec_file: str, outcome_file: str, progress_fd: str | None = None) -> int:
     quiet_library_logs()
     request = json.loads(Path(spec_file).read_text())
     store = Path(request["store"])
-    try:
-        outcome = execute(prepare_trial(TrialSpec.from_dict(request["spec"]), store), store)
-        envelope = {"status": outcome.status, "error": outcome.error, "path": str(outcome.path or "")}
-    except QuantbenchError as exc:
-        envelope = {"status": "error", "error": str(exc), "path": ""}
+    sink: ProgressSink = lambda *_: None  # noqa: E731
+    if progress_fd is not None:
+        os.set_inheritable(int(progress_fd), False)  # a process the trial forks must not hold the pipe open
+        sink = _ProgressWriter(int(progress_fd))
+    with progress.reporting(sink):
+        try:
+            with progress.stage("load"):  # checks inputs: resolves the model, reads and tokenizes corpora
+                trial = prepare_trial(TrialSpec.from_dict(request["spec"]), store)
+            outcome = execute(trial, store)
+            envelope = {"status": outcome.status, "error": outcome.error, "path": str(outcome.path or "")}
+        except QuantbenchError as exc:
+            envelope = {"status": "error", "error": str(exc), "path": ""}
     Path(outcome_file).write_text(json.dumps(envelope))
     return 0
 
