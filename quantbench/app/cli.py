@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list quantization methods and whether they run here")
     results_cli.add_parsers(sub)
     plan_cli.add_parser(sub)
+
+    ui = sub.add_parser("ui", help="the browser dashboard (Gradio), on 127.0.0.1 unless --public")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this machine)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    ui.add_argument("--auth", metavar="USER:PASS", help="require this login in the browser")
+    ui.add_argument("--public", action="store_true", help="allow a --host other than localhost, e.g. 0.0.0.0")
+    _store_arg(ui)
     return parser
 
 
@@ -241,7 +248,24 @@ def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | 
         print(f"{row['trial_key']} failed: {row['error'].splitlines()[0]}")
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods}
+def cmd_ui(args: argparse.Namespace) -> int:
+    auth = None
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise QuantbenchError("--auth expects USER:PASS, both non-empty")
+        auth = (user, password)
+    try:
+        from quantbench.app.ui import check_host, serve
+    except ImportError as exc:
+        raise QuantbenchError(f"the dashboard needs gradio: pip install 'quantbench[ui]' ({exc})") from None
+    check_host(args.host, args.public)
+    quiet_library_logs()
+    serve(args.store, host=args.host, port=args.port, auth=auth, public=args.public)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods, "ui": cmd_ui}
 COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export, "plan": plan_cli.run}
 
 

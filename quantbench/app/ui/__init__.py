@@ -1,0 +1,127 @@
+"""The browser dashboard (`quantbench ui`): tabs Run, Results, Compare, Charts, Planner, Export.
+
+It listens on 127.0.0.1 unless told otherwise (`--public`), sends no analytics, makes no share
+link and loads nothing from the internet (system fonts, no CDN), so it works offline.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before gradio is imported: it reads this once, and would otherwise phone home on launch.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+
+from quantbench.app.ui import charts_tab, compare_tab, export_tab, planner_tab, results_tab, run_tab
+from quantbench.app.ui.common import method_updates
+from quantbench.app.ui.run_session import RunSession
+from quantbench.errors import QuantbenchError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+# System fonts only: the default theme's fonts are bundled, but a GoogleFont anywhere would make
+# the page wait on fonts.googleapis.com, which an offline machine never answers.
+THEME = gr.themes.Default(
+    font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+)
+CSS = """
+.qb-error { border: 2px solid #c62828; background: #fdecea; color: #8e0000; border-radius: 6px; padding: 8px 12px; }
+.qb-better { background: #dcf5e3; color: #0b5d1e; }
+.qb-worse { background: #fde2e1; color: #8e0000; }
+table.qb-compare { border-collapse: collapse; font-size: 14px; }
+table.qb-compare th, table.qb-compare td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+table.qb-compare th:first-child { text-align: left; }
+"""
+
+
+def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
+    """The dashboard over the results store `store`; exports are written under `export_dir`
+    (default: a fresh temporary directory)."""
+    store = Path(store).expanduser()
+    export_dir = Path(export_dir or tempfile.mkdtemp(prefix="quantbench-export-"))
+    session = RunSession(store)
+    loads = []
+    with gr.Blocks(title="quantbench", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# quantbench\nWhich quantization method, at which bit width, keeps a language model good enough "
+            "while making it small and fast enough? Start trials in **Run**; read them in **Results**, "
+            "**Compare** and **Charts**; size a deployment in **Planner**; download tables in **Export**."
+        )
+        with gr.Tabs():
+            with gr.Tab("Run", id="run"):
+                loads.append(run_tab.build(session)["load"])
+            with gr.Tab("Results", id="results") as results:
+                shown = results_tab.build(store)
+            with gr.Tab("Compare", id="compare") as compare:
+                choices = compare_tab.build(store)["load"]
+            with gr.Tab("Charts", id="charts") as charts:
+                charts_parts = charts_tab.build(store)
+            with gr.Tab("Planner", id="planner"):
+                loads.append(planner_tab.build()["load"])
+            with gr.Tab("Export", id="export") as exports:
+                export_parts = export_tab.build(store, export_dir)
+        chart = charts_parts["load"]
+        filters = [charts_parts["method"], export_parts["method"]]
+        # Tabs over the store read it again when opened: a run may have finished meanwhile.
+        results.select(shown["handler"], shown["inputs"], shown["outputs"], api_name=False)
+        compare.select(choices[0], None, choices[1], api_name=False)
+        charts.select(chart[0], chart[1], chart[2], api_name=False)
+        for tab in (charts, exports):
+            tab.select(lambda: method_updates(store, len(filters)), None, filters, api_name=False)
+        loads += [(shown["handler"], shown["inputs"], shown["outputs"]), (choices[0], None, choices[1])]
+        for handler, inputs, outputs in loads:
+            app.load(handler, inputs, outputs, api_name=False)
+    app.export_dir = export_dir  # where launch() must allow downloads from
+    return app
+
+
+def check_host(host: str, public: bool) -> None:
+    if host not in LOCAL_HOSTS and not public:
+        raise QuantbenchError(
+            f"refusing to listen on {host}: anyone who can reach this machine could run trials and read "
+            "results; pass --public (and --auth user:pass) if that is what you want"
+        )
+
+
+def serve(
+    store: Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    public: bool = False,
+) -> None:
+    """Serve the dashboard until interrupted; prints the URL once it answers."""
+    check_host(host, public)
+    app = build_app(store)
+    app.queue(default_concurrency_limit=4)
+    try:
+        launch(app, host, port, auth)
+    except OSError as exc:  # gradio: "Cannot find empty port in range: ..."
+        raise QuantbenchError(f"cannot listen on {host}:{port}: {str(exc).split('. ')[0]}; pass --port N") from None
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"quantbench ui: http://{shown_host}:{app.server_port}/ (store {store}; Ctrl-C to stop)", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        app.close()
+
+
+def launch(app: gr.Blocks, host: str, port: int, auth: tuple[str, str] | None) -> None:
+    """Start serving `app` in the background (no share link, no analytics, offline theme)."""
+    app.launch(
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        share=False,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=False,
+        allowed_paths=[str(app.export_dir)],
+        theme=THEME,
+        css=CSS,
+        footer_links=["settings"],
+    )

@@ -1,0 +1,177 @@
+"""Planner tab: the form of `quantbench plan`, the memory breakdown as a table and a stacked bar,
+and which catalog GPUs it fits (with the largest context and batch for a chosen one)."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from quantbench.app.ui.common import error_box, guarded
+from quantbench.errors import QuantbenchError
+from quantbench.planner.estimate import (
+    ATTENTION,
+    KV_BYTES,
+    Estimate,
+    Workload,
+    estimate,
+    fits,
+    largest_batch,
+    largest_context,
+)
+from quantbench.planner.formats import BITS, DTYPE_BYTES, GROUPED, LAYOUTS, weight_format
+from quantbench.planner.gpus import CATALOG, GIB, find_gpu
+from quantbench.planner.presets import PRESETS
+from quantbench.planner.source import load_architecture
+from quantbench.planner.weights import parameter_count
+
+ALL_GPUS = ""
+
+
+def _method_info() -> str:
+    parts = []
+    for name in LAYOUTS:
+        bits = f"bits {'/'.join(map(str, BITS[name]))} (default {BITS[name][0]})" if BITS[name] else "no bits"
+        group = f", group {GROUPED[name]}" if name in GROUPED else ""
+        parts.append(f"{name}: {bits}{group}")
+    return "; ".join(parts)
+
+
+def breakdown_frame(est: Estimate) -> pd.DataFrame:
+    rows = [(c.name, round(c.bytes / GIB, 3), c.bytes, c.note) for c in est.components]
+    rows.append(("total", round(est.total / GIB, 3), est.total, ""))
+    return pd.DataFrame(rows, columns=["component", "GiB", "bytes", "note"])
+
+
+def breakdown_chart(est: Estimate, gpu_gib: int | None = None) -> go.Figure:
+    """One stacked bar of the components (GiB), with the chosen GPU's memory as a line."""
+    figure = go.Figure(layout={"barmode": "stack", "template": "plotly_white", "title": "Estimated peak memory"})
+    for c in est.components:
+        figure.add_bar(x=["estimate"], y=[c.bytes / GIB], name=c.name, hovertext=c.note, hoverinfo="text+y")
+    if gpu_gib:
+        figure.add_hline(y=gpu_gib, line_dash="dash", annotation_text=f"GPU memory {gpu_gib} GiB")
+    figure.update_layout(yaxis_title="GiB (2^30 bytes)", height=420)
+    return figure
+
+
+def fits_frame(est: Estimate) -> pd.DataFrame:
+    rows = [
+        (f.gpu.name, f.gpu.memory_gib, "yes" if f.fits else "no", round(f.headroom / GIB, 2), f.gpu.kind)
+        for f in fits(est)
+    ]
+    return pd.DataFrame(rows, columns=["GPU", "memory GiB", "fits", "GiB free (negative: short)", "kind"])
+
+
+def _optional_int(value: float | None, name: str) -> int | None:
+    """A whole number from a Number control; None for 0 or empty (the control's 'default')."""
+    if not value:
+        return None
+    if value != int(value):
+        raise QuantbenchError(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
+def build() -> dict[str, gr.components.Component]:
+    gr.Markdown(
+        "Will a model, quantized this way, fit a GPU at this context and batch? Counts every weight "
+        "from the model's config (or a bundled preset), the KV cache, prefill activations and runtime "
+        "overhead. Memory in GiB (2^30 bytes); a card sold as 24 GB counts as 24 GiB."
+    )
+    with gr.Row():
+        model = gr.Dropdown(
+            list(PRESETS),
+            value="llama-3.1-8b",
+            allow_custom_value=True,
+            label="Model",
+            info="a bundled preset, or type a model directory, a config.json path, a cached hub id, "
+            "or embedded:smollm2-135m",
+            elem_id="plan-model",
+        )
+        method = gr.Dropdown(
+            list(LAYOUTS),
+            value="gptq",
+            label="Method",
+            info="its storage format sets the weight bytes; bits and group defaults are listed below",
+            elem_id="plan-method",
+        )
+    with gr.Row():
+        bits = gr.Number(
+            0, label="Bits", info="bits per weight code; 0 = the method's default", precision=0, elem_id="plan-bits"
+        )
+        group = gr.Number(0, label="Group size", info="weights per scale; -1 = per row; 0 = default", precision=0)
+        dtype = gr.Dropdown(
+            list(DTYPE_BYTES), value="bfloat16", label="Compute dtype", info="of unquantized tensors (default bfloat16)"
+        )
+    with gr.Row():
+        context = gr.Number(4096, label="Context (tokens)", info="per sequence, in the KV cache (default 4096)",
+                            precision=0, minimum=1)  # fmt: skip
+        batch = gr.Number(1, label="Batch", info="sequences decoded together (default 1)", precision=0, minimum=1)
+        kv_dtype = gr.Dropdown(list(KV_BYTES), value="fp16", label="KV cache dtype", info="default fp16")
+        attention = gr.Dropdown(
+            list(ATTENTION), value="sdpa", label="Attention", info="eager materializes the score matrix (default sdpa)"
+        )
+    with gr.Row():
+        device = gr.Radio(["cuda", "cpu"], value="cuda", label="Runtime", info="which runtime overhead to add")
+        gpu = gr.Dropdown(
+            [("every GPU in the catalog", ALL_GPUS)] + [(f"{g.name} ({g.memory_gib} GiB)", g.name) for g in CATALOG],
+            value=ALL_GPUS,
+            label="GPU",
+            info="pick one for its largest context and batch",
+            elem_id="plan-gpu",
+        )
+    gr.Markdown(f"<small>Method defaults: {_method_info()}.</small>")
+    run = gr.Button("Plan", variant="primary", elem_id="plan-run")
+    error = error_box("plan-error")
+    summary = gr.Markdown(elem_id="plan-summary")
+    with gr.Row():
+        table = gr.Dataframe(label="Memory breakdown", interactive=False, wrap=True, elem_id="plan-breakdown", scale=3)
+        chart = gr.Plot(label="Breakdown", elem_id="plan-chart", scale=2)
+    fit_table = gr.Dataframe(label="Which GPUs it fits", interactive=False, elem_id="plan-fits")
+
+    @guarded(4)
+    def plan(*values: object) -> tuple:
+        model_ref, method_name, bits_v, group_v, dtype_v, context_v, batch_v, kv_v, attn_v, device_v, gpu_v = values
+        if not model_ref or not str(model_ref).strip():
+            raise QuantbenchError("choose a model preset or type a model path")
+        params = {"dtype": dtype_v}
+        for key, value in (("bits", _optional_int(bits_v, "bits")), ("group_size", _optional_int(group_v, "group"))):
+            if value is not None:
+                params[key] = value
+        fmt = weight_format(method_name, params)
+        arch, source = load_architecture(str(model_ref))
+        work = Workload(
+            context=_optional_int(context_v, "context") or 0,
+            batch=_optional_int(batch_v, "batch") or 0,
+            kv_dtype=kv_v,
+            attention=attn_v,
+            device=device_v,
+        )
+        work.validate()
+        chosen = find_gpu(gpu_v) if gpu_v else None
+        est = estimate(arch, fmt, work)
+        lines = [
+            f"**{arch.name}** ({source}): {parameter_count(arch) / 1e9:.3f} B parameters · {arch.summary()}",
+            f"**{fmt.label}**, compute dtype {fmt.dtype} · context {work.context} × batch {work.batch}, "
+            f"KV cache {work.kv_dtype} · **total {est.total / GIB:.2f} GiB**",
+        ]
+        if arch.max_context and work.context > arch.max_context:
+            lines.append(f"Warning: context {work.context} exceeds the model's limit of {arch.max_context} tokens.")
+        if chosen is not None:
+            headroom = chosen.memory_bytes - est.total
+            verdict = f"fits, {headroom / GIB:.2f} GiB free" if headroom >= 0 else f"short by {-headroom / GIB:.2f} GiB"
+            ctx = largest_context(arch, fmt, work, chosen)
+            most = largest_batch(arch, fmt, work, chosen)
+            lines.append(
+                f"**{chosen.name}** ({chosen.memory_gib} GiB): {verdict}; largest context at batch {work.batch}: "
+                f"{ctx:,} tokens; largest batch at context {work.context}: {most}"
+            )
+        return (
+            "\n\n".join(lines),
+            breakdown_frame(est),
+            breakdown_chart(est, chosen.memory_gib if chosen else None),
+            fits_frame(est),
+        )
+
+    inputs = [model, method, bits, group, dtype, context, batch, kv_dtype, attention, device, gpu]
+    run.click(plan, inputs, [summary, table, chart, fit_table, error], api_name="plan")
+    return {"load": (plan, inputs, [summary, table, chart, fit_table, error])}

@@ -1,0 +1,74 @@
+"""Results tab: every trial in the store, one row each, filterable and sortable, with the error of failed ones."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from quantbench.app.ui.common import (
+    error_box,
+    filter_controls,
+    guarded,
+    make_filters,
+    method_choices,
+    model_contains,
+    read_trials,
+)
+from quantbench.results.columns import display_table, headline
+
+
+def results_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The display table with numbers kept as numbers (so the columns sort numerically), rounded and
+    converted the way the catalogue shows them, plus when each trial ran and why a failed one failed."""
+    shown = display_table(table).drop(columns=[spec.title for spec in headline(table)])
+    for spec in headline(table):
+        shown[spec.title] = [None if not text else float(text) for text in map(spec.show, table[spec.metric])]
+    shown.insert(1, "created (UTC)", pd.to_datetime(table["created_at"]).dt.strftime("%Y-%m-%d %H:%M").to_numpy())
+    shown["error"] = [_first_line(e) for e in table["error"]]
+    return shown
+
+
+def _first_line(error: object) -> str:
+    if error is None or (isinstance(error, float) and math.isnan(error)):
+        return ""
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
+
+
+def build(store: Path) -> dict[str, gr.components.Component]:
+    gr.Markdown(
+        "Every trial in the results store, newest first. Click a column header to sort. "
+        "Sizes are MiB (2^20 bytes), times seconds; **ppl** is perplexity (lower is better). "
+        f"Store: `{store}`."
+    )
+    method, status, model = filter_controls("results")
+    refresh = gr.Button("Refresh", variant="primary", elem_id="results-refresh")
+    error = error_box("results-error")
+    summary = gr.Markdown(elem_id="results-summary")
+    table = gr.Dataframe(
+        label="Trials",
+        interactive=False,
+        wrap=True,
+        elem_id="results-table",
+    )
+
+    @guarded(3)
+    def results(method_value: str, status_value: str, model_text: str) -> tuple:
+        _, wide_table = read_trials(store, make_filters(method_value, status_value))
+        wide_table = model_contains(wide_table, model_text)
+        if wide_table.empty:
+            return pd.DataFrame(), "No trials match. Start one from the **Run** tab.", gr.update()
+        _, everything = read_trials(store)
+        failed = int((wide_table["status"] == "failed").sum())
+        line = f"{len(wide_table)} trials ({failed} failed)."
+        return results_frame(wide_table), line, gr.update(choices=method_choices(everything))
+
+    inputs = [method, status, model]
+    outputs = [table, summary, method, error]
+    refresh.click(results, inputs, outputs, api_name="results")
+    for control in (status, method):
+        control.change(results, inputs, outputs, api_name=False)
+    model.submit(results, inputs, outputs, api_name=False)
+    return {"method": method, "refresh": refresh, "handler": results, "inputs": inputs, "outputs": outputs}

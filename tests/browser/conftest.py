@@ -1,0 +1,124 @@
+"""One dashboard for the whole browser test session: `quantbench ui` in a subprocess on 127.0.0.1 at
+a free port, over an empty temporary store, behind a login; Playwright drives Debian's chromium
+(never a browser Playwright downloads). Screenshots go to $QUANTBENCH_ARTIFACTS (CI keeps them)
+or to a temporary directory whose path is printed."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+USER, PASSWORD = "tester", "not-a-secret-9"
+START_TIMEOUT_S = 120  # importing torch, gradio and every adapter on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    path = Path(os.environ.get("QUANTBENCH_ARTIFACTS") or tmp_path_factory.mktemp("screenshots"))
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser test screenshots: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ui_store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ui-store")
+
+
+@pytest.fixture(scope="session")
+def ui_url(ui_store: Path, tmp_path_factory) -> Iterator[str]:
+    """The URL of a running `quantbench ui --auth USER:PASSWORD` over `ui_store`."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does it as root)")
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "quantbench.app.cli", "ui", "--port", str(port), "--store", str(ui_store)]
+    proc = subprocess.Popen(
+        [*cmd, "--auth", f"{USER}:{PASSWORD}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # so teardown also stops the trial workers it started
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+
+    def relay() -> None:
+        for line in proc.stdout:
+            log.append(line)
+            lines.put(line)
+
+    threading.Thread(target=relay, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    url = None
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line.startswith("quantbench ui: http://"):
+            url = line.split()[2]
+    if url is None:
+        proc.kill()
+        pytest.fail("quantbench ui did not start:\n" + "".join(log[-40:]))
+    yield url
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (tmp_path_factory.getbasetemp() / "ui-server.log").write_text("".join(log))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file() or not shutil.which(str(CHROMIUM)):
+        pytest.skip(f"{CHROMIUM} missing")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, ui_url: str, tmp_path_factory):
+    """A page logged in to the dashboard, shared by a module's tests (one login, one page load)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(ui_url)
+    page.locator("input[type=password]").wait_for()
+    page.locator("input[type=text]").first.fill(USER)
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#run-start").wait_for(timeout=60_000)
+    yield page
+    context.close()

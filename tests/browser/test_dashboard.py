@@ -1,0 +1,168 @@
+"""The dashboard in a real browser: log in, see a bad model path rejected in the page, run two
+small trials of the embedded model from the Run tab, then find them in Results, Compare, Charts
+and an exported CSV. The tests run in file order and share one app and one page (conftest.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+RUN_TIMEOUT_MS = 240_000  # two trials of the embedded model at 128 tokens: ~20-40 s each when the CPU is idle
+
+
+def shot(page, artifacts, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick `option` in the Gradio dropdown with this elem_id."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def error_text(page, elem_id: str) -> str:
+    box = page.locator(f"#{elem_id}")
+    box.wait_for(state="visible")
+    return box.inner_text()
+
+
+def test_login_is_required(browser, ui_url):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(ui_url)
+    page.locator("input[type=password]").wait_for()
+    page.locator("input[type=text]").first.fill("tester")
+    page.locator("input[type=password]").fill("wrong")
+    page.get_by_role("button", name="Login").click()
+    page.get_by_text(re.compile("incorrect", re.IGNORECASE)).wait_for()
+    assert page.locator("#run-start").count() == 0
+    context.close()
+
+
+def test_invalid_parameter_is_shown(page):
+    choose(page, "run-method", "rtn")
+    page.locator("#param-rtn-group_size input").fill("48")
+    page.locator("#run-add").click()
+    text = error_text(page, "run-error")
+    assert "group_size" in text and "power of two" in text, text
+    assert "Traceback" not in page.content()
+    page.locator("#param-rtn-group_size input").fill("64")
+
+
+def test_missing_model_path_is_shown(page, artifacts):
+    page.locator("#run-model input, #run-model textarea").first.fill("./no-such-model")
+    page.locator("#run-start").click()
+    page.locator("#run-error").get_by_text("not found").wait_for()
+    text = page.locator("#run-error").inner_text()
+    assert "model './no-such-model' not found" in text, text
+    shot(page, artifacts, "run-error")
+
+
+@pytest.mark.slow  # needs the trials of the embedded model run above
+def test_run_two_trials(page, artifacts):
+    page.locator("#run-model input, #run-model textarea").first.fill("embedded:smollm2-135m")
+    choose(page, "run-method", "rtn")
+    page.locator("#param-rtn-bits input").fill("8")
+    page.locator("#run-add").click()
+    page.locator("#run-queue").get_by_text("rtn:bits=8").wait_for()
+    page.locator("#run-seq-len input").fill("64")
+    page.locator("#run-max-tokens input").fill("128")
+    page.locator("#run-start").click()
+    page.locator("#run-status").get_by_text("Running").wait_for()
+    shot(page, artifacts, "run-progress")
+    page.locator("#run-status").get_by_text("Finished").wait_for(timeout=RUN_TIMEOUT_MS)
+    progress = page.locator("#run-progress").inner_text()
+    assert progress.count("ok") >= 2 and "rtn:bits=8" in progress, progress
+    assert page.locator("#run-error").is_hidden()
+    assert "Traceback" not in page.content()
+    shot(page, artifacts, "run")
+
+
+@pytest.mark.slow  # needs the trials of the embedded model run above
+def test_results_list_the_trials(page, artifacts):
+    open_tab(page, "Results")
+    page.locator("#results-summary").get_by_text("2 trials").wait_for()
+    table = page.locator("#results-table").inner_text()
+    assert "rtn:bits=8" in table and "baseline" in table
+    shot(page, artifacts, "results")
+
+
+@pytest.mark.slow  # needs the trials of the embedded model run above
+def test_compare_two_trials(page, artifacts):
+    open_tab(page, "Compare")
+    for label in ("baseline", "rtn:bits=8"):
+        page.locator("#compare-trials input").click()
+        page.get_by_role("option", name=re.compile(rf"· {re.escape(label)} ·")).click()
+    page.locator("#compare-run").click()
+    table = page.locator("#compare-result")
+    table.wait_for()
+    text = table.inner_text()
+    assert "(reference)" in text and "baseline" in text.split("(reference)")[0]
+    assert "Δ perplexity" in text and "memory saved ×" in text
+    # rtn:bits=8 is smaller than the fp32 baseline: its memory ratio cell is marked better.
+    assert page.locator("#compare-result td.qb-better").count() >= 1
+    shot(page, artifacts, "compare")
+
+
+@pytest.mark.slow  # needs the trials of the embedded model run above
+def test_chart_has_one_point_per_trial(page, artifacts):
+    open_tab(page, "Charts")
+    page.locator("#chart-draw").click()
+    page.locator("#chart .js-plotly-plot").wait_for()
+    points = page.evaluate("() => document.querySelector('#chart .js-plotly-plot').data.map(t => (t.x || []).length)")
+    assert sum(points) == 2, points
+    shot(page, artifacts, "charts")
+
+
+@pytest.mark.slow  # needs the trials of the embedded model run above
+def test_csv_export(page, artifacts):
+    open_tab(page, "Export")
+    page.locator("#export-run").click()
+    link = page.locator("#export-file a").first
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    table = pd.read_csv(download.value.path())
+    assert sorted(table["method_label"]) == ["baseline", "rtn:bits=8"]
+    assert (table["status"] == "ok").all()
+    assert table["perplexity"].between(1, 1e4).all()
+    shot(page, artifacts, "export")
+
+
+@pytest.mark.slow  # starts a worker for the embedded model
+def test_cancel_stops_the_running_trial(page, artifacts):
+    open_tab(page, "Run")
+    page.locator("#run-clear").click()
+    choose(page, "run-method", "baseline")
+    choose(page, "param-baseline-dtype", "bfloat16")
+    page.locator("#run-add").click()
+    page.locator("#run-queue").get_by_text("baseline:dtype=bfloat16").wait_for()
+    page.locator("#run-start").click()
+    page.locator("#run-status").get_by_text("Running").wait_for()
+    page.locator("#run-cancel").click()
+    page.locator("#run-status").get_by_text("Cancelled").wait_for()
+    assert "cancelled" in page.locator("#run-progress").inner_text()
+    shot(page, artifacts, "run-cancelled")
+    open_tab(page, "Results")
+    page.locator("#results-refresh").click()
+    page.locator("#results-summary").get_by_text("2 trials").wait_for()  # nothing of it was stored
+    assert "dtype=bfloat16" not in page.locator("#results-table").inner_text()
+
+
+def test_planner(page, artifacts):
+    open_tab(page, "Planner")
+    choose(page, "plan-gpu", "RTX 4090 (24 GiB)")
+    page.locator("#plan-run").click()
+    page.locator("#plan-summary").get_by_text("largest context").wait_for()
+    assert "RTX 4090" in page.locator("#plan-fits").inner_text()
+    assert page.locator("#plan-chart .js-plotly-plot").count() == 1
+    shot(page, artifacts, "planner")
+    page.locator("#plan-bits input").fill("5")
+    page.locator("#plan-run").click()
+    assert "bits must be one of" in error_text(page, "plan-error")
