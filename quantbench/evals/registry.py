@@ -5,6 +5,10 @@
 - `check_inputs(source, params, corpus)`: raise QuantbenchError for bad input, before any work.
 - `run(model, params, corpus, source) -> list[(metric, value, unit)]`: measure a QuantizedModel;
   `source` is the ResolvedModel it came from (to load the unquantized reference, for example).
+  A row may carry a fourth element, a note: why the metric has no value (NaN) on this model.
+
+Progress: an eval may call `quantbench.evals.progress.report(done, todo)` as it goes; see that
+module for why this is a context-local reporter and not an argument of `run`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ EVALS: dict[str, str] = {
     "divergence": "quantbench.evals.divergence",
     "tasks": "quantbench.evals.tasks",
     "latency": "quantbench.evals.latency",
+    "memory": "quantbench.evals.memory",
 }
 
 

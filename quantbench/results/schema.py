@@ -4,18 +4,23 @@ Every row repeats what makes it comparable and reproducible (model fingerprint, 
 parameters, protocol, corpus hash, device, hardware, library versions), so a single row read
 on its own still says where it came from. A failed trial is stored too: one row with status
 "failed", the error text and no metric.
+
+Versions: 1, the first; 2 adds `note`, why a metric row has no value (e.g. `checkpoint_bytes` of
+a method whose model cannot be saved). Readers take files of every version (missing columns
+read as null).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = pa.schema(
     [
@@ -42,6 +47,7 @@ SCHEMA = pa.schema(
         ("metric", pa.string()),
         ("value", pa.float64()),
         ("unit", pa.string()),
+        ("note", pa.string()),  # why `value` is missing, when it is (version 2)
     ]
 )
 
@@ -58,6 +64,7 @@ class Metric:
     protocol: dict[str, Any] = field(default_factory=dict)
     corpus: str = ""
     corpus_hash: str = ""
+    note: str = ""  # why value is NaN, when it is
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ def trial_table(header: TrialHeader, metrics: list[Metric], error: str | None = 
     }
     if error:
         rows = [{**common, "eval": "", "protocol_json": "{}", "corpus": "", "corpus_hash": "", "metric": "",
-                 "value": None, "unit": ""}]  # fmt: skip
+                 "value": None, "unit": "", "note": ""}]  # fmt: skip
     else:
         rows = [
             {
@@ -111,8 +118,9 @@ def trial_table(header: TrialHeader, metrics: list[Metric], error: str | None = 
                 "corpus": m.corpus,
                 "corpus_hash": m.corpus_hash,
                 "metric": m.name,
-                "value": float(m.value),
+                "value": None if math.isnan(m.value) else float(m.value),  # null, not NaN: SQL averages skip it
                 "unit": m.unit,
+                "note": m.note,
             }
             for m in metrics
         ]

@@ -173,6 +173,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         tags = {"protocol": ev.params.model_dump(mode="json")}
         if ev.corpus is not None:
             tags.update(corpus=ev.corpus.name, corpus_hash=ev.corpus.content_hash)
-        metrics += [Metric(ev.name, name, value, unit, **tags) for name, value, unit in rows]
+        # A row is (name, value, unit) or (name, value, unit, note); see evals/registry.py.
+        metrics += [Metric(ev.name, name, value, unit, **tags, note="".join(note)) for name, value, unit, *note in rows]
         metrics.append(Metric(ev.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
     return metrics, model.kernel

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.results.schema import SCHEMA, Metric, TrialHeader, trial_table
+from quantbench.results.schema import SCHEMA, SCHEMA_VERSION, Metric, TrialHeader, trial_table
 from quantbench.results.store import check_writable, read_results, write_trial
 
 
@@ -32,7 +32,7 @@ def test_round_trip_through_duckdb(tmp_path):
     assert list(frame["metric"]) == ["perplexity", "weight_bytes"]
     assert frame.loc[0, "value"] == 12.5
     assert frame.loc[0, "corpus_hash"] == "abc"
-    assert frame.loc[0, "schema_version"] == 1
+    assert frame.loc[0, "schema_version"] == SCHEMA_VERSION
     assert (frame["kernel"] == "torch float32 matmul").all()
     assert [p.name for p in tmp_path.iterdir()] == ["k1.parquet"]  # no temporary left behind
 
