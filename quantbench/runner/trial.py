@@ -24,7 +24,7 @@ from quantbench.backends.registry import get_backend
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
-from quantbench.evals.memory import PeakMemory
+from quantbench.evals.memory import PeakMemory, release_freed_heap
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.results import store as result_store
 from quantbench.results.schema import Metric, TrialHeader, trial_table
@@ -168,6 +168,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
             Metric("quantize", "quantize_cuda_max_allocated_bytes", quantize_memory.peak.cuda_allocated_bytes, "bytes")
         )
     for ev in trial.evals:
+        release_freed_heap()  # each eval's peak RSS is its own, not what quantizing or the last eval freed
         with progress.stage(ev.name), PeakMemory() as eval_memory:
             rows = ev.module.run(model, ev.params, ev.corpus, trial.model)
         tags = {"protocol": ev.params.model_dump(mode="json")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -32,6 +33,7 @@ from quantbench.spec import TrialSpec
 STDERR_TAIL_LINES = 20
 POLL_S = 0.1  # how often the parent looks at the cancel flag and the clock while a worker runs
 PROGRESS_INTERVAL_S = 0.2
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run_in_worker(
@@ -180,7 +182,22 @@ class _ProgressWriter:
             self.stream.write(json.dumps({"stage": stage, "done": done, "todo": todo}) + "\n")
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that started it dies. The worker
+    runs in its own session (so a timeout or cancel can kill its group), which also means a sweep
+    killed outright would otherwise leave it running."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return  # not glibc: no such guard
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the guard was set
+        os._exit(1)
+
+
 def main(spec_file: str, outcome_file: str, progress_fd: str | None = None) -> int:
+    _die_with_parent()
     quiet_library_logs()
     request = json.loads(Path(spec_file).read_text())
     store = Path(request["store"])

@@ -79,3 +79,39 @@ def test_a_cancel_between_trials_starts_no_further_trial(tiny_model_dir, tmp_pat
     assert [(e.kind, e.index) for e in events if e.kind != "progress"] == [("started", 1), ("finished", 1),
                                                                             ("cancelled", 2)]  # fmt: skip
     assert read_results(tmp_path).frame["trial_key"].nunique() == 1
+
+
+def test_a_worker_dies_with_the_sweep_that_started_it(tiny_model_dir, tmp_path, sleepy_backend):
+    """A sweep killed outright (SIGKILL: no Python cleanup runs) takes its worker with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sleepy_backend.write_text("")
+    pids_file = sleepy_backend.parent / "pids"
+    script = (
+        "import sys; from pathlib import Path; from quantbench.runner.executor import run_local;"
+        "from quantbench.runner.trial import plan_trial; from quantbench.spec import *;"
+        f"spec = plan_trial(ModelRef({str(tiny_model_dir)!r}), MethodSpec('sleepy'), [EvalSpec('perplexity', {{}})]);"
+        f"run_local([spec], Path({str(tmp_path / 'store')!r}))"
+    )
+    sweep = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 300
+        while not pids_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker, child = map(int, pids_file.read_text().split())
+        sweep.send_signal(signal.SIGKILL)
+        sweep.wait()
+        for _ in range(100):
+            if not running(worker):
+                break
+            time.sleep(0.1)
+        assert not running(worker), "the worker outlived its sweep"
+    finally:
+        sweep.kill()
+        if pids_file.exists():  # the worker's own child is not the guard's business: clean it up
+            child = int(pids_file.read_text().split()[1])
+            if running(child):
+                os.kill(child, signal.SIGKILL)
