@@ -32,11 +32,17 @@ $(STAMP): pyproject.toml Makefile
 
 # The default benchmark: the embedded model quantized by each CPU-capable method, perplexity on
 # the builtin corpus; trials already in the store are skipped, so the second run only prints.
+# Then the dashboard over those results, on 127.0.0.1 (it prints its URL; Ctrl-C stops it;
+# `make run UI=0` stops after the table, `UI_PORT=N` picks another port).
+UI ?= 1
+UI_PORT ?= 7860
 run: $(STAMP)
 	$(BIN)/quantbench sweep examples/sweep-cpu.yaml
+	@if [ "$(UI)" = 1 ]; then $(BIN)/quantbench ui --port $(UI_PORT); fi
 
+# The browser tests save a screenshot of each dashboard tab under artifacts/browser (CI keeps it).
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	QUANTBENCH_ARTIFACTS=$(CURDIR)/artifacts/browser $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check quantbench tests bench

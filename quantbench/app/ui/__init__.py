@@ -30,6 +30,7 @@ THEME = gr.themes.Default(
 )
 CSS = """
 .qb-error { border: 2px solid #c62828; background: #fdecea; color: #8e0000; border-radius: 6px; padding: 8px 12px; }
+.qb-error .qb-error { border: none; padding: 0; }  /* gradio puts elem_classes on the block and its text */
 .qb-better { background: #dcf5e3; color: #0b5d1e; }
 .qb-worse { background: #fde2e1; color: #8e0000; }
 table.qb-compare { border-collapse: collapse; font-size: 14px; }

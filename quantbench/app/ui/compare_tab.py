@@ -54,8 +54,10 @@ def comparison_html(comparison: Comparison) -> str:
         cells = []
         for i, value in enumerate(values):
             css = ""
+            # Colour only differences that show: equal-looking values stay plain.
             if i > 0 and better and _has(value) and _has(values[0]) and not isinstance(value, bool):
-                gain = value - _neutral(name, values[0])
+                neutral = _neutral(name, values[0])
+                gain = 0.0 if render(value) == render(neutral) else value - neutral
                 gain = -gain if better == "lower" else gain
                 css = "qb-better" if gain > 1e-12 else "qb-worse" if gain < -1e-12 else ""
             cells.append(f'<td class="{css}">{html.escape(render(value)) if _has(value) else ""}</td>')

@@ -29,7 +29,13 @@ FORMAT_CHOICES = [(DESCRIPTIONS.get(f, f), f) for f in sorted(FORMATS, key=lambd
 
 def build(store: Path, export_dir: Path) -> dict[str, gr.components.Component]:
     gr.Markdown("Write the trials that match the filters to a file and download it.")
-    fmt = gr.Dropdown(FORMAT_CHOICES, value="csv", label="Format", elem_id="export-format")
+    fmt = gr.Dropdown(
+        FORMAT_CHOICES,
+        value="csv",
+        label="Format",
+        info="CSV, Parquet and JSON keep every metric; Markdown and LaTeX the headline columns as shown",
+        elem_id="export-format",
+    )
     chart = gr.Dropdown(
         list(CHARTS),
         value="pareto",

@@ -154,7 +154,8 @@ class RunSession:
         if self._ended_at is not None or not self.running:
             took = (self._ended_at or now) - self._began_at
             head = "Run stopped" if self.error else "Cancelled" if self._cancel.is_set() else "Finished"
-            return f"**{head}** after {took:.0f} s: {tally}. See the **Results** tab."
+            stored = any(r.status in ("ok", "failed") for r in rows)
+            return f"**{head}** after {took:.0f} s: {tally}." + (" See the **Results** tab." if stored else "")
         current = next((i for i, r in enumerate(rows, start=1) if r.status == "running"), None)
         if current is None:
             return f"Preparing: checking the model, corpus and methods ({len(rows)} trials)…"

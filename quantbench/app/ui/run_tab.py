@@ -206,6 +206,7 @@ def build(session: RunSession) -> dict[str, Any]:
         add = gr.Button("Add to queue", elem_id="run-add")
         remove = gr.Button("Remove last", elem_id="run-remove")
         clear = gr.Button("Clear queue", elem_id="run-clear")
+    method_error = error_box("run-method-error")  # beside the form it is about
     queue = gr.State(["baseline"])
     queue_md = gr.Markdown(queue_text(["baseline"]), elem_id="run-queue")
 
@@ -357,7 +358,7 @@ def build(session: RunSession) -> dict[str, Any]:
 
     evals.change(show_budgets, evals, [latency_row, tasks_row], api_name=False)
     method.change(show_form, method, [group for group, _ in forms.values()], api_name=False)
-    add.click(add_method, [method, queue, *all_controls], [queue, queue_md, error], api_name=False)
+    add.click(add_method, [method, queue, *all_controls], [queue, queue_md, method_error], api_name=False)
     remove.click(remove_last, queue, [queue, queue_md], api_name=False)
     clear.click(lambda: ([], queue_text([])), None, [queue, queue_md], api_name=False)
     run_inputs = [model, trust, evals, corpus, seq_len, max_tokens, prompt_lengths, batch_sizes, new_tokens, tasks,
