@@ -63,11 +63,11 @@ def resolve(ref: ModelRef) -> ResolvedModel:
             raise QuantbenchError(f"model file {path} is not a .gguf file; pass a directory or a .gguf file")
         return _resolve_gguf(ref, path, "gguf")
     if path.is_dir():
-        _check_model_dir(path)
+        _check_model_dir(path, ref.trust_remote_code)
         return ResolvedModel(ref, path, "local", _weights_fingerprint(path))
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         hub_path = _hub_snapshot(text)
-        _check_model_dir(hub_path)
+        _check_model_dir(hub_path, ref.trust_remote_code)
         return ResolvedModel(ref, hub_path, "hub", _weights_fingerprint(hub_path))
     raise QuantbenchError(
         f"model {text!r} not found: not an embedded:NAME ({', '.join(EMBEDDED)}), "
@@ -175,14 +175,35 @@ def _dequantize_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_model_dir(path: Path) -> None:
+def _check_model_dir(path: Path, trust_remote_code: bool = False) -> None:
     if not (path / "config.json").is_file():
         raise QuantbenchError(f"directory {path} has no config.json: not a transformers model directory")
+    _check_architecture(path / "config.json", trust_remote_code)
     weights = [f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern)]
     if not weights:
         raise QuantbenchError(f"directory {path} holds no model weights (*.safetensors or *.bin)")
     for f in path.glob("*.safetensors"):
         _check_safetensors(f)
+
+
+def _check_architecture(config_file: Path, trust_remote_code: bool) -> None:
+    """Reject a model transformers cannot build as a causal LM here and now, instead of in the
+    trial's worker after the sweep has started. A model that ships its own code (`auto_map`) is
+    left to transformers when the user trusts it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantbenchError(f"{config_file} is not valid JSON: {_first_line(exc)}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (trust_remote_code and "auto_map" in config):
+        return
+    raise QuantbenchError(
+        f"{config_file}: model_type {model_type!r} is not a causal language model architecture that "
+        f"transformers {importlib.metadata.version('transformers')} knows"
+        + ("" if trust_remote_code else " (a model that ships its own code needs --trust-remote-code)")
+    )
 
 
 def _check_safetensors(path: Path) -> None:

@@ -63,6 +63,8 @@ def load_sweep(path: Path) -> tuple[SweepFile, list[TrialSpec]]:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise QuantbenchError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise QuantbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
