@@ -9,6 +9,7 @@ foreign file is reported and skipped, never fatal.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ import pyarrow.parquet as pq
 
 from quantbench.errors import QuantbenchError
 from quantbench.results.schema import REQUIRED_COLUMNS
+
+# Trial keys are hashes; this also keeps a caller's key from naming a path outside the store.
+TRIAL_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def default_store() -> Path:
@@ -43,6 +47,8 @@ def check_writable(store: Path) -> None:
 
 def write_trial(store: Path, trial_key: str, table: pa.Table) -> Path:
     """Atomically write one trial's rows as `<trial_key>.parquet`; returns the final path."""
+    if not TRIAL_KEY.fullmatch(trial_key):
+        raise QuantbenchError(f"trial key {trial_key!r} is not a plain file name (letters, digits, _ and -)")
     check_writable(store)
     final = store / f"{trial_key}.parquet"
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{trial_key}-", suffix=".parquet", dir=store)
