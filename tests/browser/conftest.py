@@ -109,9 +109,16 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def page(browser, ui_url: str, tmp_path_factory):
+def requested_urls() -> list[str]:
+    """Every URL the shared page requested, to check that it needs nothing from the internet."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(browser, ui_url: str, requested_urls: list[str]):
     """A page logged in to the dashboard, shared by a module's tests (one login, one page load)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context.on("request", lambda request: requested_urls.append(request.url))
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.goto(ui_url)

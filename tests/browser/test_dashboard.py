@@ -5,6 +5,7 @@ and an exported CSV. The tests run in file order and share one app and one page 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -167,3 +168,11 @@ def test_planner(page, artifacts):
     page.locator("#plan-bits input").fill("5")
     page.locator("#plan-run").click()
     assert "bits must be one of" in error_text(page, "plan-error")
+
+
+def test_page_needs_nothing_from_the_internet(page, requested_urls, ui_url):
+    """No CDN font, script or analytics call: an offline machine would wait on each of them."""
+    own = urlsplit(ui_url).netloc
+    assert requested_urls, "the page fixture recorded no requests"
+    foreign = [u for u in requested_urls if urlsplit(u).scheme in ("http", "https") and urlsplit(u).netloc != own]
+    assert foreign == []

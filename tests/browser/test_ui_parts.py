@@ -170,3 +170,14 @@ def test_comparison_table_highlights_against_the_reference(tiny_run):
     # rtn at 8 bits stores fewer weight bytes than the fp32 baseline: its ratio cell is better.
     ratio_row = page.split("<th>memory saved ×</th>")[1].split("</tr>")[0]
     assert ratio_row.count('class="qb-better"') == 1
+
+
+def test_failed_trial_shows_its_error(tiny_model_dir, tmp_path):
+    """A trial killed by its timeout is stored as failed; the Results table carries its reason."""
+    evals = [EvalSpec("perplexity", {"corpus": "builtin", "seq_len": 32, "max_tokens": 96})]
+    session = RunSession(tmp_path)
+    session.start([plan_trial(ModelRef(str(tiny_model_dir)), MethodSpec("baseline"), evals)], timeout_s=0.5)
+    session.wait(120)
+    assert session.snapshot()[1]["status"].iloc[0] == "failed: timed out after 0.5 s (worker killed)"
+    shown = results_frame(wide(query(tmp_path).frame))
+    assert shown[["status", "error"]].values.tolist() == [["failed", "timed out after 0.5 s (worker killed)"]]

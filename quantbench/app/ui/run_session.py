@@ -51,7 +51,8 @@ class CancelledBeforeStart(Exception):
 class RunSession:
     def __init__(self, store: Path) -> None:
         self.store = store
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards rows and the run's state, written by the run's thread
+        self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self.rows: dict[str, TrialRow] = {}
@@ -65,15 +66,16 @@ class RunSession:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self, specs: list[TrialSpec], force: bool = False, timeout_s: float | None = None) -> None:
-        if self.running:
-            raise QuantbenchError("a run is already in progress: wait for it to finish or cancel it")
-        with self._lock:
-            self.rows = {spec.key: TrialRow(spec) for spec in specs}
-            self.error = ""
-            self._cancel = threading.Event()
-            self._began_at, self._ended_at, self._sweep_eta = time.monotonic(), None, None
-        self._thread = threading.Thread(target=self._run, args=(specs, force, timeout_s), daemon=True)
-        self._thread.start()
+        with self._start_lock:  # two browser tabs pressing Start at once: one run wins
+            if self.running:
+                raise QuantbenchError("a run is already in progress: wait for it to finish or cancel it")
+            with self._lock:
+                self.rows = {spec.key: TrialRow(spec) for spec in specs}
+                self.error = ""
+                self._cancel = threading.Event()
+                self._began_at, self._ended_at, self._sweep_eta = time.monotonic(), None, None
+            self._thread = threading.Thread(target=self._run, args=(specs, force, timeout_s), daemon=True)
+            self._thread.start()
 
     def cancel(self) -> bool:
         """Ask the run to stop; False when nothing is running."""
