@@ -42,38 +42,7 @@ def test_two_methods_give_two_trials(run_args, tmp_path):
     assert read_results(tmp_path).frame["trial_key"].nunique() == 2
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"--model": "/no/such/dir"}, "not found"),
-        ({"--method": "gptq-turbo"}, "unknown method 'gptq-turbo'"),
-        ({"--method": "baseline:dtype=int4"}, "dtype: Input should be"),
-        ({"--seq-len": "1"}, "seq_len: Input should be greater than or equal to 2"),
-        ({"--seq-len": "100000"}, "fewer than one window of seq_len 100000"),
-        ({"--corpus": "/no/such/corpus.txt"}, "corpus '/no/such/corpus.txt' not found"),
-        ({"--device": "cuda"}, "unavailable on cuda: no CUDA device"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_stores_nothing(run_args, tmp_path, capsys, change, message):
-    args = list(run_args)
-    for flag, value in change.items():
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("quantbench: error: ") and message in err
-    assert len(err.splitlines()) == 1
-    assert not list(tmp_path.glob("*.parquet"))
-
-
-def test_unwritable_store_fails_before_any_work(run_args, tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    args = [*run_args[:-1], str(blocker / "store")]
-    assert main(args) == 2
-    assert "is not writable" in capsys.readouterr().err
+# Bad input through the CLI: tests/robustness/test_bad_input.py (one table, also README's).
 
 
 @pytest.fixture
