@@ -51,7 +51,18 @@ EVAL_HELP = {
     "divergence": "divergence: KL divergence from the unquantized model, token by token",
     "latency": "latency: prefill time and decode tokens/s",
     "tasks": "tasks: lm-evaluation-harness accuracy (needs the task data offline)",
+    "memory": "memory: checkpoint bytes on disk, for methods that save",
 }
+
+
+def eval_label(name: str) -> str:
+    """The checkbox text of an eval: ours above, else the first line of its module's docstring."""
+    if name in EVAL_HELP:
+        return EVAL_HELP[name]
+    doc = (get_eval(name).__doc__ or "").strip()
+    return f"{name}: {doc.splitlines()[0]}" if doc else name
+
+
 PPL = PerplexityParams()
 LATENCY = LatencyParams()
 # The budget of the default benchmark (examples/sweep-cpu.yaml, what `make run` stores), so trials
@@ -212,7 +223,7 @@ def build(session: RunSession) -> dict[str, Any]:
 
     gr.Markdown("### Evals and their budgets")
     evals = gr.CheckboxGroup(
-        [(EVAL_HELP.get(name, name), name) for name in EVALS],
+        [(eval_label(name), name) for name in EVALS],
         value=["perplexity"],
         label="Evals",
         info="what to measure for every queued method",
