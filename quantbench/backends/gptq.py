@@ -71,7 +71,9 @@ class GptqModelBackend(Backend):
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
-        if self.library_version() is None and base.reason.startswith(f"{self.library} is not installed"):
+        if self.library_version() is None and base.reason.startswith(
+            f"{self.library} is not installed"
+        ):
             return Availability(
                 False,
                 f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}), so it lives "
@@ -88,13 +90,54 @@ class GptqModelBackend(Backend):
             check_group_size(skeleton, params.group_size)
 
     def quantize(
-        self, model: ResolvedModel, params: GptqModelParams, device: str, calibration: Corpus | None = None
+        self,
+        model: ResolvedModel,
+        params: GptqModelParams,
+        device: str,
+        calibration: Corpus | None = None,
     ) -> QuantizedModel:
         skeleton = meta_model(model)
-        self.check_shapes(skeleton, params)
+        dtype = models.DTYPES[params.compute_dtype]
+        # Reloading the saved checkpoint selects the inference kernel for this device (quantize
+        # leaves the packing kernel in place), so measurements see what a user would deploy.
+        with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
+            self.save_checkpoint(model, params, tmp, calibration)
+            from gptqmodel import GPTQModel
+
+            trust = model.ref.trust_remote_code
+            module = GPTQModel.load(
+                tmp, device=device, dtype=dtype, trust_remote_code=trust
+            ).model.eval()
+        layer = next(
+            m
+            for m in module.modules()
+            if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear")
+        )
+        return QuantizedModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            f"GPTQModel {type(layer).__name__}",
+            weights=weight_count(skeleton),
+        )
+
+    def save_checkpoint(
+        self,
+        model: ResolvedModel,
+        params: GptqModelParams,
+        directory: str,
+        calibration: Corpus | None = None,
+    ) -> None:
+        """Calibrate, quantize and save `model` as a GPTQModel checkpoint (safetensors and
+        quantize_config.json) in `directory`: what `quantize` reloads and triton:source=gptq|awq converts."""
+        self.check_shapes(meta_model(model), params)
         tokenizer = models.load_tokenizer(model)
-        windows = calibration_windows(calibration, tokenizer, params.n_samples, params.seq_len)
-        texts = tokenizer.batch_decode(windows)  # GPTQModel takes text, never a dataset name
+        windows = calibration_windows(
+            calibration, tokenizer, params.n_samples, params.seq_len
+        )
+        texts = tokenizer.batch_decode(
+            windows
+        )  # GPTQModel takes text, never a dataset name
         # GPTQModel's loader asks for 2 CPU workers but by default grants (cores + 1) // 2, which
         # fails on machines with 2 cores or fewer; it reads this variable when first imported.
         if ((os.cpu_count() or 1) + 1) // 2 < 2:
@@ -103,18 +146,14 @@ class GptqModelBackend(Backend):
 
         dtype = models.DTYPES[params.compute_dtype]
         trust = model.ref.trust_remote_code
-        work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype, trust_remote_code=trust)
-        work.quantize(texts, batch_size=1)
-        # Reloading the saved checkpoint selects the inference kernel for this device (quantize
-        # leaves the packing kernel in place), so measurements see what a user would deploy.
-        with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
-            work.save(tmp)
-            del work
-            module = GPTQModel.load(tmp, device=device, dtype=dtype, trust_remote_code=trust).model.eval()
-        layer = next(m for m in module.modules() if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear"))
-        return QuantizedModel.measured(
-            module, tokenizer, device, f"GPTQModel {type(layer).__name__}", weights=weight_count(skeleton)
+        work = GPTQModel.load(
+            str(model.path),
+            self.gptqmodel_config(params),
+            dtype=dtype,
+            trust_remote_code=trust,
         )
+        work.quantize(texts, batch_size=1)
+        work.save(directory)
 
 
 class GptqBackend(GptqModelBackend):

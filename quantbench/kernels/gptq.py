@@ -3,8 +3,8 @@
 GPTQ (AutoGPTQ / GPTQModel) stores, for a layer with K inputs, N outputs, G groups:
 
     qweight (K * bits / 32, N) int32   codes packed along K       -- the same layout as ours
-    qzeros  (G, N * bits / 32) int32   zero points packed along N (column n at bits·(n mod 32/bits))
-    scales  (G, N) fp16
+    qzeros  (G, N * bits / 32) int32   zero points packed along N, the same bit stream as qweight's
+    scales  (G, N) fp16 (GPTQModel on CPU: bf16)
     g_idx   (K,) int32, optional       group of each input row; not sorted when desc_act/act-order
 
 Old checkpoints (format "gptq", AutoGPTQ and GPTQModel v1) store zero − 1; GPTQModel's internal
@@ -18,15 +18,13 @@ from __future__ import annotations
 import torch
 
 from quantbench.errors import QuantbenchError
-from quantbench.kernels.format import PACKABLE_BITS, STORAGE_DTYPE, PackedWeight, pack_codes, unpack_codes
+from quantbench.kernels.format import PACKABLE_BITS, PackedWeight, pack_codes, unpack_codes
 
 
 def unpack_along_n(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """(G, N * bits / 32) int32 packed along N -> (G, N) int64 codes."""
-    per_word = 32 // bits
-    shifts = torch.arange(per_word, device=packed.device, dtype=torch.int32) * bits
-    codes = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
-    return codes.reshape(packed.shape[0], -1).to(torch.int64)
+    """(G, N * bits / 32) int32 packed along N -> (G, N) int64 codes. The bit stream is the one
+    qweight uses along K (3 bits included), so this is `unpack_codes` on the transpose."""
+    return unpack_codes(packed.T.contiguous(), bits).T.contiguous().to(torch.int64)
 
 
 def convert_gptq(
@@ -43,7 +41,7 @@ def convert_gptq(
     """
     if bits not in PACKABLE_BITS:
         raise QuantbenchError(f"GPTQ bits={bits} not supported; the packed format has {PACKABLE_BITS}")
-    k_in, n_out = qweight.shape[0] * (32 // bits), qweight.shape[1]
+    k_in, n_out = qweight.shape[0] * 32 // bits, qweight.shape[1]
     n_groups = scales.shape[0]
     if scales.shape[1] != n_out or qzeros.shape != (n_groups, n_out * bits // 32) or k_in % n_groups:
         raise QuantbenchError(
@@ -51,9 +49,9 @@ def convert_gptq(
             f"scales {tuple(scales.shape)} for {bits} bits"
         )
     group_size = k_in // n_groups
+    # Scales keep their dtype (fp16, or bf16 from GPTQModel on CPU); integer zeros ≤ 256 are exact in either.
     zeros = unpack_along_n(qzeros, bits) + (1 if zeros_minus_one else 0)
-    zeros = zeros.to(STORAGE_DTYPE)
-    scales = scales.to(STORAGE_DTYPE)
+    zeros = zeros.to(scales.dtype)
 
     contiguous = torch.arange(k_in, device=qweight.device) // group_size
     if g_idx is None or torch.equal(g_idx.to(contiguous.dtype), contiguous):

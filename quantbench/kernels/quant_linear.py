@@ -2,7 +2,8 @@
 
 It runs the Triton kernels when its buffers are on a CUDA device, and the pure-torch reference
 otherwise; `force_triton=True` runs the kernels on CPU too, which only works under
-TRITON_INTERPRET=1 (that is how the tests exercise them). `kernel` says which path runs.
+TRITON_INTERPRET=1 (that is how the tests exercise them). `kernel` says which path runs and which
+method chose the codes (`source`: rtn, gptq, awq, hqq), e.g. "torch reference (no CUDA) on hqq codes".
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import torch
 from torch import nn
 
 from quantbench.kernels import reference
+from quantbench.kernels.awq import convert_awq
 from quantbench.kernels.format import PackedWeight, pack_linear_weight
 from quantbench.kernels.gptq import convert_gptq
+from quantbench.kernels.hqq import convert_hqq
 
 TRITON_KERNEL = "triton gemv/splitk/gemm"
 REFERENCE_KERNEL = "torch reference (no CUDA)"
@@ -29,8 +32,10 @@ class QuantLinear(nn.Module):
         bias: torch.Tensor | None = None,
         in_perm: torch.Tensor | None = None,
         force_triton: bool = False,
+        source: str = "rtn",
     ) -> None:
         super().__init__()
+        self.source = source
         self.in_features = weight.in_features
         self.out_features = weight.out_features
         self.bits = weight.bits
@@ -65,7 +70,26 @@ class QuantLinear(nn.Module):
     ) -> QuantLinear:
         """From a GPTQ layer's tensors (see `gptq.convert_gptq` for the layout and `zeros_minus_one`)."""
         packed, perm = convert_gptq(qweight, qzeros, scales, bits, g_idx, zeros_minus_one)
-        return cls(packed, bias, perm, force_triton=force_triton)
+        return cls(packed, bias, perm, force_triton=force_triton, source="gptq")
+
+    @classmethod
+    def from_awq(
+        cls,
+        qweight: torch.Tensor,
+        qzeros: torch.Tensor,
+        scales: torch.Tensor,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+        force_triton: bool = False,
+    ) -> QuantLinear:
+        """From an AWQ GEMM layer's tensors (see `awq.convert_awq` for the layout)."""
+        return cls(convert_awq(qweight, qzeros, scales, group_size), bias, force_triton=force_triton, source="awq")
+
+    @classmethod
+    def from_hqq(cls, layer: nn.Module, force_triton: bool = False) -> QuantLinear:
+        """From an `hqq` HQQLinear (see `hqq.convert_hqq`); the bias is kept in hqq's compute dtype."""
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        return cls(convert_hqq(layer), bias, force_triton=force_triton, source="hqq")
 
     @property
     def packed(self) -> PackedWeight:
@@ -76,12 +100,17 @@ class QuantLinear(nn.Module):
         return self.force_triton or self.qweight.is_cuda
 
     @property
-    def kernel(self) -> str:
+    def path(self) -> str:
+        """The code path this layer runs: the Triton kernels (maybe interpreted) or the reference."""
         if not self.uses_triton:
             return REFERENCE_KERNEL
         if os.environ.get("TRITON_INTERPRET", "0") == "1":
             return TRITON_KERNEL + " (interpreter)"
         return TRITON_KERNEL
+
+    @property
+    def kernel(self) -> str:
+        return f"{self.path} on {self.source} codes"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)

@@ -50,13 +50,27 @@ def _dequant_tile(
     BLOCK_K: tl.constexpr,
 ):
     """fp32 weights for rows [k_start, k_start + BLOCK_K) and columns offs_n; one group."""
-    PER_WORD: tl.constexpr = 32 // BITS
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_n = offs_n < N
-    # Each word is loaded by its PER_WORD rows; the repeats hit L1 and keep the unpacking a plain shift.
-    words = tl.load(qweight_ptr + (offs_k // PER_WORD)[:, None] * N + offs_n[None, :], mask=mask_n[None, :])
-    shifts = (offs_k % PER_WORD) * BITS
-    codes = ((words >> shifts[:, None]) & ((1 << BITS) - 1)).to(tl.float32)
+    if 32 % BITS == 0:
+        PER_WORD: tl.constexpr = 32 // BITS
+        # Each word is loaded by its PER_WORD rows; the repeats hit L1 and keep the unpacking a plain shift.
+        words = tl.load(qweight_ptr + (offs_k // PER_WORD)[:, None] * N + offs_n[None, :], mask=mask_n[None, :])
+        shifts = (offs_k % PER_WORD) * BITS
+        codes = ((words >> shifts[:, None]) & ((1 << BITS) - 1)).to(tl.float32)
+    else:
+        # 3 bits: a code may straddle two words. Its low `in_lo` bits come from its own word (the
+        # arithmetic shift's sign bits are masked off), the rest from the next word, which is read
+        # only where a code straddles (never past the end: K fills whole words).
+        bit = offs_k * BITS
+        word = bit // 32
+        shift = bit % 32
+        in_lo = tl.minimum(32 - shift, BITS)
+        lo = tl.load(qweight_ptr + word[:, None] * N + offs_n[None, :], mask=mask_n[None, :])
+        straddles = (shift + BITS > 32)[:, None] & mask_n[None, :]
+        hi = tl.load(qweight_ptr + (word + 1)[:, None] * N + offs_n[None, :], mask=straddles, other=0)
+        low_bits = (lo >> shift[:, None]) & ((1 << in_lo[:, None]) - 1)
+        codes = ((low_bits | (hi << in_lo[:, None])) & ((1 << BITS) - 1)).to(tl.float32)
     group = k_start // GROUP_SIZE
     scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     if HAS_ZEROS:
@@ -270,12 +284,13 @@ def _launch(kind: str, x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
     atomic = kind != "gemm"
     # Split-K slices meet in an fp32 buffer (Triton has no bf16 atomic_add, and fp16 sums lose bits).
     out = torch.zeros((m, n), device=x.device, dtype=torch.float32) if atomic else x.new_empty((m, n))
+    # The kernels index the weight tensors as row-major; .contiguous() is free when they already are.
     zeros = weight.zeros if weight.zeros is not None else weight.scales  # never read when HAS_ZEROS=False
     args = dict(
         x_ptr=x,
-        qweight_ptr=weight.qweight,
-        scales_ptr=weight.scales,
-        zeros_ptr=zeros,
+        qweight_ptr=weight.qweight.contiguous(),
+        scales_ptr=weight.scales.contiguous(),
+        zeros_ptr=zeros.contiguous(),
         out_ptr=out,
         M=m,
         N=n,

@@ -1,15 +1,21 @@
 import importlib.util
+import json
 
 import pytest
 import torch
-from support import INPUT_IDS
+from support import INPUT_IDS, build_tiny_llama
 
+from quantbench import models
+from quantbench.backends.awq import AwqBackend, AwqParams
+from quantbench.backends.gptq import GptqBackend, GptqParams
+from quantbench.backends.hqq import HqqBackend
 from quantbench.backends.registry import get_backend
 from quantbench.backends.rtn import RtnBackend
 from quantbench.backends.triton import TritonBackend
 from quantbench.errors import QuantbenchError
+from quantbench.kernels import reference
 from quantbench.kernels.quant_linear import REFERENCE_KERNEL, QuantLinear
-from quantbench.spec import validate_params
+from quantbench.spec import ModelRef, validate_params
 
 
 def quantize(backend, resolved, **raw):
@@ -17,7 +23,9 @@ def quantize(backend, resolved, **raw):
     return backend.quantize(resolved, params, "cpu")
 
 
-@pytest.mark.parametrize(("bits", "group_size", "symmetric"), [(4, 32, False), (8, 64, True), (2, -1, False)])
+@pytest.mark.parametrize(
+    ("bits", "group_size", "symmetric"), [(4, 32, False), (8, 64, True), (2, -1, False), (3, 32, False)]
+)
 def test_packed_model_matches_rtn_fake_quant(resolved, bits, group_size, symmetric):
     """The reference path of the packed model and RTN's fake-quant weights are the same format:
     same bytes (one counted from real buffers, one from the formula), same logits."""
@@ -26,7 +34,7 @@ def test_packed_model_matches_rtn_fake_quant(resolved, bits, group_size, symmetr
     fake = quantize(RtnBackend(), resolved, **raw)
     linears = [n for n, m in packed.module.named_modules() if isinstance(m, QuantLinear)]
     assert len(linears) == 14  # 2 layers × (q, k, v, o, gate, up, down); lm_head kept
-    assert packed.kernel == REFERENCE_KERNEL
+    assert packed.kernel == f"{REFERENCE_KERNEL} on rtn codes"
     assert packed.weight_bytes == fake.weight_bytes
     assert packed.bits_per_weight == pytest.approx(fake.bits_per_weight)
     torch.testing.assert_close(packed.logits(INPUT_IDS), fake.logits(INPUT_IDS), rtol=1e-5, atol=1e-5)
@@ -56,15 +64,27 @@ def test_check_cuda_without_device():
     )
 
 
-def test_other_sources_not_yet_supported(resolved):
-    with pytest.raises(QuantbenchError, match=r"^triton: source=gptq is not yet supported; use source=rtn"):
-        quantize(TritonBackend(), resolved, source="gptq")
+def test_hqq_source_is_hqqs_model_through_our_format(resolved):
+    """triton:source=hqq quantizes each layer with hqq as the hqq adapter does (same defaults, fp32
+    compute on CPU here) and converts it: the logits are hqq's own (measured max |Δ| 0; bound 1e-6)."""
+    pytest.importorskip("hqq")
+    ours = quantize(TritonBackend(), resolved, source="hqq", bits=4, group_size=32)
+    assert ours.kernel == f"{REFERENCE_KERNEL} on hqq codes"
+    theirs = quantize(HqqBackend(), resolved, nbits=4, group_size=32, compute_dtype="float32")
+    torch.testing.assert_close(ours.logits(INPUT_IDS), theirs.logits(INPUT_IDS), rtol=0, atol=1e-6)
+    layers = [m for m in ours.module.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 14 and {m.scales.dtype for m in layers} == {torch.float32}
+
+
+def test_hqq_source_rejects_symmetric(resolved):
+    with pytest.raises(QuantbenchError, match=r"^triton: source=hqq is always asymmetric"):
+        quantize(TritonBackend(), resolved, source="hqq", symmetric=True)
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"bits": 3}, "bits: Value error, the packed format holds 2, 4, 8 bits, got 3"),
+        ({"bits": 5}, "bits: Value error, the packed format holds 2, 3, 4, 8 bits, got 5"),
         ({"group_size": 100}, "group_size: Value error, must be -1 (per channel) or a power of two ≥ 16"),
         ({"source": "gguf"}, "source: Input should be 'rtn', 'gptq', 'awq' or 'hqq'"),
         ({"kernel": "gemv"}, "kernel: unknown parameter"),
@@ -80,3 +100,108 @@ def test_invalid_params_fail_with_one_line(raw, message):
 def test_group_size_not_dividing_in_features_is_rejected(resolved):
     with pytest.raises(QuantbenchError, match=r"^group_size 128 does not divide in_features 64 of layer model"):
         quantize(TritonBackend(), resolved, group_size=128)
+
+
+# --- GPTQ and AWQ sources: GPTQModel lives in its own environment (torch >= 2.14.1) --------------
+
+SMALL_CALIBRATION = {"group_size": 32, "n_samples": 8, "seq_len": 64}
+
+
+def checkpoint_tensors(directory) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    config = json.loads((directory / "quantize_config.json").read_text())
+    return config, {k: v for shard in sorted(directory.glob("*.safetensors")) for k, v in load_file(shard).items()}
+
+
+def weights_of(layer: QuantLinear) -> torch.Tensor:
+    """The dense (K, N) weight in the layer's input order (undoing an act-order permutation)."""
+    sorted_rows = reference.dequantize(layer.packed)
+    if layer.in_perm is None:
+        return sorted_rows
+    weight = torch.empty_like(sorted_rows)
+    weight[layer.in_perm] = sorted_rows
+    return weight
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gptq_checkpoint_converts_to_gptqmodels_own_weights(resolved, tmp_path, bits):
+    """Each layer of a real GPTQModel checkpoint (act-order, asymmetric) converted by us dequantizes
+    to what GPTQModel's own TorchLinear.dequantize_weight gives, up to its bf16 arithmetic (measured
+    ≤ 5.1e-3 relative at 3 bits: two roundings; rtol 2**-7). A layout error would be off by whole codes."""
+    pytest.importorskip("gptqmodel")
+    from gptqmodel import BACKEND, GPTQModel
+
+    params = GptqParams(bits=bits, desc_act=True, sym=False, **SMALL_CALIBRATION)
+    GptqBackend().save_checkpoint(resolved, params, str(tmp_path))
+    config, tensors = checkpoint_tensors(tmp_path)
+    assert config["checkpoint_format"] == "gptq"
+    theirs = GPTQModel.load(str(tmp_path), backend=BACKEND.TORCH, device="cpu").model
+    checked = 0
+    for name, module in theirs.named_modules():
+        if type(module).__name__ != "TorchLinear":
+            continue
+        get = tensors.get
+        ours = QuantLinear.from_gptq(
+            get(f"{name}.qweight"), get(f"{name}.qzeros"), get(f"{name}.scales"), bits, get(f"{name}.g_idx")
+        )
+        assert ours.in_perm is not None  # act-order scattered the groups
+        torch.testing.assert_close(weights_of(ours), module.dequantize_weight().float(), rtol=2**-7, atol=1e-7)
+        checked += 1
+    assert checked == 14
+
+
+@pytest.fixture(scope="module")
+def wide_resolved(tmp_path_factory, tiny_tokenizer):
+    """AWQ's clip search needs out_features divisible by 64: the tiny model's k/v projections (32) are
+    too narrow, so AWQ runs on a wider one (as in test_gptq.py)."""
+    pytest.importorskip("gptqmodel")
+    path = tmp_path_factory.mktemp("tiny-llama-wide")
+    build_tiny_llama(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return models.resolve(ModelRef(str(path)))
+
+
+def test_awq_checkpoint_converts_to_gptqmodels_own_weights(wide_resolved, tmp_path):
+    """Each layer of a real GPTQModel AWQ (GEMM) checkpoint converted by us dequantizes to what
+    GPTQModel's dequantize_gemm gives, up to its bf16 rounding of the product."""
+    from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
+
+    AwqBackend().save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), str(tmp_path))
+    config, tensors = checkpoint_tensors(tmp_path)
+    assert config["checkpoint_format"] == "gemm"
+    names = sorted(key.removesuffix(".qweight") for key in tensors if key.endswith(".qweight"))
+    assert len(names) == 14
+    for name in names:
+        qweight, qzeros, scales = (tensors[f"{name}.{key}"] for key in ("qweight", "qzeros", "scales"))
+        ours = QuantLinear.from_awq(qweight, qzeros, scales, 32)
+        theirs = dequantize_gemm(qweight, qzeros, scales, 4, 32).float()
+        torch.testing.assert_close(weights_of(ours), theirs, rtol=2**-8, atol=1e-7)
+
+
+@pytest.mark.parametrize("source", ["gptq", "awq"])
+def test_gptq_and_awq_sources_through_the_adapter(resolved, wide_resolved, source):
+    """The whole adapter: GPTQModel quantizes (the gptq/awq adapters' own save_checkpoint, default
+    calibration), every layer is converted, the kernel field names the source, and the model stays
+    close to the unquantized one (4-bit, groups of 32)."""
+    model = resolved if source == "gptq" else wide_resolved
+    quantized = quantize(TritonBackend(), model, source=source, group_size=32)
+    assert quantized.kernel == f"{REFERENCE_KERNEL} on {source} codes"
+    assert sum(isinstance(m, QuantLinear) for m in quantized.module.modules()) == 14
+    logits = quantized.logits(INPUT_IDS)
+    base = models.load(model)
+    with torch.inference_mode():
+        expected = base(input_ids=INPUT_IDS).logits
+    assert torch.isfinite(logits).all()
+    assert (logits - expected).pow(2).mean() < expected.pow(2).mean() / 10
+
+
+def test_awq_source_is_4bit_only(resolved):
+    with pytest.raises(QuantbenchError, match=r"^triton: source=awq is 4-bit only"):
+        quantize(TritonBackend(), resolved, source="awq", bits=8)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None, reason="checks the message without GPTQModel")
+def test_gptq_source_without_gptqmodel_says_why(resolved):
+    with pytest.raises(QuantbenchError, match=r"^triton: source=gptq needs gptq: gptqmodel is not installed"):
+        quantize(TritonBackend(), resolved, source="gptq")

@@ -44,3 +44,12 @@ def relative_error():
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def resolved(tiny_model_dir):
+    """The tiny Llama (tests/conftest.py), resolved as the adapters take it."""
+    from quantbench import models
+    from quantbench.spec import ModelRef
+
+    return models.resolve(ModelRef(str(tiny_model_dir)))

@@ -1,20 +1,24 @@
 import pytest
 import torch
+from packing_loops import gptq_pack_3bit_rows
 
 from quantbench.errors import QuantbenchError
 from quantbench.kernels import reference
 from quantbench.kernels.format import (
+    PACKABLE_BITS,
+    PackedWeight,
     dequantize_codes,
     pack_codes,
     pack_linear_weight,
+    pack_multiple,
     quantize_rtn,
     resolve_group_size,
     unpack_codes,
 )
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
-@pytest.mark.parametrize("shape", [(16, 1), (32, 7), (64, 130), (256, 512)])
+@pytest.mark.parametrize("bits", PACKABLE_BITS)
+@pytest.mark.parametrize("shape", [(32, 1), (32, 7), (64, 130), (96, 3), (256, 512)])
 def test_pack_unpack_round_trip_is_exact(bits, shape, rng):
     codes = torch.randint(0, 2**bits, shape, generator=rng, dtype=torch.uint8)
     packed = pack_codes(codes, bits)
@@ -38,11 +42,29 @@ def test_all_ones_8bit_word_wraps_to_minus_one():
     assert pack_codes(torch.full((4, 1), 255, dtype=torch.uint8), 8).item() == -1
 
 
+def test_3bit_is_gptqs_layout(rng):
+    codes = torch.randint(0, 8, (96, 5), generator=rng, dtype=torch.uint8)
+    assert torch.equal(pack_codes(codes, 3), gptq_pack_3bit_rows(codes))
+
+
+def test_3bit_code_straddling_two_words():
+    """Code 10 of a run: its low two bits are the top of word 0, its high bit the bottom of word 1."""
+    codes = torch.zeros(32, 1, dtype=torch.uint8)
+    codes[10] = 0b101
+    words = pack_codes(codes, 3).to(torch.int64) & 0xFFFFFFFF
+    assert words[:, 0].tolist() == [0b01 << 30, 0b1, 0]
+
+
+def test_pack_multiple():
+    assert {bits: pack_multiple(bits) for bits in PACKABLE_BITS} == {2: 16, 3: 32, 4: 8, 8: 4}
+
+
 @pytest.mark.parametrize(
     ("codes", "bits", "message"),
     [
-        (torch.zeros(8, 2, dtype=torch.uint8), 3, "bits=3 cannot be packed"),
+        (torch.zeros(8, 2, dtype=torch.uint8), 5, r"bits=5 cannot be packed; packed formats exist for \(2, 3, 4, 8\)"),
         (torch.zeros(12, 2, dtype=torch.uint8), 4, "in_features 12 is not a multiple of 8"),
+        (torch.zeros(48, 2, dtype=torch.uint8), 3, r"in_features 48 is not a multiple of 32 \(3-bit packing\)"),
         (torch.full((8, 2), 16, dtype=torch.uint8), 4, r"codes must lie in \[0, 16\)"),
     ],
 )
@@ -89,6 +111,19 @@ def test_group_size_must_divide_in_features(group_size):
 def test_rtn_rejects_bits_outside_2_to_8():
     with pytest.raises(QuantbenchError, match="bits must be between 2 and 8, got 9"):
         quantize_rtn(torch.ones(4, 16), 9, 16, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_converted_scales_keep_their_dtype(dtype):
+    weight = pack_linear_weight(torch.randn(8, 32), 4, 32, symmetric=False)
+    packed = PackedWeight(weight.qweight, weight.scales.to(dtype), weight.zeros.to(dtype) + 0.25, 4, 32)
+    assert packed.nbytes() == 32 * 8 // 2 + 2 * 8 * dtype.itemsize
+
+
+def test_scales_of_another_dtype_are_rejected():
+    weight = pack_linear_weight(torch.randn(8, 32), 4, 32, symmetric=True)
+    with pytest.raises(QuantbenchError, match=r"scales must be float16, bfloat16 or float32, got torch\.float64"):
+        PackedWeight(weight.qweight, weight.scales.double(), None, 4, 32)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

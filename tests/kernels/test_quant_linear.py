@@ -1,10 +1,11 @@
-"""QuantLinear on both paths, whole models through both paths, and the GPTQ converter.
+"""QuantLinear on both paths, whole models through both paths, and the GPTQ and AWQ converters.
 
 The Triton path runs under the interpreter (conftest.py), forced with `force_triton`.
 """
 
 import pytest
 import torch
+from packing_loops import awq_pack, gptq_pack
 from torch import nn
 
 pytest.importorskip("triton")
@@ -13,16 +14,17 @@ from quantbench import models
 from quantbench.backends.triton import TritonBackend
 from quantbench.errors import QuantbenchError
 from quantbench.kernels import reference
+from quantbench.kernels.awq import convert_awq
 from quantbench.kernels.format import quantize_rtn
 from quantbench.kernels.gptq import convert_gptq
 from quantbench.kernels.quant_linear import REFERENCE_KERNEL, QuantLinear
-from quantbench.spec import ModelRef, validate_params
+from quantbench.spec import validate_params
 
 
 def test_quant_linear_reference_path_is_a_linear_on_dequantized_weights(rng):
     linear = nn.Linear(128, 48, bias=True)
     layer = QuantLinear.from_linear(linear, bits=4, group_size=32, symmetric=False)
-    assert layer.kernel == REFERENCE_KERNEL and not layer.uses_triton
+    assert layer.kernel == f"{REFERENCE_KERNEL} on rtn codes" and not layer.uses_triton
     x = torch.randn(2, 5, 128, generator=rng)
     dense = reference.dequantize(layer.packed).T
     torch.testing.assert_close(layer(x), nn.functional.linear(x, dense, linear.bias))
@@ -36,15 +38,10 @@ def test_quant_linear_triton_path_matches_reference(shape, rng, relative_error):
     x = torch.randn(*shape, generator=rng)
     expected = layer(x)
     layer.force_triton = True
-    assert layer.kernel == "triton gemv/splitk/gemm (interpreter)"
+    assert layer.kernel == "triton gemv/splitk/gemm (interpreter) on rtn codes"
     out = layer(x)
     assert out.shape == (*shape[:-1], 64)
     assert relative_error(out, expected) < 1e-5
-
-
-@pytest.fixture(scope="module")
-def resolved(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
 
 
 def rtn_model(resolved, dtype: str = "float32"):
@@ -83,19 +80,6 @@ def test_rtn_model_fp16_same_logits_on_both_paths(resolved):
 # --- GPTQ ----------------------------------------------------------------------------------------
 
 
-def gptq_pack(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
-    """GPTQ's packing loop (AutoGPTQ QuantLinear.pack), along K (dim 0) for qweight or N (dim 1) for
-    qzeros: value j of each run of 32/bits goes to bits·j of one int32 word."""
-    per_word = 32 // bits
-    values = values.to(torch.int64) & (2**bits - 1)
-    runs = values.T if dim == 1 else values
-    words = torch.zeros(runs.shape[0] // per_word, runs.shape[1], dtype=torch.int64)
-    for j in range(per_word):
-        words |= runs[j::per_word] << (bits * j)
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    return words.T.contiguous() if dim == 1 else words
-
-
 def synthetic_gptq(k: int, n: int, bits: int, group_size: int, act_order: bool, v1: bool, seed: int = 0):
     """GPTQ tensors with random codes/zeros/scales, and the dense (K, N) weight they stand for."""
     gen = torch.Generator().manual_seed(seed)
@@ -120,11 +104,13 @@ def synthetic_gptq(k: int, n: int, bits: int, group_size: int, act_order: bool, 
 
 @pytest.mark.parametrize("v1", [True, False], ids=["gptq-v1", "gptq-v2"])
 @pytest.mark.parametrize("act_order", [False, True])
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_gptq_layer_on_both_paths(bits, act_order, v1, rng, relative_error):
+    """3 bits: GPTQ's qweight is already our layout and its qzeros the same bit stream along N."""
     tensors, dense = synthetic_gptq(256, 64, bits, 32, act_order, v1)
     layer = QuantLinear.from_gptq(**tensors)
     assert (layer.in_perm is not None) == act_order
+    assert layer.kernel.endswith("on gptq codes")
     for m in (1, 7):
         x = torch.randn(m, 256, generator=rng)
         expected = x @ dense
@@ -148,9 +134,9 @@ def test_gptq_inconsistent_tensors_rejected(change, message):
         convert_gptq(**{**tensors, **change})
 
 
-def test_gptq_3bit_rejected():
-    with pytest.raises(QuantbenchError, match="GPTQ bits=3 not supported"):
-        convert_gptq(torch.zeros(12, 8, dtype=torch.int32), torch.zeros(1, 1), torch.zeros(1, 8), 3)
+def test_gptq_bits_outside_the_format_rejected():
+    with pytest.raises(QuantbenchError, match=r"GPTQ bits=5 not supported; the packed format has \(2, 3, 4, 8\)"):
+        convert_gptq(torch.zeros(5, 8, dtype=torch.int32), torch.zeros(1, 1), torch.zeros(1, 8), 5)
 
 
 def gptq_of_linear(linear: nn.Linear, group_size: int, seed: int):
@@ -193,3 +179,40 @@ def test_gptq_converted_model_same_logits_on_both_paths(resolved):
     ref, out = logits_both_paths(quantized, input_ids)
     torch.testing.assert_close(ref, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+# --- AWQ -----------------------------------------------------------------------------------------
+
+
+def synthetic_awq(k: int, n: int, group_size: int, seed: int = 0):
+    """AWQ GEMM tensors (packed by AutoAWQ's loop) with random codes/zeros/scales, and the dense
+    (K, N) weight they stand for."""
+    gen = torch.Generator().manual_seed(seed)
+    groups = k // group_size
+    codes = torch.randint(0, 16, (k, n), generator=gen)
+    zeros = torch.randint(0, 16, (groups, n), generator=gen)
+    scales = (torch.rand(groups, n, generator=gen) * 0.01 + 1e-3).to(torch.bfloat16)
+    g = torch.arange(k) // group_size
+    dense = (codes - zeros[g]).float() * scales[g].float()
+    return dict(qweight=awq_pack(codes), qzeros=awq_pack(zeros), scales=scales), dense
+
+
+@pytest.mark.parametrize("group_size", [32, 128, -1])
+def test_awq_layer_on_both_paths(group_size, rng, relative_error):
+    tensors, dense = synthetic_awq(128, 64, 128 if group_size == -1 else group_size)
+    layer = QuantLinear.from_awq(**tensors, group_size=group_size)
+    assert layer.kernel.endswith("on awq codes") and layer.scales.dtype == torch.bfloat16
+    torch.testing.assert_close(reference.dequantize(layer.packed), dense, rtol=0, atol=0)
+    for m in (1, 7):
+        x = torch.randn(m, 128, generator=rng)
+        expected = x @ dense
+        assert relative_error(layer(x), expected) < 1e-5
+        layer.force_triton = True
+        assert relative_error(layer(x), expected) < 1e-5
+        layer.force_triton = False
+
+
+def test_awq_inconsistent_tensors_rejected():
+    tensors, _ = synthetic_awq(128, 64, 32)
+    with pytest.raises(QuantbenchError, match="inconsistent AWQ shapes for group size 64"):
+        convert_awq(**tensors, group_size=64)

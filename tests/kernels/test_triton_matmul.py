@@ -55,10 +55,31 @@ def test_every_kernel_handles_every_m(kind, m, dtype, relative_error):
 
 
 @pytest.mark.parametrize(
-    ("bits", "group_size", "symmetric"), [(2, 32, False), (2, 64, True), (4, -1, True), (8, -1, False)]
+    ("bits", "group_size", "symmetric"),
+    [(2, 32, False), (2, 64, True), (3, 32, False), (3, 128, True), (3, -1, False), (4, -1, True), (8, -1, False)],
 )
 def test_other_formats(bits, group_size, symmetric, relative_error):
+    """3-bit codes straddle words (see format.py); each kernel must reassemble them."""
     weight = make_weight(bits, group_size, symmetric)
+    for m in (1, 5):
+        x = activations(m, torch.float32)
+        assert relative_error(tm.matmul(x, weight), reference.matmul(x, weight)) < 1e-5
+
+
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_3bit_every_kernel(kind, relative_error):
+    weight = make_weight(3, 64, symmetric=False)
+    x = activations(5, torch.float16)
+    assert relative_error(KERNELS[kind](x, weight), reference.matmul(x, weight)) < TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_converted_float_zero_points_and_scale_dtypes(dtype, relative_error):
+    """What the HQQ converter produces: fractional zero points, scales and zeros in the source's dtype."""
+    gen = torch.Generator().manual_seed(1)
+    base = make_weight(4, 32, symmetric=False)
+    zeros = (torch.rand(base.scales.shape, generator=gen) * 15).to(dtype)
+    weight = PackedWeight(base.qweight, base.scales.to(dtype), zeros, 4, 32)
     for m in (1, 5):
         x = activations(m, torch.float32)
         assert relative_error(tm.matmul(x, weight), reference.matmul(x, weight)) < 1e-5
