@@ -71,9 +71,7 @@ class GptqModelBackend(Backend):
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
-        if self.library_version() is None and base.reason.startswith(
-            f"{self.library} is not installed"
-        ):
+        if self.library_version() is None and base.reason.startswith(f"{self.library} is not installed"):
             return Availability(
                 False,
                 f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}), so it lives "
@@ -105,14 +103,8 @@ class GptqModelBackend(Backend):
             from gptqmodel import GPTQModel
 
             trust = model.ref.trust_remote_code
-            module = GPTQModel.load(
-                tmp, device=device, dtype=dtype, trust_remote_code=trust
-            ).model.eval()
-        layer = next(
-            m
-            for m in module.modules()
-            if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear")
-        )
+            module = GPTQModel.load(tmp, device=device, dtype=dtype, trust_remote_code=trust).model.eval()
+        layer = next(m for m in module.modules() if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear"))
         return QuantizedModel.measured(
             module,
             models.load_tokenizer(model),
@@ -132,12 +124,8 @@ class GptqModelBackend(Backend):
         quantize_config.json) in `directory`: what `quantize` reloads and triton:source=gptq|awq converts."""
         self.check_shapes(meta_model(model), params)
         tokenizer = models.load_tokenizer(model)
-        windows = calibration_windows(
-            calibration, tokenizer, params.n_samples, params.seq_len
-        )
-        texts = tokenizer.batch_decode(
-            windows
-        )  # GPTQModel takes text, never a dataset name
+        windows = calibration_windows(calibration, tokenizer, params.n_samples, params.seq_len)
+        texts = tokenizer.batch_decode(windows)  # GPTQModel takes text, never a dataset name
         # GPTQModel's loader asks for 2 CPU workers but by default grants (cores + 1) // 2, which
         # fails on machines with 2 cores or fewer; it reads this variable when first imported.
         if ((os.cpu_count() or 1) + 1) // 2 < 2:
