@@ -88,11 +88,7 @@ class GptqModelBackend(Backend):
             check_group_size(skeleton, params.group_size)
 
     def quantize(
-        self,
-        model: ResolvedModel,
-        params: GptqModelParams,
-        device: str,
-        calibration: Corpus | None = None,
+        self, model: ResolvedModel, params: GptqModelParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         skeleton = meta_model(model)
         dtype = models.DTYPES[params.compute_dtype]
@@ -114,11 +110,7 @@ class GptqModelBackend(Backend):
         )
 
     def save_checkpoint(
-        self,
-        model: ResolvedModel,
-        params: GptqModelParams,
-        directory: str,
-        calibration: Corpus | None = None,
+        self, model: ResolvedModel, params: GptqModelParams, directory: str, calibration: Corpus | None = None
     ) -> None:
         """Calibrate, quantize and save `model` as a GPTQModel checkpoint (safetensors and
         quantize_config.json) in `directory`: what `quantize` reloads and triton:source=gptq|awq converts."""
@@ -134,12 +126,7 @@ class GptqModelBackend(Backend):
 
         dtype = models.DTYPES[params.compute_dtype]
         trust = model.ref.trust_remote_code
-        work = GPTQModel.load(
-            str(model.path),
-            self.gptqmodel_config(params),
-            dtype=dtype,
-            trust_remote_code=trust,
-        )
+        work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype, trust_remote_code=trust)
         work.quantize(texts, batch_size=1)
         work.save(directory)
 
