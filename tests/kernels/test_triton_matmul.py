@@ -101,6 +101,17 @@ def test_strided_activations(relative_error):
     assert relative_error(tm.matmul(x, weight), reference.matmul(x, weight)) < 1e-5
 
 
+def test_non_contiguous_weight_tensors(relative_error):
+    """Converters can hand over transposed views (GPTQ zeros unpacked along N); the kernels index
+    row-major, so they must not read such a view's storage as if it were laid out (K/g, N)."""
+    base = make_weight(4, 32, symmetric=False)
+    zeros = base.zeros.T.contiguous().T  # same values, column-major storage
+    weight = PackedWeight(base.qweight, base.scales.T.contiguous().T, zeros, 4, 32)
+    assert not weight.zeros.is_contiguous()
+    x = activations(3, torch.float32)
+    assert relative_error(tm.matmul(x, weight), reference.matmul(x, base)) < 1e-5
+
+
 @pytest.mark.parametrize(
     ("x", "weight", "message"),
     [
