@@ -16,8 +16,18 @@ from quantbench.kernels import triton_matmul as tm
 
 TARGET = GPUTarget("cuda", 90, 32)
 POINTERS = {"qweight_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "M_BUCKET": "i32"}
-# (activation dtype, bits, has zeros): every dtype at 4 bits, and the other widths once.
-VARIANTS = [("fp16", 4, True), ("bf16", 4, True), ("fp32", 4, False), ("fp16", 2, True), ("fp16", 8, False)]
+# (activation dtype, bits, has zeros, scale/zero dtype): every dtype at 4 bits, the other widths
+# once (3 bits: the straddling-code path), and the bf16/fp32 scales converters keep (HQQ, GPTQModel).
+VARIANTS = [
+    ("fp16", 4, True, "fp16"),
+    ("bf16", 4, True, "fp16"),
+    ("fp32", 4, False, "fp16"),
+    ("fp16", 2, True, "fp16"),
+    ("fp16", 8, False, "fp16"),
+    ("fp16", 3, True, "fp16"),
+    ("bf16", 3, True, "bf16"),
+    ("fp32", 4, True, "fp32"),
+]
 
 
 def largest_tile(configs: list[triton.Config]) -> triton.Config:
@@ -31,7 +41,7 @@ CONFIGS = {
 }
 
 
-def compile_variant(kind: str, dtype: str, bits: int, has_zeros: bool) -> None:
+def compile_variant(kind: str, dtype: str, bits: int, has_zeros: bool, scale_dtype: str) -> None:
     config = CONFIGS[kind]
     kernel = tm._gemv_kernel if kind == "gemv" else tm._dot_kernel
     out = dtype if kind == "gemm" else "fp32"
@@ -40,7 +50,8 @@ def compile_variant(kind: str, dtype: str, bits: int, has_zeros: bool) -> None:
         constexprs["ATOMIC"] = kind != "gemm"
     names = kernel.arg_names
     signature = {name: "constexpr" for name in names}
-    signature.update(POINTERS, x_ptr=f"*{dtype}", scales_ptr="*fp16", zeros_ptr="*fp16", out_ptr=f"*{out}")
+    scales = f"*{scale_dtype}"
+    signature.update(POINTERS, x_ptr=f"*{dtype}", scales_ptr=scales, zeros_ptr=scales, out_ptr=f"*{out}")
     source = ASTSource(
         fn=kernel,
         signature={name: signature[name] for name in names},
@@ -52,13 +63,14 @@ def compile_variant(kind: str, dtype: str, bits: int, has_zeros: bool) -> None:
 
 def main(kind: str) -> int:
     failed = 0
-    for dtype, bits, has_zeros in VARIANTS:
+    for dtype, bits, has_zeros, scale_dtype in VARIANTS:
+        name = f"{kind} {dtype} w{bits} zeros={has_zeros} scales={scale_dtype}"
         try:
-            compile_variant(kind, dtype, bits, has_zeros)
-            print(f"{kind} {dtype} w{bits} zeros={has_zeros}: ok")
+            compile_variant(kind, dtype, bits, has_zeros, scale_dtype)
+            print(f"{name}: ok")
         except Exception as exc:  # report every variant, then fail
             failed += 1
-            print(f"{kind} {dtype} w{bits} zeros={has_zeros}: {type(exc).__name__}: {str(exc).splitlines()[:3]}")
+            print(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[:3]}")
     return 1 if failed else 0
 
 
