@@ -50,7 +50,7 @@ def parse_ints(text: str) -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, default=4, choices=(2, 4, 8))
+    parser.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))  # format.PACKABLE_BITS
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--symmetric", action="store_true", help="no zero points (default: asymmetric)")
     parser.add_argument("--m", type=parse_ints, default=[1, 16, 64, 2048], help="rows, comma-separated")
