@@ -102,6 +102,16 @@ def test_group_size_not_dividing_in_features_is_rejected(resolved):
         quantize(TritonBackend(), resolved, group_size=128)
 
 
+def test_3bit_needs_in_features_divisible_by_32(tmp_path, tiny_tokenizer):
+    """32 three-bit codes fill 3 words; a 48-wide layer would leave a word half full."""
+    build_tiny_llama(vocab_size=len(tiny_tokenizer), hidden_size=48, intermediate_size=96).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    narrow = models.resolve(ModelRef(str(tmp_path)))
+    message = r"^layer model\.layers\.0\.self_attn\.q_proj: 3-bit packing needs in_features divisible by 32, got 48$"
+    with pytest.raises(QuantbenchError, match=message):
+        quantize(TritonBackend(), narrow, bits=3, group_size=16)
+
+
 # --- GPTQ and AWQ sources: GPTQModel lives in its own environment (torch >= 2.14.1) --------------
 
 SMALL_CALIBRATION = {"group_size": 32, "n_samples": 8, "seq_len": 64}
