@@ -72,6 +72,15 @@ def test_quantized_and_stacked_scale_zero_are_dequantized():
     assert torch.equal(reference.dequantize(convert_hqq(plain)).T, expected)
 
 
+def test_unpacked_codes_convert():
+    """hqq keeps the codes as floats, unpacked, when asked for bitpack=False (meta["packing"] None)."""
+    config = BaseQuantizeConfig(nbits=4, group_size=32)
+    config["weight_quant_params"]["bitpack"] = False
+    layer = HQQLinear(nn.Linear(128, 64), config, compute_dtype=torch.float32, device="cpu")
+    assert layer.meta["packing"] is None and layer.W_q.dtype == torch.float32
+    assert torch.equal(reference.dequantize(convert_hqq(layer)).T, layer.dequantize())
+
+
 @pytest.mark.parametrize(
     ("layer", "message"),
     [
