@@ -30,9 +30,21 @@ from quantbench.planner.config import Architecture
 from quantbench.planner.estimate import Workload, estimate, weight_bytes
 from quantbench.planner.formats import format_parameters, weight_format
 from quantbench.planner.source import load_architecture
+from quantbench.planner.weights import weight_groups
 
 MEASURED = ("weight_bytes", "cuda_max_allocated_bytes", "peak_rss_bytes")
 NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "status", "metric", "value")
+# Methods whose quantbench backend keeps the dequantized weights in the compute dtype (fake
+# quantization: backends/rtn.py) while reporting the packed format's weight_bytes. Their process
+# holds dense weights, so memory peaks are predicted as for the baseline in that dtype; weight_bytes
+# is still compared with the packed format. On CPU the process also keeps the pages of the original
+# linear weights: the model is loaded from an mmapped safetensors file, RTN replaces the linears
+# with new tensors, but the kept embedding is a view into the same mapping, so the file stays
+# mapped and the pages read while quantizing stay resident. /proc/self/smaps after RTN on
+# SmolLM2-135M, gc and malloc_trim: 407 MiB of model.safetensors resident, its 405 MiB of linears
+# (quanto and torchao, which quantize while loading: 0 MiB). Those bytes are added to the RSS
+# prediction; a deployment of the packed format would not hold them.
+RESIDENT_DENSE = ("rtn",)
 # Backends load CPU models in fp32 and GPU models in bf16 unless their params say otherwise.
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
@@ -40,13 +52,17 @@ DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 def workload_from_protocol(row: pd.Series) -> Workload | None:
     """The workload of a perplexity eval's memory row, from its protocol; None for other evals
     or when the protocol does not record seq_len (the eval's default is not repeated here)."""
-    text = row.get("protocol_json")
-    protocol = json.loads(text) if isinstance(text, str) and text else {}  # NaN where a row has none
+    protocol = _protocol(row)
     if row.get("eval") != "perplexity" or "seq_len" not in protocol:
         return None
     device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
     batch = int(protocol.get("batch_size", 1))
     return Workload(int(protocol["seq_len"]), batch, all_logits=True, use_cache=False, device=device)
+
+
+def _protocol(row: pd.Series) -> dict[str, Any]:
+    text = row.get("protocol_json")
+    return json.loads(text) if isinstance(text, str) and text else {}  # NaN where a row has none
 
 
 def planner_params(method: str, params: dict[str, Any], device: str) -> dict[str, Any]:
@@ -83,8 +99,15 @@ def _predict(
     workload = workload_of(row)
     if workload is None:
         return math.nan, "no workload: not a perplexity eval, or its protocol lacks seq_len"
+    extra = 0
+    if row["method"] in RESIDENT_DENSE:
+        fmt = weight_format("baseline", {"dtype": params["dtype"]})
+        if device == "cpu":
+            extra = sum(g.numel for g in weight_groups(arch) if g.kind == "linear") * fmt.dtype_bytes
     est = estimate(arch, fmt, workload)
-    return float(est.allocated if row["metric"] == "cuda_max_allocated_bytes" else est.total), ""
+    if row["metric"] == "cuda_max_allocated_bytes":
+        return float(est.allocated), ""
+    return float(est.total + extra), ""
 
 
 def compare(
@@ -128,9 +151,11 @@ def compare(
                 "predicted": predicted,
                 "error_pct": 100 * (predicted - measured) / measured if measured else math.nan,
                 "note": note,
+                "seq_len": _protocol(row).get("seq_len", math.nan),  # which workload, for per-length tables
             }
         )
     columns = ["trial_key", "model_ref", "method", "device", "metric", "measured", "predicted", "error_pct", "note"]
+    columns.append("seq_len")
     return pd.DataFrame(out, columns=columns)
 
 

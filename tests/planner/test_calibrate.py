@@ -13,6 +13,7 @@ from quantbench.planner.calibrate import compare, error_by_method, planner_param
 from quantbench.planner.estimate import CPU_RUNTIME_BYTES, Workload, estimate, weight_bytes
 from quantbench.planner.formats import weight_format
 from quantbench.planner.presets import preset
+from quantbench.planner.weights import weight_groups
 
 ARCH = preset("smollm2-135m")
 REF = "embedded:smollm2-135m"
@@ -142,3 +143,20 @@ def test_missing_columns_are_named():
 )  # fmt: skip
 def test_backend_parameters_translate_to_planner_parameters(method, stored, device, expected):
     assert planner_params(method, stored, device) == expected
+
+
+def test_fake_quant_rss_is_predicted_with_dense_weights_and_the_mapped_source():
+    """rtn keeps dequantized fp32 linears and, on CPU, the mmapped source file's pages of the
+    linears it replaced (planner/calibrate.py RESIDENT_DENSE); weight_bytes stays the packed count."""
+    rtn = {"bits": 4, "group_size": 64, "dtype": "float32"}
+    linears = sum(g.numel for g in weight_groups(ARCH) if g.kind == "linear") * 4
+    dense = estimate(ARCH, BASE32, RSS_WORK).total
+    frame = pd.DataFrame(
+        [
+            row("r", "rtn", rtn, "peak_rss_bytes", dense + linears, **PPL),
+            row("r", "rtn", rtn, "weight_bytes", weight_bytes(ARCH, weight_format("rtn", rtn)).total),
+        ]
+    )
+    out = compare(frame, architecture_of=architecture_of).set_index("metric")
+    assert out.loc["peak_rss_bytes", "error_pct"] == 0 and out.loc["peak_rss_bytes", "seq_len"] == 512
+    assert out.loc["weight_bytes", "error_pct"] == 0
