@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from quantbench import models
@@ -54,6 +54,14 @@ class TritonParams(MethodParams):
             raise ValueError(f"the packed format holds {', '.join(map(str, PACKABLE_BITS))} bits, got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _source_takes_the_format(self) -> TritonParams:
+        if self.source == "awq" and self.bits != 4:
+            raise ValueError(f"source=awq is 4-bit only (GPTQModel's AWQ GEMM format), got bits={self.bits}")
+        if self.source == "hqq" and self.symmetric:
+            raise ValueError("source=hqq is always asymmetric (float zero points); drop symmetric=true")
+        return self
+
 
 class TritonBackend(Backend):
     name = "triton"
@@ -76,8 +84,6 @@ class TritonBackend(Backend):
     def quantize(
         self, model: ResolvedModel, params: TritonParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
-        if params.source == "hqq" and params.symmetric:
-            raise QuantbenchError("triton: source=hqq is always asymmetric (float zero points); drop symmetric=true")
         dtype = params.dtype if params.dtype != "auto" else ("float16" if device == "cuda" else "float32")
         module = models.load(model, dtype=dtype, device=device)
         linears = quantizable_linears(module, params.skip)
@@ -129,16 +135,11 @@ def gptqmodel_layers(
     from quantbench.backends.gptq import GptqBackend, GptqParams
 
     if params.source == "gptq":
-        backend, method = (
-            GptqBackend(),
-            GptqParams(bits=params.bits, group_size=params.group_size, sym=params.symmetric),
-        )
+        method = GptqParams(bits=params.bits, group_size=params.group_size, sym=params.symmetric)
+        backend = GptqBackend()
     else:
-        if params.bits != 4:
-            raise QuantbenchError(
-                f"triton: source=awq is 4-bit only (GPTQModel's AWQ GEMM format), got bits={params.bits}"
-            )
-        backend, method = AwqBackend(), AwqParams(group_size=params.group_size, zero_point=not params.symmetric)
+        method = AwqParams(group_size=params.group_size, zero_point=not params.symmetric)  # bits=4: validated
+        backend = AwqBackend()
     availability = backend.check(device)
     if not availability.ok:
         raise QuantbenchError(f"triton: source={params.source} needs {backend.name}: {availability.reason}")

@@ -76,11 +76,6 @@ def test_hqq_source_is_hqqs_model_through_our_format(resolved):
     assert len(layers) == 14 and {m.scales.dtype for m in layers} == {torch.float32}
 
 
-def test_hqq_source_rejects_symmetric(resolved):
-    with pytest.raises(QuantbenchError, match=r"^triton: source=hqq is always asymmetric"):
-        quantize(TritonBackend(), resolved, source="hqq", symmetric=True)
-
-
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -88,6 +83,8 @@ def test_hqq_source_rejects_symmetric(resolved):
         ({"group_size": 100}, "group_size: Value error, must be -1 (per channel) or a power of two ≥ 16"),
         ({"source": "gguf"}, "source: Input should be 'rtn', 'gptq', 'awq' or 'hqq'"),
         ({"kernel": "gemv"}, "kernel: unknown parameter"),
+        ({"source": "awq", "bits": 8}, "params: Value error, source=awq is 4-bit only (GPTQModel's AWQ GEMM format)"),
+        ({"source": "hqq", "symmetric": True}, "params: Value error, source=hqq is always asymmetric"),
     ],
 )
 def test_invalid_params_fail_with_one_line(raw, message):
@@ -204,11 +201,6 @@ def test_gptq_and_awq_sources_through_the_adapter(resolved, wide_resolved, sourc
         expected = base(input_ids=INPUT_IDS).logits
     assert torch.isfinite(logits).all()
     assert (logits - expected).pow(2).mean() < expected.pow(2).mean() / 10
-
-
-def test_awq_source_is_4bit_only(resolved):
-    with pytest.raises(QuantbenchError, match=r"^triton: source=awq is 4-bit only"):
-        quantize(TritonBackend(), resolved, source="awq", bits=8)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None, reason="checks the message without GPTQModel")
