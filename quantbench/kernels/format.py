@@ -19,7 +19,9 @@ same layout as GPTQ's and gemlite's qweight. Shown for bits = 4 (8 codes per wor
                             | k=8j+7 | k=8j+6 | ....................... | k=8j+0 |
 
 For bits = 3, 32 codes fill 3 words and two codes straddle a word boundary (GPTQ's 3-bit
-layout, so GPTQ 3-bit checkpoints convert without repacking). Words 3j..3j+2, with c = 32j:
+layout, so GPTQ 3-bit checkpoints convert without repacking; hqq's 10 codes per word would store
+3.2 bits per code, and the kernels read a straddling code from two words at little cost).
+Words 3j..3j+2, with c = 32j:
 
     word 3j     | c+10 bits 1-0 | c+9  | ... | c+1  | c+0                 |
     word 3j+1   | c+21 bit 0    | c+20 | ... | c+11 | c+10 bit 2          |
