@@ -1,0 +1,126 @@
+"""The planner's calibration error on this machine: real trials of the embedded model, one per CPU
+method, each scoring WikiText-2 perplexity at two window lengths; the peak RSS each perplexity eval
+measured against the planner's prediction for that workload (planner/calibrate.py).
+
+    .venv/bin/python bench/calibration.py --corpus ../shared/data/wikitext2/wiki.test.raw
+    .venv/bin/python bench/calibration.py --report STORE    # the table of trials already run
+
+Every trial runs in its own worker process (as `quantbench run` does), so each peak is the trial's
+own. Prints one JSON object (machine, versions, date, rows) and the Markdown table of docs/planner.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from quantbench.planner.calibrate import compare
+from quantbench.results.store import read_results
+from quantbench.runner import environment
+from quantbench.runner.executor import run_local
+from quantbench.runner.trial import plan_trial
+from quantbench.spec import EvalSpec, MethodSpec, ModelRef, TrialSpec
+
+# One per library that runs on this CPU, at the setting people use it with (the same list and
+# budgets as tests/planner/test_calibration_e2e.py; bnb:bits=8 is left out for time: its CPU
+# fallback is the slowest forward here).
+METHODS = [
+    "baseline",
+    "rtn:bits=4,group_size=64",
+    "bnb:bits=4,quant_type=nf4",
+    "torchao:bits=8",
+    "quanto:weights=int8",
+    "hqq:nbits=4,group_size=64",
+]
+MODEL = "embedded:smollm2-135m"
+
+
+def calibration_specs(methods: list[str], seq_lens: list[int], corpus: str, max_tokens: int) -> list[TrialSpec]:
+    """One trial per method; its perplexity evals run in order of `seq_lens` inside that trial."""
+    evals = [EvalSpec("perplexity", {"corpus": corpus, "seq_len": n, "max_tokens": max_tokens}) for n in seq_lens]
+    return [plan_trial(ModelRef(MODEL), MethodSpec.parse(m), evals, "cpu") for m in methods]
+
+
+def cut_corpus(source: Path, chars: int, out: Path) -> Path:
+    """The first whole lines of `source` up to `chars` characters, written to `out`.
+
+    The perplexity eval tokenizes its whole corpus before cutting it to max_tokens: on the 1.3 MB
+    WikiText-2 test split that costs ~210 MiB of peak RSS (~180 MiB stays in glibc's heap), which
+    depends on the corpus file, not on the model, and which the planner does not model. A corpus
+    just longer than the token budget keeps the measured peak to what the planner predicts.
+    """
+    lines, size = [], 0
+    with source.open(encoding="utf-8") as f:
+        for line in f:
+            if size >= chars:
+                break
+            lines.append(line)
+            size += len(line)
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+def rss_errors(store: Path) -> pd.DataFrame:
+    """Per trial and window length: method label, measured and predicted peak RSS, error %."""
+    frame = read_results(store).frame
+    compared = compare(frame)
+    rss = compared[compared["metric"] == "peak_rss_bytes"].copy()
+    trials = frame.drop_duplicates("trial_key").reset_index(drop=True)  # in the order they ran
+    rss["label"] = rss["trial_key"].map(trials.set_index("trial_key")["method_label"])
+    rss["order"] = rss["trial_key"].map({key: i for i, key in enumerate(trials["trial_key"])})
+    rss = rss.sort_values(["order", "seq_len"])
+    return rss[["label", "method", "seq_len", "measured", "predicted", "error_pct", "note"]]
+
+
+def markdown(rss: pd.DataFrame) -> str:
+    lines = ["| method | seq_len | measured MiB | predicted MiB | error |", "|---|---|---|---|---|"]
+    for r in rss.itertuples():
+        lines.append(
+            f"| `{r.label}` | {r.seq_len:.0f} | {r.measured / 2**20:,.1f} | {r.predicted / 2**20:,.1f} "
+            f"| {r.error_pct:+.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", help="e.g. ../shared/data/wikitext2/wiki.test.raw (required unless --report)")
+    parser.add_argument("--method", action="append", help=f"repeatable (default: {len(METHODS)} CPU methods)")
+    parser.add_argument("--seq-len", type=int, action="append", help="repeatable (default: 256 and 1024)")
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--corpus-chars", type=int, default=6000, help="cut the corpus (~4 chars per token)")
+    parser.add_argument("--store", type=Path, help="results directory (default: a fresh temp dir)")
+    parser.add_argument("--report", type=Path, help="only print the table of the trials already in this store")
+    args = parser.parse_args()
+    if args.report:
+        print(markdown(rss_errors(args.report)))
+        return
+    if not args.corpus:
+        parser.error("--corpus is required (or --report STORE)")
+
+    work = Path(tempfile.mkdtemp(prefix="quantbench-calibration-"))
+    store = args.store or work / "store"
+    corpus = str(cut_corpus(Path(args.corpus), args.corpus_chars, work / "corpus.txt"))
+    specs = calibration_specs(args.method or METHODS, args.seq_len or [256, 1024], corpus, args.max_tokens)
+    outcomes = run_local(specs, store)
+    rss = rss_errors(store)
+    report = {
+        "date": dt.date.today().isoformat(),
+        "machine": environment.hardware("cpu"),
+        "versions": environment.versions(),
+        "corpus": f"{args.corpus} (first {args.corpus_chars} characters)",
+        "max_tokens": args.max_tokens,
+        "failed": [f"{o.spec.method.label}: {o.error}" for o in outcomes if o.status not in ("ok", "skipped")],
+        "rows": json.loads(rss.to_json(orient="records")),
+    }
+    print(json.dumps(report, indent=2))
+    print(markdown(rss))
+
+
+if __name__ == "__main__":
+    main()
