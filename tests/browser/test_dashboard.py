@@ -92,6 +92,18 @@ def test_results_list_the_trials(page, artifacts):
     page.locator("#results-summary").get_by_text("2 trials").wait_for()
     table = page.locator("#results-table").inner_text()
     assert "rtn:bits=8" in table and "baseline" in table
+    # Sorting by perplexity one way, then the other, swaps which trial comes first. (The grid's
+    # rows are not <tr> elements, so the order is read from the table's text.)
+    rtn_first = []
+    for order in ("ascending", "descending"):
+        header = page.locator('#results-table th[title="ppl"]')
+        header.hover()
+        header.get_by_role("button", name="Open cell menu").click()
+        page.get_by_role("menuitem", name=f"Sort {order}").click()
+        page.wait_for_timeout(500)  # the table re-sorts in the browser, on its next frame
+        text = page.locator("#results-table").inner_text()
+        rtn_first.append(text.index("\nrtn:bits=8\n") < text.index("\nbaseline\n"))
+    assert rtn_first in ([True, False], [False, True]), rtn_first
     shot(page, artifacts, "results")
 
 
