@@ -123,10 +123,11 @@ def build() -> dict[str, gr.components.Component]:
     run = gr.Button("Plan", variant="primary", elem_id="plan-run")
     error = error_box("plan-error")
     summary = gr.Markdown(elem_id="plan-summary")
+    # The notes say how each part was counted: the table gets the full width so they are readable.
+    table = gr.Dataframe(label="Memory breakdown", interactive=False, wrap=True, elem_id="plan-breakdown")
     with gr.Row():
-        table = gr.Dataframe(label="Memory breakdown", interactive=False, wrap=True, elem_id="plan-breakdown", scale=3)
         chart = gr.Plot(label="Breakdown", elem_id="plan-chart", scale=2)
-    fit_table = gr.Dataframe(label="Which GPUs it fits", interactive=False, elem_id="plan-fits")
+        fit_table = gr.Dataframe(label="Which GPUs it fits", interactive=False, elem_id="plan-fits", scale=3)
 
     @guarded(4)
     def plan(*values: object) -> tuple:
