@@ -39,7 +39,7 @@ def _first_line(error: object) -> str:
 
 def build(store: Path) -> dict[str, gr.components.Component]:
     gr.Markdown(
-        "Every trial in the results store, newest first. Click a column header to sort. "
+        "Every trial in the results store, newest first; sort with the ⋮ menu of a column header. "
         "**bits/w**: stored bits per weight (scales and unquantized layers included); sizes in MiB "
         "(2^20 bytes); **ppl**: perplexity, lower is better; **quant s**: seconds to quantize; "
         "**eval tok/s**: tokens scored per second; **peak RSS**: the trial's peak process memory. "
