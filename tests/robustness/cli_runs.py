@@ -7,14 +7,31 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pyarrow as pa
 from support import ROOT
 
+from quantbench.results.query import query
 from quantbench.results.schema import Metric, TrialHeader, trial_table
+from quantbench.results.store import result_files
 
 CLI = [sys.executable, "-m", "quantbench.app.cli"]
+# Sweeps of up to 5 trials, each a worker process on the tiny model with a 64-token budget.
+METHODS = ["baseline", "'baseline:dtype=bfloat16'", "'baseline:dtype=float16'", "'rtn:bits=8'", "'rtn:bits=4'"]
+
+
+def sweep_file(tmp: Path, model: Path, methods: list[str], name: str = "sweep.yaml") -> Path:
+    path = tmp / name
+    path.write_text(
+        textwrap.dedent(f"""\
+            models: [{model}]
+            methods: [{", ".join(methods)}]
+            evals: {{perplexity: {{seq_len: 32, max_tokens: 64}}}}
+            """)
+    )
+    return path
 
 
 def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -58,3 +75,16 @@ def synthetic_trial(key: str, perplexity: float = 10.0, error: str | None = None
     )  # fmt: skip
     metrics = [] if error else [Metric("perplexity", "perplexity", perplexity, "", {"seq_len": 32}, "builtin", "h")]
     return trial_table(header, metrics, error=error)
+
+
+def assert_store_is_clean(store: Path) -> None:
+    """What a reader sees, even while writers work: every visible file reads (nothing skipped), each
+    trial once, and every trial file that existed before the read is in it."""
+    files_before = {p.stem for p in result_files(store)}
+    contents = query(store)
+    files_after = {p.stem for p in result_files(store)}
+    assert contents.skipped == []
+    keys = set() if contents.frame.empty else set(contents.frame["trial_key"])
+    assert files_before <= keys <= files_after
+    if not contents.frame.empty:
+        assert not contents.frame[["trial_key", "eval", "metric"]].astype(str).duplicated().any()
