@@ -158,12 +158,14 @@ def int_choice(*values: int) -> object:
     return Annotated[Literal[values], BeforeValidator(lambda v: int(v) if isinstance(v, str) and v.isdigit() else v)]
 
 
-def calibration_windows(calibration: Corpus | None, tokenizer, n_samples: int, seq_len: int) -> torch.Tensor:
-    """`n_samples` windows of `seq_len` tokens spread evenly over the calibration text (the builtin
-    corpus when the runner gave none), as a (n_samples, seq_len) tensor of token ids."""
+def calibration_windows(calibration: Corpus | str, tokenizer, n_samples: int, seq_len: int) -> torch.Tensor:
+    """`n_samples` windows of `seq_len` tokens spread evenly over the calibration text, as a
+    (n_samples, seq_len) tensor of token ids. `calibration` is the corpus the method's
+    `calibration` parameter names: already loaded (the runner reads it while checking a trial's
+    inputs, before any trial starts) or its reference, read here (direct library use)."""
     from quantbench.corpora import load_corpus
 
-    corpus = calibration if calibration is not None else load_corpus("builtin")
+    corpus = load_corpus(calibration) if isinstance(calibration, str) else calibration
     # Tokenizing a whole corpus takes seconds; at ~4 characters per token, 12 per token needed
     # leaves ample room while keeping the windows spread over a deterministic prefix.
     ids = tokenizer(corpus.text[: 12 * n_samples * seq_len], return_tensors="pt").input_ids[0]

@@ -37,6 +37,9 @@ class GptqModelParams(MethodParams):
     # spent ~1.5 min per SmolLM2 layer on 128 windows, most of an hour for the default model.
     n_samples: PositiveInt = 32
     seq_len: PositiveInt = 256
+    # The text the windows are drawn from, named as the perplexity eval's corpus is: builtin,
+    # wikitext2[:split], or a .txt/.jsonl/.parquet file. The runner reads it before any trial starts.
+    calibration: str = "builtin"
     # GPTQModel's CPU kernels (ATen int4pack, AWQ) compute in half precision
     compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
 
@@ -74,8 +77,8 @@ class GptqModelBackend(Backend):
         if self.library_version() is None and base.reason.startswith(f"{self.library} is not installed"):
             return Availability(
                 False,
-                f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}), so it lives "
-                "in its own environment (pip install torch==2.14.1 gptqmodel)",
+                f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}) and pillow >= 13 "
+                "(gradio 6 refuses it), so it lives in its own environment (make gptq-env; .venv-gptq/bin/quantbench)",
             )
         return base
 
@@ -90,6 +93,7 @@ class GptqModelBackend(Backend):
     def quantize(
         self, model: ResolvedModel, params: GptqModelParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
+        """`calibration`: the corpus `params.calibration` names, when the runner has read it already."""
         skeleton = meta_model(model)
         dtype = models.DTYPES[params.compute_dtype]
         # Reloading the saved checkpoint selects the inference kernel for this device (quantize
@@ -116,7 +120,8 @@ class GptqModelBackend(Backend):
         quantize_config.json) in `directory`: what `quantize` reloads and triton:source=gptq|awq converts."""
         self.check_shapes(meta_model(model), params)
         tokenizer = models.load_tokenizer(model)
-        windows = calibration_windows(calibration, tokenizer, params.n_samples, params.seq_len)
+        corpus = calibration if calibration is not None else params.calibration
+        windows = calibration_windows(corpus, tokenizer, params.n_samples, params.seq_len)
         texts = tokenizer.batch_decode(windows)  # GPTQModel takes text, never a dataset name
         # GPTQModel's loader asks for 2 CPU workers but by default grants (cores + 1) // 2, which
         # fails on machines with 2 cores or fewer; it reads this variable when first imported.

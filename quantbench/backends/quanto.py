@@ -23,7 +23,7 @@ from quantbench.backends.base import (
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
-CALIBRATION_ONLY = ("calibration_samples", "seq_len")
+CALIBRATION_ONLY = ("calibration_samples", "seq_len", "calibration")
 
 
 class QuantoParams(MethodParams):
@@ -31,6 +31,7 @@ class QuantoParams(MethodParams):
     activations: Literal["none", "int8"] = "none"
     calibration_samples: PositiveInt = 16  # activations=int8 only: windows that set activation scales
     seq_len: PositiveInt = 256  # activations=int8 only
+    calibration: str = "builtin"  # activations=int8 only: the corpus the windows come from (as gptq's)
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
     @model_validator(mode="after")
@@ -63,7 +64,8 @@ class QuantoBackend(Backend):
         tokenizer = models.load_tokenizer(model)
         activations = qint8 if params.activations == "int8" else None
         if activations is not None:  # a too-short corpus fails here, before any weight is read
-            windows = calibration_windows(calibration, tokenizer, params.calibration_samples, params.seq_len)
+            corpus = calibration if calibration is not None else params.calibration
+            windows = calibration_windows(corpus, tokenizer, params.calibration_samples, params.seq_len)
         module = models.load(model, dtype=params.compute_dtype, device=device)
         count = weight_count(module)
         quantize(module, weights=qtypes[params.weights], activations=activations, exclude=["lm_head"])

@@ -79,6 +79,7 @@ class PreparedTrial:
     backend: Backend
     model: models.ResolvedModel
     evals: tuple[PreparedEval, ...]
+    calibration: Corpus | None = None  # the corpus the method's `calibration` parameter names
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,10 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
         raise QuantbenchError(f"method {spec.method.name!r} is unavailable on {spec.device}: {availability.reason}")
     result_store.check_writable(store)
     resolved = models.resolve(spec.model)
-    corpora: dict[str, Corpus] = {}  # evals sharing a corpus read it once
+    corpora: dict[str, Corpus] = {}  # evals (and the method's calibration) sharing a corpus read it once
+    calibration_ref = getattr(backend.Params.model_validate(spec.method.params), "calibration", None)
+    if calibration_ref is not None:
+        corpora[calibration_ref] = load_corpus(calibration_ref)
     evals = []
     for eval_spec in spec.evals:
         module = get_eval(eval_spec.name)
@@ -108,7 +112,8 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
         corpus = corpora.get(ref) if ref is not None else None
         module.check_inputs(resolved, params, corpus)
         evals.append(PreparedEval(eval_spec.name, module, params, corpus))
-    return PreparedTrial(spec, backend, resolved, tuple(evals))
+    calibration = corpora[calibration_ref] if calibration_ref is not None else None
+    return PreparedTrial(spec, backend, resolved, tuple(evals), calibration)
 
 
 def trial_header(trial: PreparedTrial, kernel: str = "") -> TrialHeader:
@@ -156,7 +161,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
     # Adapters read the weights and quantize them in one call (bnb quantizes while loading), so
     # the "quantize" stage includes reading the checkpoint.
     with progress.stage("quantize"), PeakMemory() as quantize_memory:
-        model = trial.backend.quantize(trial.model, params, spec.device)
+        model = trial.backend.quantize(trial.model, params, spec.device, trial.calibration)
     metrics = [
         Metric("quantize", "quantize_seconds", time.perf_counter() - start, "s"),
         Metric("quantize", "quantize_peak_rss_bytes", quantize_memory.peak.rss_bytes, "bytes"),

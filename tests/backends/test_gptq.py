@@ -1,5 +1,6 @@
-"""GPTQ and AWQ through GPTQModel. GPTQModel needs torch >= 2.14.1, so it lives in its own
-environment: the quantization tests run there and skip elsewhere; the check() test runs anywhere."""
+"""GPTQ and AWQ through GPTQModel. GPTQModel needs torch >= 2.14.1 and pillow >= 13 (gradio 6
+refuses it), so it lives in its own environment, .venv-gptq: `make test-gptq` (CI, after `make
+test`) runs this file there; in .venv the quantization tests skip and the rest run."""
 
 import importlib.util
 
@@ -10,8 +11,10 @@ from support import INPUT_IDS, build_tiny_llama
 from quantbench import models
 from quantbench.backends.awq import AwqBackend
 from quantbench.backends.gptq import GptqBackend
+from quantbench.backends.registry import get_backend
 from quantbench.errors import QuantbenchError
-from quantbench.spec import ModelRef, validate_params
+from quantbench.runner.trial import plan_trial, prepare_trial
+from quantbench.spec import EvalSpec, MethodSpec, ModelRef, validate_params
 
 # tiny calibration: the tiny model has 2 layers and hidden 64, so groups of 32
 SMALL = {"group_size": 32, "n_samples": 8, "seq_len": 64}
@@ -97,6 +100,44 @@ def test_invalid_params_fail_in_one_line(backend, raw, needle):
     with pytest.raises(QuantbenchError, match=needle) as err:
         validate_params(backend.Params, raw, f"method {backend.name}")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("method", "params"), [("gptq", {}), ("awq", {}), ("quanto", {"activations": "int8"})])
+def test_missing_calibration_file_fails_before_any_trial(tiny_model_dir, tmp_path, method, params):
+    """The calibration corpus is read while the runner checks a trial's inputs, as eval corpora are
+    (quanto's int8 activations calibrate through the same parameter)."""
+    spec = MethodSpec(method, {**params, "calibration": str(tmp_path / "absent.txt")})
+    trial = plan_trial(ModelRef(str(tiny_model_dir)), spec, [EvalSpec("perplexity")])
+    availability = get_backend(method).check("cpu")
+    if not availability.ok:  # gptq/awq outside .venv-gptq: `make test-gptq` runs these cases
+        pytest.skip(availability.reason)
+    with pytest.raises(QuantbenchError, match=r"^corpus '.*absent\.txt' not found") as err:
+        prepare_trial(trial, tmp_path / "store")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_calibration_corpus_is_keyed_read_up_front_and_used(tiny_model_dir, tmp_path):
+    corpus = tmp_path / "calib.txt"
+    corpus.write_text("GPTQ calibrates on whatever text the user names.\n")
+    model, evals = ModelRef(str(tiny_model_dir)), [EvalSpec("perplexity")]
+    builtin = plan_trial(model, MethodSpec.parse("gptq"), evals)
+    named = plan_trial(model, MethodSpec.parse(f"gptq:calibration={corpus}"), evals)
+    assert named.method.params == {"calibration": str(corpus)}
+    assert named.key != builtin.key
+    # The runner reads the corpus the parameter names (quanto shares the path and needs no gptqmodel).
+    quanto = MethodSpec("quanto", {"activations": "int8", "calibration": str(corpus)})
+    prepared = prepare_trial(plan_trial(model, quanto, evals), tmp_path / "store")
+    assert prepared.calibration.name == str(corpus)
+    default = prepare_trial(plan_trial(model, MethodSpec.parse("quanto"), evals), tmp_path / "store")
+    assert default.calibration.name == "builtin"
+    # ...and the adapter calibrates on it: one sentence cannot fill 32 windows of 256 tokens (this
+    # fails before gptqmodel is imported, so it runs in either environment).
+    params = validate_params(GptqBackend.Params, named.method.params, "gptq")
+    with pytest.raises(QuantbenchError, match=r"calibration corpus '.*calib\.txt' has \d+ tokens, fewer than"):
+        GptqBackend().quantize(prepared.model, params, "cpu", prepared.calibration)
+    with pytest.raises(QuantbenchError, match=r"calibration corpus '.*calib\.txt' has \d+ tokens, fewer than"):
+        GptqBackend().quantize(prepared.model, params, "cpu")  # direct use reads params.calibration itself
 
 
 @pytest.mark.parametrize("backend", [GptqBackend, AwqBackend])
