@@ -14,7 +14,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -76,7 +76,6 @@ class Case:
     # worker finds it and the trial's start and progress lines ("[1/1] …") come first;
     # store: a damaged file in the store is skipped with a warning, the command still works.
     found: str = "before"
-    env: dict[str, str] = field(default_factory=dict)
 
     def expected_line(self) -> str:
         prefix = {"before": "quantbench: error: ", "worker": "[1/1] error in … s: ", "store": ""}[self.found]
@@ -251,7 +250,7 @@ def run_case(case: Case, tmp: Path, model: Path) -> Result:
     write_trial(setup.store, GOOD_KEY, synthetic_trial(GOOD_KEY))
     args = case.args(setup)
     before = tree(tmp)
-    done = run_cli(args, isolated_env(tmp, **case.env), cwd=tmp)
+    done = run_cli(args, isolated_env(tmp), cwd=tmp)
     after = tree(tmp)
     # A memo of a file's content hash (cache/hashes) is the one thing reading a model may keep.
     changed = [p for p, stamp in after.items() if before.get(p) != stamp and not p.startswith("cache/hashes/")]
