@@ -59,7 +59,15 @@ def test_gptq_bytes_kernel_and_8bit_closer_than_4bit(resolved, baseline):
 
 def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
     """AWQ is 4-bit only in GPTQModel, so it is compared with the unquantized model alone. Its clip
-    search needs output widths divisible by 64: the tiny model's k/v projections (32) are too narrow."""
+    search needs output widths divisible by 64: the tiny model's k/v projections (32) are too narrow.
+
+    This tiny model is AWQ's only real run in CI. On the embedded model (SmolLM2-135M, 30 layers)
+    AWQ works but takes most of an hour on this 2-core CPU: GPTQModel 7.7's clip search
+    (AWQProcessor._compute_best_clip) tries 10 clip ratios for every linear but q/k_proj, each one
+    materializing the broadcast product of up to 512 calibration tokens with a 64-row weight block
+    (64 × 512 × 1536 elements per block of down_proj): ~1.7e10 bf16 multiply-adds per layer, which
+    no GPTQModel option turns off (AWQProcessor.__init__ sets apply_clip = True). Measured: ~1.7
+    min per layer in a quiet moment, 15 min for layer 0 at load average 15-20."""
     pytest.importorskip("gptqmodel")
     build_tiny_llama(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
@@ -125,11 +133,13 @@ def test_calibration_corpus_is_keyed_read_up_front_and_used(tiny_model_dir, tmp_
     named = plan_trial(model, MethodSpec.parse(f"gptq:calibration={corpus}"), evals)
     assert named.method.params == {"calibration": str(corpus)}
     assert named.key != builtin.key
-    # The runner reads the corpus the parameter names (quanto shares the path and needs no gptqmodel).
-    quanto = MethodSpec("quanto", {"activations": "int8", "calibration": str(corpus)})
-    prepared = prepare_trial(plan_trial(model, quanto, evals), tmp_path / "store")
+    # The runner reads the corpus the parameter names: through gptq in .venv-gptq, through quanto
+    # (same parameter, same path) in .venv, which has no gptqmodel (and .venv-gptq no quanto).
+    name, extra = ("gptq", {}) if get_backend("gptq").check("cpu").ok else ("quanto", {"activations": "int8"})
+    method = MethodSpec(name, {**extra, "calibration": str(corpus)})
+    prepared = prepare_trial(plan_trial(model, method, evals), tmp_path / "store")
     assert prepared.calibration.name == str(corpus)
-    default = prepare_trial(plan_trial(model, MethodSpec.parse("quanto"), evals), tmp_path / "store")
+    default = prepare_trial(plan_trial(model, MethodSpec(name), evals), tmp_path / "store")
     assert default.calibration.name == "builtin"
     # ...and the adapter calibrates on it: one sentence cannot fill 32 windows of 256 tokens (this
     # fails before gptqmodel is imported, so it runs in either environment).
