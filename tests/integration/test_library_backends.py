@@ -67,7 +67,7 @@ def test_gptq_trial_of_the_embedded_model(tmp_path):
     assert frame["kernel"].iloc[0].startswith("GPTQModel ")
     assert frame["method_label"].iloc[0].startswith("gptq:") and str(calibration) in frame["method_label"].iloc[0]
     values = dict(zip(frame["metric"], frame["value"], strict=True))
-    # the unquantized model scores ~30 here; 4-bit GPTQ stays near it, a broken one lands in the thousands
+    # on this budget the bf16 model scores 49.9 and 4-bit GPTQ 61.7 (measured); a broken one scores thousands
     assert math.isfinite(values["perplexity"]) and values["perplexity"] < 100
     assert 4 < values["bits_per_weight"] < 8  # 4-bit layers, bf16 tied embedding (21% of the weights)
     # save_pretrained writes the packed layers: the weight bytes plus header and config files (measured
