@@ -71,6 +71,6 @@ def test_gptq_trial_of_the_embedded_model(tmp_path):
     assert math.isfinite(values["perplexity"]) and values["perplexity"] < 100
     assert 4 < values["bits_per_weight"] < 8  # 4-bit layers, bf16 tied embedding (21% of the weights)
     # save_pretrained writes the packed layers plus a 97 KB header. Measured 117,111,062 vs 114,523,776 bytes
-    # (+2.3%): GPTQModel's TorchAtenLinear unpacks qzeros in place (4x, int32-packed 4-bit codes to one per
-    # int32) on its first forward, so the memory eval, which saves after perplexity ran, writes them unpacked.
+    # (+2.3%): on its first forward GPTQModel's TorchAtenLinear replaces qzeros (4-bit codes packed in int32)
+    # by 2-byte zero points for ATen's int4pack kernel (4x), and the memory eval saves after perplexity ran.
     assert values["weight_bytes"] < values["checkpoint_bytes"] < 1.05 * values["weight_bytes"]
