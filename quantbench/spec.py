@@ -124,9 +124,16 @@ def validate_params(model: type[BaseModel], raw: Mapping[str, Any], what: str) -
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "params"
-            msg = err["msg"]
+            where = ".".join(_printable(p) for p in err["loc"]) or "params"
+            msg = " ".join(err["msg"].split())  # one line, whatever a custom validator echoed
             if err["type"] == "extra_forbidden":
                 msg = f"unknown parameter (valid: {', '.join(model.model_fields)})"
             problems.append(f"{where}: {msg}")
         raise QuantbenchError(f"{what}: " + "; ".join(problems)) from None
+
+
+def _printable(part: object) -> str:
+    """A field name as typed, or quoted when it holds a newline or other control character (keys
+    come from sweep files and the UI), so the message stays one line."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
