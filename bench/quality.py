@@ -18,12 +18,15 @@ import json
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from quantbench.app.cli import main as quantbench
+from quantbench.backends.registry import get_backend, method_label
 from quantbench.results.query import wide
 from quantbench.results.store import read_results
 from quantbench.runner import environment
 from quantbench.runner.trial import plan_trial
-from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef
+from quantbench.spec import EvalSpec, MethodSpec, ModelRef
 
 TASK_FILES = {  # task -> its file under the shared data folder
     "lambada_openai": "lambada_openai/lambada_test.jsonl",
@@ -63,12 +66,13 @@ def main() -> None:
     table = table[table["model_ref"] == args.model]
     rows = []
     for method in methods:
-        match = table[table["method_label"] == stored_label(method)]
+        spec = plan_trial(ModelRef(args.model), MethodSpec.parse(method), [EvalSpec("perplexity")]).method
+        match = table[ran(table, spec)]
         if match.empty:
-            rows.append({"method": method, "status": "missing"})
+            rows.append({"method": method_label(spec), "status": "missing"})
             continue
         trial = match.iloc[0]
-        row = {"method": method, "status": trial["status"]}
+        row = {"method": method_label(spec), "status": trial["status"]}
         for metric in COLUMNS + [f"task:{t}:{m}" for t in tasks for m in ("acc", "acc_stderr")]:
             row[metric] = None if metric not in trial or trial[metric] != trial[metric] else float(trial[metric])
         rows.append(row)
@@ -85,9 +89,10 @@ def main() -> None:
     print(markdown(rows, tasks))
 
 
-def stored_label(method: str) -> str:
-    """The label the store keeps: what the runner plans for `method` (its non-default parameters)."""
-    return plan_trial(ModelRef(DEFAULT_MODEL), MethodSpec.parse(method), [EvalSpec("perplexity")]).method.label
+def ran(table: pd.DataFrame, method: MethodSpec) -> pd.Series:
+    """Which trials ran `method`: same name and the same full parameters (labels changed over time)."""
+    full = get_backend(method.name).Params.model_validate(dict(method.params)).model_dump(mode="json")
+    return (table["method"] == method.name) & table["params_json"].map(lambda text: json.loads(text) == full)
 
 
 def markdown(rows: list[dict], tasks: list[str]) -> str:

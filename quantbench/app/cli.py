@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantbench.app import plan_cli, results_cli
+from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
 from quantbench.evals.latency import LatencyParams
 from quantbench.evals.perplexity import PerplexityParams
@@ -145,12 +146,14 @@ def _print_event(event) -> None:
         print(file=sys.stderr)
         _progress_line["open"] = False
     if event.kind == "cancelled":
-        print(f"[{event.index}/{event.total}] {spec.method.label}: cancelled", file=sys.stderr, flush=True)
+        print(f"[{event.index}/{event.total}] {method_label(spec.method)}: cancelled", file=sys.stderr, flush=True)
     elif event.kind == "skipped":
-        print(f"[{spec.key}] {spec.method.label}: already in the store (use --force to re-run)", file=sys.stderr)
+        print(
+            f"[{spec.key}] {method_label(spec.method)}: already in the store (use --force to re-run)", file=sys.stderr
+        )
     elif event.kind == "started":
         where = f"{spec.model.ref} ({spec.device})"
-        print(f"[{event.index}/{event.total}] {spec.method.label} on {where} ...", file=sys.stderr, flush=True)
+        print(f"[{event.index}/{event.total}] {method_label(spec.method)} on {where} ...", file=sys.stderr, flush=True)
     else:
         outcome = event.outcome
         line = f"[{event.index}/{event.total}] {outcome.status} in {event.elapsed_s:.1f} s"
@@ -172,7 +175,7 @@ def _print_progress(event) -> None:
     plain line when a stage starts and an occasional one while it runs (logs stay readable)."""
     import time
 
-    where = f"[{event.index}/{event.total}] {event.spec.method.label} {event.stage}"
+    where = f"[{event.index}/{event.total}] {method_label(event.spec.method)} {event.stage}"
     if event.todo:
         units = PROGRESS_UNITS.get(event.stage, "")
         count = f"{event.done}/{event.todo} {units}".rstrip()

@@ -74,6 +74,8 @@ class Backend:
     Params: ClassVar[type[MethodParams]] = MethodParams
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     requires_calibration: ClassVar[bool] = False
+    # Parameters every label shows even at their defaults, so `rtn` reads `rtn:bits=4,group_size=64`.
+    headline: ClassVar[tuple[str, ...]] = ()
     is_serializable: ClassVar[bool] = False
 
     def library_version(self) -> str | None:

@@ -18,6 +18,7 @@ class BaselineBackend(Backend):
     name = "baseline"
     library = "torch"
     Params = BaselineParams
+    headline = ("dtype",)
     is_serializable = True
 
     def quantize(

@@ -48,6 +48,7 @@ class BnbBackend(Backend):
     name = "bnb"
     library = "bitsandbytes"
     Params = BnbParams
+    headline = ("bits",)
     is_serializable = True
 
     def check(self, device: str) -> Availability:

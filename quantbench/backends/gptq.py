@@ -71,6 +71,7 @@ class GptqModelBackend(Backend):
     library = "gptqmodel"
     requires_calibration = True
     is_serializable = True
+    headline = ("bits", "group_size")
 
     def check(self, device: str) -> Availability:
         base = super().check(device)

@@ -39,6 +39,7 @@ class HqqBackend(Backend):
     name = "hqq"
     library = "hqq"
     Params = HqqParams
+    headline = ("nbits", "group_size")
     is_serializable = True  # AutoHQQHFModel.save_quantized / from_quantized
 
     def quantize(

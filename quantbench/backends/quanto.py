@@ -48,6 +48,7 @@ class QuantoBackend(Backend):
     name = "quanto"
     library = "optimum-quanto"
     Params = QuantoParams
+    headline = ("weights",)
 
     def check(self, device: str) -> Availability:
         base = super().check(device)

@@ -11,6 +11,7 @@ import os
 
 from quantbench.backends.base import Backend
 from quantbench.errors import QuantbenchError
+from quantbench.spec import MethodSpec
 
 BACKENDS: dict[str, str] = {
     "baseline": "quantbench.backends.baseline:BaselineBackend",
@@ -46,3 +47,11 @@ def get_backend(name: str) -> Backend:
         return getattr(importlib.import_module(module_name), class_name)()
     except (ImportError, AttributeError) as exc:
         raise QuantbenchError(f"method {name!r}: cannot import {target} ({exc})") from None
+
+
+def method_label(method: MethodSpec) -> str:
+    """`name:key=value,...` with the method's headline parameters always shown (defaults filled in)
+    and the others only where they differ from their defaults, as the trial key counts them."""
+    backend = get_backend(method.name)
+    shown = {k: backend.Params.model_fields[k].default for k in backend.headline} | dict(method.params)
+    return MethodSpec(method.name, shown).label

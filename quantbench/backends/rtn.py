@@ -79,6 +79,7 @@ class RtnBackend(Backend):
     name = "rtn"
     library = "torch"
     Params = RtnParams
+    headline = ("bits", "group_size")
 
     def quantize(
         self, model: ResolvedModel, params: RtnParams, device: str, calibration: Corpus | None = None

@@ -44,6 +44,7 @@ class TorchaoBackend(Backend):
     name = "torchao"
     library = "torchao"
     Params = TorchaoParams
+    headline = ("bits",)
     is_serializable = True
 
     def check(self, device: str) -> Availability:

@@ -67,6 +67,7 @@ class TritonBackend(Backend):
     name = "triton"
     library = "triton"
     Params = TritonParams
+    headline = ("bits", "group_size", "source")
 
     def check(self, device: str) -> Availability:
         if device not in self.devices:

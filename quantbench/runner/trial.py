@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from quantbench import models
 from quantbench.backends.base import Backend
-from quantbench.backends.registry import get_backend
+from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
@@ -123,7 +123,7 @@ def trial_header(trial: PreparedTrial, kernel: str = "") -> TrialHeader:
         model_ref=spec.model.ref,
         model_fingerprint=trial.model.fingerprint,
         method=spec.method.name,
-        method_label=spec.method.label,
+        method_label=method_label(spec.method),
         params=trial.backend.Params.model_validate(spec.method.params).model_dump(mode="json"),
         device=spec.device,
         hardware=environment.hardware(spec.device),

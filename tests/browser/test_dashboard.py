@@ -102,7 +102,7 @@ def test_results_list_the_trials(page, artifacts):
         page.get_by_role("menuitem", name=f"Sort {order}").click()
         page.wait_for_timeout(500)  # the table re-sorts in the browser, on its next frame
         text = page.locator("#results-table").inner_text()
-        rtn_first.append(text.index("\nrtn:bits=8\n") < text.index("\nbaseline\n"))
+        rtn_first.append(text.index("\nrtn:bits=8,group_size=64\n") < text.index("\nbaseline:dtype=float32\n"))
     assert rtn_first in ([True, False], [False, True]), rtn_first
     shot(page, artifacts, "results")
 
@@ -110,7 +110,7 @@ def test_results_list_the_trials(page, artifacts):
 @pytest.mark.slow  # needs the trials of the embedded model run above
 def test_compare_two_trials(page, artifacts):
     open_tab(page, "Compare")
-    for label in ("baseline", "rtn:bits=8"):
+    for label in ("baseline:dtype=float32", "rtn:bits=8,group_size=64"):
         page.locator("#compare-trials input").click()
         page.get_by_role("option", name=re.compile(rf"· {re.escape(label)} ·")).click()
     page.locator("#compare-run").click()
@@ -143,7 +143,7 @@ def test_csv_export(page, artifacts):
     with page.expect_download() as download:
         link.click()
     table = pd.read_csv(download.value.path())
-    assert sorted(table["method_label"]) == ["baseline", "rtn:bits=8"]
+    assert sorted(table["method_label"]) == ["baseline:dtype=float32", "rtn:bits=8,group_size=64"]
     assert (table["status"] == "ok").all()
     assert table["perplexity"].between(1, 1e4).all()
     shot(page, artifacts, "export")

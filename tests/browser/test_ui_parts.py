@@ -127,7 +127,7 @@ def test_session_runs_trials_to_the_end(tiny_run):
     assert table["status"].tolist() == ["ok", "ok"]
     assert table["stage"].tolist() == ["perplexity", "perplexity"]  # the last progress event's stage
     shown = results_frame(wide(query(store).frame))
-    assert sorted(shown["method"]) == ["baseline", "rtn:bits=8"]
+    assert sorted(shown["method"]) == ["baseline:dtype=float32", "rtn:bits=8,group_size=64"]
     assert shown["ppl"].dtype.kind == "f" and (shown["ppl"] > 1).all()  # numbers, so the column sorts
 
 

@@ -73,7 +73,7 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place(stderr):
     cli._print_event(event(done=4, trial_eta_s=12.0, eta_s=190.0))
     text = out.getvalue()
     assert text.count("\r\033[K") == 2 and "\n" not in text
-    assert "[2/5] baseline perplexity [########............] 4/10 windows" in text
+    assert "[2/5] baseline:dtype=float32 perplexity [########............] 4/10 windows" in text
     assert "perplexity 12 s left; sweep about 3.2 min left" in text
     cli._print_event(event(kind="finished", outcome=cli_outcome("ok"), elapsed_s=30.0))
     assert out.getvalue().endswith("\n[2/5] ok in 30.0 s\n")  # the bar line is ended first
@@ -85,7 +85,10 @@ def test_without_a_terminal_progress_is_an_occasional_plain_line(stderr):
     for done in range(1, 10):
         cli._print_event(event(done=done))
     lines = out.getvalue().splitlines()
-    assert lines == ["[2/5] baseline quantize: 2 s", "[2/5] baseline perplexity: 1/10 windows"]
+    assert lines == [
+        "[2/5] baseline:dtype=float32 quantize: 2 s",
+        "[2/5] baseline:dtype=float32 perplexity: 1/10 windows",
+    ]
     assert "\r" not in out.getvalue()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
 from quantbench.spec import TrialSpec
 
@@ -161,7 +162,7 @@ class RunSession:
         current = next((i for i, r in enumerate(rows, start=1) if r.status == "running"), None)
         if current is None:
             return f"Preparing: checking the model, corpus and methods ({len(rows)} trials)…"
-        line = f"**Running** trial {current} of {len(rows)}: {rows[current - 1].spec.method.label} ({tally})"
+        line = f"**Running** trial {current} of {len(rows)}: {method_label(rows[current - 1].spec.method)} ({tally})"
         if self._sweep_eta is not None:
             left = max(0.0, self._sweep_eta[0] - (now - self._sweep_eta[1]))
             line += f" · about {_duration(left)} left"
@@ -181,4 +182,12 @@ def _row(index: int, row: TrialRow, now: float) -> list:
     progress = f"{row.done}/{row.todo}" if row.todo else (str(row.done) if row.done else "")
     eta = _duration(row.stage_eta_s) + " (this stage)" if row.stage_eta_s is not None else ""
     status = row.status + (f": {row.error.splitlines()[0]}" if row.error and row.status != "ok" else "")
-    return [index, row.spec.method.label, status, row.stage, progress, round(elapsed, 1) if elapsed else None, eta]
+    return [
+        index,
+        method_label(row.spec.method),
+        status,
+        row.stage,
+        progress,
+        round(elapsed, 1) if elapsed else None,
+        eta,
+    ]

@@ -13,7 +13,7 @@ from pydantic.fields import FieldInfo
 
 from quantbench.app.ui.common import error_box, guarded, no_error, show_error
 from quantbench.app.ui.run_session import RunSession
-from quantbench.backends.registry import backend_names, get_backend
+from quantbench.backends.registry import backend_names, get_backend, method_label
 from quantbench.errors import QuantbenchError
 from quantbench.evals.latency import LatencyParams
 from quantbench.evals.perplexity import PerplexityParams
@@ -309,7 +309,7 @@ def build(session: RunSession) -> dict[str, Any]:
         fields = get_backend(name).Params.model_fields
         params = changed_params(fields, list(values[offset : offset + len(fields)]))
         validate_params(get_backend(name).Params, params, f"method {name!r}")
-        label = MethodSpec(name, params).label
+        label = method_label(MethodSpec(name, params))
         if label in items:
             raise QuantbenchError(f"{label} is already in the queue")
         items = [*items, label]
