@@ -69,4 +69,5 @@ $(GPTQ_STAMP): pyproject.toml Makefile
 
 # The GPTQ/AWQ tests, in that environment (in .venv they skip: gptqmodel is not there).
 test-gptq: $(GPTQ_STAMP)
-	$(GPTQ_VENV)/bin/python -m pytest tests/backends/test_gptq.py tests/integration/test_library_backends.py -k "gptq or awq"
+	$(GPTQ_VENV)/bin/python -m pytest tests/backends/test_gptq.py tests/backends/test_triton_backend.py \
+		tests/integration/test_library_backends.py -k "gptq or awq"
