@@ -3,6 +3,15 @@ Llama with a real, small tokenizer trained in-process. Fixtures built from these
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -51,3 +60,54 @@ def build_tiny_llama(vocab_size: int = 512, seed: int = 0, **overrides):
     config.update(overrides)
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**config)).eval()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving_ui(args: list[str], env: dict[str, str], start_timeout_s: float) -> Iterator[tuple[str, list[str]]]:
+    """`quantbench ui ARGS` in its own session (so stopping it also stops the trial workers it
+    started): yields its URL once it prints it, and the lines it has written so far (a live list)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantbench.app.cli", "ui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+
+    def relay() -> None:
+        for line in proc.stdout:
+            log.append(line)
+            lines.put(line)
+
+    threading.Thread(target=relay, daemon=True).start()
+    url, deadline = None, time.monotonic() + start_timeout_s
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line.startswith("quantbench ui: http://"):
+            url = line.split()[2]
+    try:
+        if url is None:
+            raise RuntimeError("quantbench ui did not start:\n" + "".join(log[-40:]))
+        yield url, log
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

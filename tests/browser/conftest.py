@@ -6,18 +6,12 @@ or to a temporary directory whose path is printed."""
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import free_port, serving_ui
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,12 +23,6 @@ CHROMIUM_ARGS = [
 ]
 USER, PASSWORD = "tester", "not-a-secret-9"
 START_TIMEOUT_S = 120  # importing torch, gradio and every adapter on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -55,45 +43,12 @@ def ui_url(ui_store: Path, tmp_path_factory) -> Iterator[str]:
     """The URL of a running `quantbench ui --auth USER:PASSWORD` over `ui_store`."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does it as root)")
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "quantbench.app.cli", "ui", "--port", str(port), "--store", str(ui_store)]
-    proc = subprocess.Popen(
-        [*cmd, "--auth", f"{USER}:{PASSWORD}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,  # so teardown also stops the trial workers it started
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    log: list[str] = []
-
-    def relay() -> None:
-        for line in proc.stdout:
-            log.append(line)
-            lines.put(line)
-
-    threading.Thread(target=relay, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    url = None
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line.startswith("quantbench ui: http://"):
-            url = line.split()[2]
-    if url is None:
-        proc.kill()
-        pytest.fail("quantbench ui did not start:\n" + "".join(log[-40:]))
-    yield url
-    os.killpg(proc.pid, signal.SIGINT)
+    args = ["--port", str(free_port()), "--store", str(ui_store), "--auth", f"{USER}:{PASSWORD}"]
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with serving_ui(args, dict(os.environ), START_TIMEOUT_S) as (url, log):
+            yield url
+    except RuntimeError as exc:  # it did not start: the reason is its own output
+        pytest.fail(str(exc))
     (tmp_path_factory.getbasetemp() / "ui-server.log").write_text("".join(log))
 
 

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import queue
-import signal
-import socket
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_runs import CLI, METHODS, assert_store_is_clean, isolated_env, sweep_file
-from support import ROOT
+from support import ROOT, free_port, serving_ui
 
 from quantbench.results.store import read_results, result_files
 from quantbench.runner.sweep import load_sweep
@@ -39,12 +35,6 @@ def _bench_store():
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("big") / "store"
@@ -56,37 +46,13 @@ def big_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ui(big_store: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """(URL, environment) of `quantbench ui` serving `big_store` on a free loopback port."""
-    env = isolated_env(big_store.parent, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    args = ["ui", "--host", "127.0.0.1", "--port", str(free_port()), "--store", str(big_store)]
-    proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    lines: queue.Queue[str] = queue.Queue()
-    log: list[str] = []
-
-    def relay() -> None:
-        for line in proc.stdout:
-            log.append(line)
-            lines.put(line)
-
-    threading.Thread(target=relay, daemon=True).start()
-    url, deadline = None, time.monotonic() + START_TIMEOUT_S
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line.startswith("quantbench ui: http://"):
-            url = line.split()[2]
-    if url is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("quantbench ui did not start:\n" + "".join(log[-40:]))
-    yield url, env
-    os.killpg(proc.pid, signal.SIGINT)
+    env = isolated_env(big_store.parent)
+    args = ["--host", "127.0.0.1", "--port", str(free_port()), "--store", str(big_store)]
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with serving_ui(args, env, START_TIMEOUT_S) as (url, _log):
+            yield url, env
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def call(client, endpoint: str) -> tuple[float, tuple]:
