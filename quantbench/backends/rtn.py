@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, weight_bytes, weight_count
+from quantbench.backends.base import Backend, MethodParams, QuantizedModel, meta_model, weight_bytes, weight_count
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import STORAGE_DTYPE, dequantize_codes, quantize_rtn, resolve_group_size
@@ -84,9 +84,10 @@ class RtnBackend(Backend):
     def quantize(
         self, model: ResolvedModel, params: RtnParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
+        # Shapes from the meta model first: a group size that does not fit fails before any weight is read.
+        check_group_divides(quantizable_linears(meta_model(model), params.skip), params.group_size)
         module = models.load(model, dtype=params.dtype, device=device)
         linears = quantizable_linears(module, params.skip)
-        check_group_divides(linears, params.group_size)
         count = weight_count(module)
         packed = 0
         fake_bytes = 0

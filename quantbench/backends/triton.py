@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Availability, Backend, MethodParams, QuantizedModel, weight_count
+from quantbench.backends.base import Availability, Backend, MethodParams, QuantizedModel, meta_model, weight_count
 from quantbench.backends.rtn import ModuleNames, check_group_divides, check_group_size_value, quantizable_linears
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -86,10 +86,10 @@ class TritonBackend(Backend):
         self, model: ResolvedModel, params: TritonParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         dtype = params.dtype if params.dtype != "auto" else ("float16" if device == "cuda" else "float32")
-        module = models.load(model, dtype=dtype, device=device)
-        linears = quantizable_linears(module, params.skip)
-        check_group_divides(linears, params.group_size)
-        for name, linear in linears.items():
+        # Shapes from the meta model first: a layout that does not fit fails before any weight is read.
+        skeleton = quantizable_linears(meta_model(model), params.skip)
+        check_group_divides(skeleton, params.group_size)
+        for name, linear in skeleton.items():
             group = linear.in_features if params.group_size == -1 else params.group_size
             if group % KERNEL_GROUP_MULTIPLE:
                 raise QuantbenchError(
@@ -101,6 +101,8 @@ class TritonBackend(Backend):
                     f"layer {name}: {params.bits}-bit packing needs in_features divisible by "
                     f"{pack_multiple(params.bits)}, got {linear.in_features}"
                 )
+        module = models.load(model, dtype=dtype, device=device)
+        linears = quantizable_linears(module, params.skip)
         count = weight_count(module)
         with torch.no_grad():
             if params.source in ("gptq", "awq"):

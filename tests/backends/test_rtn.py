@@ -87,6 +87,21 @@ def test_invalid_params_fail_with_one_line(raw, message):
     assert "\n" not in str(err.value)
 
 
+def test_group_size_is_checked_before_any_weight_is_read(tiny_model_dir, tmp_path):
+    """The check runs on the meta model: with the weights file gone, the error is still the group size."""
+    import shutil
+
+    from quantbench import models
+    from quantbench.spec import ModelRef
+
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    resolved = models.resolve(ModelRef(str(copy)))
+    for weights in copy.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(QuantbenchError, match=r"^group_size 128 does not divide in_features 64"):
+        quantize(resolved, group_size=128)
+
+
 def test_group_size_not_dividing_in_features_is_rejected(resolved):
     # The tiny Llama's attention and MLP inputs are 64 or 128 wide.
     with pytest.raises(QuantbenchError, match=r"^group_size 256 does not divide in_features 64 of layer model"):
