@@ -8,7 +8,6 @@ never inflates the next one's peak RSS. Default: baseline on the embedded model,
 Prints one JSON object (machine, versions, date, numbers) and the Markdown table used in README.
 """
 
-# ruff: noqa: E402 (the import path is fixed before the third-party imports)
 from __future__ import annotations
 
 import argparse
@@ -18,11 +17,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-# This file is named like the standard library's `profile`, which cProfile (imported by torch and
-# transformers) imports: keep this folder off the import path so they get the real one.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import psutil
 import torch
