@@ -1,7 +1,7 @@
-"""One dashboard for the whole browser test session: `quantbench ui` in a subprocess on 127.0.0.1 at
-a free port, over an empty temporary store, behind a login; Playwright drives Debian's chromium
-(never a browser Playwright downloads). Screenshots go to $QUANTBENCH_ARTIFACTS (CI keeps them)
-or to a temporary directory whose path is printed."""
+"""One dashboard per browser test module, stopped after it (an open page keeps polling it):
+`quantbench ui` in a subprocess on 127.0.0.1 at a free port, over an empty temporary store, behind
+a login; Playwright drives Debian's chromium (never a browser Playwright downloads). Screenshots go
+to $QUANTBENCH_ARTIFACTS (CI keeps them) or to a temporary directory whose path is printed."""
 
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ def artifacts(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ui_store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ui-store")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ui_url(ui_store: Path, tmp_path_factory) -> Iterator[str]:
     """The URL of a running `quantbench ui --auth USER:PASSWORD` over `ui_store`."""
     if not CHROMIUM.is_file():
@@ -52,7 +52,7 @@ def ui_url(ui_store: Path, tmp_path_factory) -> Iterator[str]:
     (tmp_path_factory.getbasetemp() / "ui-server.log").write_text("".join(log))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file() or not shutil.which(str(CHROMIUM)):
