@@ -27,7 +27,7 @@ from quantbench.runner.trial import plan_trial
 from quantbench.spec import EvalSpec, MethodSpec, ModelRef, TrialSpec
 
 # One per library that runs on this CPU, at the setting people use it with (the same list and
-# budgets as tests/planner/test_calibration_e2e.py; bnb:bits=8 is left out for time: its CPU
+# budgets docs/planner.md reports; bnb:bits=8 is left out for time: its CPU
 # fallback is the slowest forward here).
 METHODS = [
     "baseline",
