@@ -13,21 +13,11 @@ import pandas as pd
 
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import compare, error_by_method
-from quantbench.planner.estimate import (
-    ATTENTION,
-    DEVICES,
-    KV_BYTES,
-    Estimate,
-    Workload,
-    estimate,
-    fits,
-    largest_batch,
-    largest_context,
-)
-from quantbench.planner.formats import DTYPE_BYTES, weight_format
-from quantbench.planner.gpus import GIB, find_gpu
+from quantbench.planner.estimate import ATTENTION, DEVICES, KV_BYTES, Estimate, Workload, fits
+from quantbench.planner.formats import DTYPE_BYTES
+from quantbench.planner.gpus import GIB
+from quantbench.planner.plan import make_plan
 from quantbench.planner.presets import PRESETS
-from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import parameter_count
 from quantbench.spec import MethodSpec
 
@@ -149,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("bits", args.bits), ("group_size", args.group_size), ("dtype", args.dtype)):
         if value is not None:
             params[key] = value
-    fmt = weight_format(spec.name, params)
-    arch, source = load_architecture(args.model)
     work = Workload(
         context=args.context,
         batch=args.batch,
@@ -159,23 +147,22 @@ def run(args: argparse.Namespace) -> int:
         attention=args.attention,
         device=args.device,
     )
-    gpu = find_gpu(args.gpu) if args.gpu else None  # before printing: a bad name prints nothing
-    est = estimate(arch, fmt, work)
-    print(format_breakdown(est, source))
+    plan = make_plan(args.model, spec.name, params, work, args.gpu)
+    est = plan.estimate
+    print(format_breakdown(est, plan.source))
     print()
-    if gpu is None:
+    if plan.gpu is None:
         print(format_fits(est))
         return 0
-    headroom = gpu.memory_bytes - est.total
+    gpu, headroom = plan.gpu, plan.headroom
     verdict = f"fits, {_gib(headroom)} GiB free" if headroom >= 0 else f"does not fit: {_gib(-headroom)} GiB short"
     print(f"{gpu.name} ({gpu.memory_gib} GiB = {gpu.memory_bytes:,} bytes): {verdict}")
-    context = largest_context(arch, fmt, work, gpu)
-    limit = " (the model's limit)" if context == arch.max_context else ""
+    context = plan.largest_context
+    limit = " (the model's limit)" if context == est.arch.max_context else ""
     print(
         f"  largest context at batch {work.batch}: {context:,} tokens{limit}"
         if context
         else f"  nothing fits at batch {work.batch}, even 1 token of context"
     )
-    batch = largest_batch(arch, fmt, work, gpu)
-    print(f"  largest batch at context {work.context}: {batch}")
+    print(f"  largest batch at context {work.context}: {plan.largest_batch}")
     return 0

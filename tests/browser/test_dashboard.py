@@ -177,6 +177,9 @@ def test_planner(page, artifacts):
     assert "RTX 4090" in page.locator("#plan-fits").inner_text()
     assert page.locator("#plan-chart .js-plotly-plot").count() == 1
     shot(page, artifacts, "planner")
+    page.locator("#plan-prefill-chunk input").fill("1024")
+    page.locator("#plan-run").click()
+    page.locator("#plan-breakdown").get_by_text("prefill of 1 × 1024 tokens").wait_for()
     page.locator("#plan-bits input").fill("5")
     page.locator("#plan-run").click()
     assert "bits must be one of" in error_text(page, "plan-error")

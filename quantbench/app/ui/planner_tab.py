@@ -9,20 +9,11 @@ import plotly.graph_objects as go
 
 from quantbench.app.ui.common import error_box, guarded
 from quantbench.errors import QuantbenchError
-from quantbench.planner.estimate import (
-    ATTENTION,
-    KV_BYTES,
-    Estimate,
-    Workload,
-    estimate,
-    fits,
-    largest_batch,
-    largest_context,
-)
-from quantbench.planner.formats import BITS, DTYPE_BYTES, GROUPED, LAYOUTS, weight_format
-from quantbench.planner.gpus import CATALOG, GIB, find_gpu
+from quantbench.planner.estimate import ATTENTION, KV_BYTES, Estimate, Workload, fits
+from quantbench.planner.formats import BITS, DTYPE_BYTES, GROUPED, LAYOUTS
+from quantbench.planner.gpus import CATALOG, GIB
+from quantbench.planner.plan import make_plan
 from quantbench.planner.presets import PRESETS
-from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import parameter_count
 
 ALL_GPUS = ""
@@ -107,6 +98,14 @@ def build() -> dict[str, gr.components.Component]:
                             precision=0, minimum=1)  # fmt: skip
         batch = gr.Number(1, label="Batch", info="sequences decoded together (default 1)", precision=0, minimum=1)
         kv_dtype = gr.Dropdown(list(KV_BYTES), value="fp16", label="KV cache dtype", info="default fp16")
+        prefill_chunk = gr.Number(
+            0,
+            label="Prefill chunk (tokens)",
+            info="tokens per prefill forward, bounds activations; 0 = the whole context",
+            precision=0,
+            minimum=0,
+            elem_id="plan-prefill-chunk",
+        )
         attention = gr.Dropdown(
             list(ATTENTION), value="sdpa", label="Attention", info="eager materializes the score matrix (default sdpa)"
         )
@@ -130,41 +129,50 @@ def build() -> dict[str, gr.components.Component]:
         fit_table = gr.Dataframe(label="Which GPUs it fits", interactive=False, elem_id="plan-fits", scale=3)
 
     @guarded(4)
-    def plan(*values: object) -> tuple:
-        model_ref, method_name, bits_v, group_v, dtype_v, context_v, batch_v, kv_v, attn_v, device_v, gpu_v = values
+    def plan(
+        model_ref: str | None,
+        method_name: str,
+        bits_v: float | None,
+        group_v: float | None,
+        dtype_v: str,
+        context_v: float | None,
+        batch_v: float | None,
+        kv_v: str,
+        chunk_v: float | None,
+        attn_v: str,
+        device_v: str,
+        gpu_v: str | None,
+    ) -> tuple:
         if not model_ref or not str(model_ref).strip():
             raise QuantbenchError("choose a model preset or type a model path")
         params = {"dtype": dtype_v}
         for key, value in (("bits", _optional_int(bits_v, "bits")), ("group_size", _optional_int(group_v, "group"))):
             if value is not None:
                 params[key] = value
-        fmt = weight_format(method_name, params)
-        arch, source = load_architecture(str(model_ref))
         work = Workload(
             context=_optional_int(context_v, "context") or 0,
             batch=_optional_int(batch_v, "batch") or 0,
             kv_dtype=kv_v,
+            prefill_chunk=_optional_int(chunk_v, "prefill chunk"),
             attention=attn_v,
             device=device_v,
         )
-        work.validate()
-        chosen = find_gpu(gpu_v) if gpu_v else None
-        est = estimate(arch, fmt, work)
+        result = make_plan(str(model_ref), method_name, params, work, gpu_v or None)
+        est, chosen = result.estimate, result.gpu
+        arch, fmt = est.arch, est.fmt
         lines = [
-            f"**{arch.name}** ({source}): {parameter_count(arch) / 1e9:.3f} B parameters · {arch.summary()}",
+            f"**{arch.name}** ({result.source}): {parameter_count(arch) / 1e9:.3f} B parameters · {arch.summary()}",
             f"**{fmt.label}**, compute dtype {fmt.dtype} · context {work.context} × batch {work.batch}, "
             f"KV cache {work.kv_dtype} · **total {est.total / GIB:.2f} GiB**",
         ]
         if arch.max_context and work.context > arch.max_context:
             lines.append(f"Warning: context {work.context} exceeds the model's limit of {arch.max_context} tokens.")
         if chosen is not None:
-            headroom = chosen.memory_bytes - est.total
+            headroom = result.headroom
             verdict = f"fits, {headroom / GIB:.2f} GiB free" if headroom >= 0 else f"short by {-headroom / GIB:.2f} GiB"
-            ctx = largest_context(arch, fmt, work, chosen)
-            most = largest_batch(arch, fmt, work, chosen)
             lines.append(
                 f"**{chosen.name}** ({chosen.memory_gib} GiB): {verdict}; largest context at batch {work.batch}: "
-                f"{ctx:,} tokens; largest batch at context {work.context}: {most}"
+                f"{result.largest_context:,} tokens; largest batch at context {work.context}: {result.largest_batch}"
             )
         return (
             "\n\n".join(lines),
@@ -173,6 +181,6 @@ def build() -> dict[str, gr.components.Component]:
             fits_frame(est),
         )
 
-    inputs = [model, method, bits, group, dtype, context, batch, kv_dtype, attention, device, gpu]
+    inputs = [model, method, bits, group, dtype, context, batch, kv_dtype, prefill_chunk, attention, device, gpu]
     run.click(plan, inputs, [summary, table, chart, fit_table, error], api_name="plan")
     return {"load": (plan, inputs, [summary, table, chart, fit_table, error])}
