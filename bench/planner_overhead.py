@@ -1,8 +1,12 @@
 """Measure the two CPU figures the planner needs to compare its estimate with process RSS.
 
-1. Runtime overhead: the resident memory of a quantbench worker process (torch, transformers,
-   one tiny forward pass, the runner/results/evals imports) before any real weights exist
-   (estimate.CPU_RUNTIME_BYTES).
+1. Runtime overhead: the resident memory of a quantbench worker process before any real weights
+   exist (estimate.CPU_RUNTIME_BYTES). The stages show where it comes from (torch, transformers,
+   one tiny forward, the runner/results/evals imports); the figure itself is what a worker holds
+   once it has done everything a trial does except hold a real model: resolved the model, loaded
+   its tokenizer, imported the method's library and run a forward through a tiny model quantized
+   by it (whose own weight bytes are subtracted), then released its freed heap as the runner does
+   before each eval. Measured per method; the planner takes the median.
 2. Heap factor: how much the peak RSS grows during a prefill forward pass, divided by the
    planner's live-tensor peak for that pass (estimate.CPU_HEAP_FACTOR). Activations of a few MiB
    to 32 MiB come from glibc's heap, which keeps freed temporaries resident, so RSS grows by more
@@ -43,8 +47,42 @@ with torch.inference_mode():
 """,
 }
 # What a quantbench trial worker also imports (runner, results store, evals: pandas, pyarrow,
-# duckdb, ...) before it loads a model: the figure the planner uses for CPU runs.
+# duckdb, ...) before it loads a model.
 STAGES["+ quantbench worker imports"] = STAGES["+ tiny Llama forward"] + "\nimport quantbench.runner.worker\n"
+
+# The worker runtime of one method (argv[1], a method spec): see the module docstring.
+WORKER_RUNTIME = """
+import json, sys, tempfile, psutil, torch, transformers
+import quantbench.runner.worker
+from quantbench import models
+from quantbench.backends.base import weight_bytes
+from quantbench.backends.registry import get_backend
+from quantbench.evals.memory import release_freed_heap
+from quantbench.spec import MethodSpec, ModelRef
+
+method = MethodSpec.parse(sys.argv[1])
+path = tempfile.mkdtemp()
+tokenizer = models.load_tokenizer(models.resolve(ModelRef("embedded:smollm2-135m")))
+cfg = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+tokenizer.save_pretrained(path)
+backend = get_backend(method.name)
+params = backend.Params.model_validate(method.params)
+model = backend.quantize(models.resolve(ModelRef(path)), params, "cpu", None)
+model.logits(torch.zeros(1, 16, dtype=torch.long))
+release_freed_heap()
+print(json.dumps({"runtime": psutil.Process().memory_info().rss - weight_bytes(model.module)}))
+"""
+# The CPU methods of bench/calibration.py, at the same settings.
+METHODS = [
+    "baseline",
+    "rtn:bits=4,group_size=64",
+    "bnb:bits=4,quant_type=nf4",
+    "torchao:bits=8",
+    "quanto:weights=int8",
+    "hqq:nbits=4,group_size=64",
+]
 
 REPORT = """
 import json, resource, psutil
@@ -99,6 +137,13 @@ def main() -> int:
         rss = statistics.median(r["rss"] for r in runs)
         peak = statistics.median(r["peak"] for r in runs)
         print(f"{name:<28} {rss / 2**20:>17.1f} {peak / 2**20:>18.1f}   ({int(rss)} B)")
+    print(f"\n{'worker runtime, by method':<28} {'RSS MiB (median)':>17}")
+    runtimes = []
+    for method in METHODS:
+        runtimes.append(statistics.median(run_child(WORKER_RUNTIME, method)["runtime"] for _ in range(args.repeats)))
+        print(f"{method:<28} {runtimes[-1] / 2**20:>17.1f}   ({int(runtimes[-1])} B)")
+    runtime = statistics.median(runtimes)
+    print(f"CPU runtime term, median of methods: {runtime / 2**20:.1f} MiB ({int(runtime)} B)")
     if args.runtime_only:
         return 0
 

@@ -34,12 +34,13 @@ KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1 + 4 / 6
 # by the NVML process figure of a real run through calibrate.py.
 CUDA_RUNTIME_BYTES = 512 * MIB
 
-# Process RSS of a quantbench trial worker before any real weights: torch + transformers, one tiny
-# Llama forward (which pulls in the modeling code), and the runner/results/evals imports (pandas,
-# pyarrow, duckdb). bench/planner_overhead.py --runtime-only, median of 3 fresh interpreters,
-# 2026-11-23, torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 599.0 MiB
-# (import torch alone: 220 MiB; torch + transformers + tiny forward: 474.8-513.1 MiB across runs).
-CPU_RUNTIME_BYTES = 628076544
+# Process RSS of a quantbench trial worker before any real weights: torch + transformers, the
+# runner/results/evals imports (pandas, pyarrow, duckdb), the resolved model's tokenizer, the
+# method's library, and one forward through a tiny model quantized by it (its weights subtracted),
+# after the freed heap is released as before each eval. bench/planner_overhead.py --runtime-only,
+# median of 3 fresh interpreters per method, then the median of the six CPU methods (628.8-640.5
+# MiB), 2026-11-23, torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 633.0 MiB.
+CPU_RUNTIME_BYTES = 663784720
 
 KIND_LABELS = {
     "linear": "linears",
@@ -229,7 +230,13 @@ def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) 
     layer = layer_activation_bytes(arch, fmt, workload)
     upcast = 0 if a == 4 else 4
     if workload.all_logits:
-        logits = (workload.batch * (a + upcast) + 4) * workload.prefill_tokens * arch.vocab_size
+        # The dtype logits live only while they are upcast (QuantizedModel.logits); the scoring
+        # peak is the batch's fp32 logits beside one sequence's fp32 log-softmax. On CPU a freed
+        # block under glibc's mmap threshold stays resident, so small dtype logits still count then.
+        positions = workload.prefill_tokens * arch.vocab_size
+        dtype_logits = workload.batch * a * positions if upcast else 0
+        resident = dtype_logits if workload.device == "cpu" and dtype_logits < GLIBC_MMAP_THRESHOLD_MAX else 0
+        logits = max(workload.batch * (a + upcast) * positions, (workload.batch * 4 + 4) * positions + resident)
     else:
         logits = workload.batch * arch.vocab_size * (a + upcast + 4)
     dequant = 0
