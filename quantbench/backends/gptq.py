@@ -4,6 +4,7 @@ GPTQModel picks for this machine) lives here; awq.py reuses it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Literal
@@ -101,6 +102,7 @@ class GptqModelBackend(Backend):
         # leaves the packing kernel in place), so measurements see what a user would deploy.
         with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
             self.save_checkpoint(model, params, tmp, calibration)
+            _quiet_gptqmodel()
             from gptqmodel import GPTQModel
 
             trust = model.ref.trust_remote_code
@@ -128,6 +130,7 @@ class GptqModelBackend(Backend):
         # fails on machines with 2 cores or fewer; it reads this variable when first imported.
         if ((os.cpu_count() or 1) + 1) // 2 < 2:
             os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+        _quiet_gptqmodel()
         from gptqmodel import GPTQModel
 
         dtype = models.DTYPES[params.compute_dtype]
@@ -135,6 +138,33 @@ class GptqModelBackend(Backend):
         work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype, trust_remote_code=trust)
         work.quantize(texts, batch_size=1)
         work.save(directory)
+
+
+def _quiet_gptqmodel() -> None:
+    """Give GPTQModel's terminal output the level set for the `gptqmodel` logger (quiet_library_logs
+    sets WARNING): its banner, INFO lines, per-layer tables and progress bars go to stdout, which in
+    a trial worker is the user's terminal. Call it before GPTQModel is first imported."""
+    level = logging.getLogger("gptqmodel").level
+    if level == logging.NOTSET:
+        return
+    # GPTQModel logs through logbar's shared logger, outside the `gptqmodel` hierarchy, and prints
+    # its banner while being imported. That logger is created at INFO on first use, so its level
+    # (logbar's documented setLevel) can only be set once it exists: here, rather than in
+    # quiet_library_logs, since creating it prints a blank line and starts two threads.
+    from logbar import LogBar
+
+    LogBar.shared().setLevel(level)
+    if level <= logging.INFO:
+        return
+    # Progress bars ignore the level, and logbar turns them off only in what it takes for CI (CI=1,
+    # TERM=dumb...), which would mean faking that for the whole process. GPTQModel has a switch of
+    # its own, for pytest runs without a terminal: while this returns True its logger hands out
+    # no-op bars (and reports progress as INFO lines, silenced above). It is private, so a
+    # GPTQModel without it keeps its bars rather than failing.
+    import gptqmodel.utils.logger as gptqmodel_logger
+
+    if hasattr(gptqmodel_logger, "_suppress_live_renderables"):
+        gptqmodel_logger._suppress_live_renderables = lambda: True
 
 
 class GptqBackend(GptqModelBackend):

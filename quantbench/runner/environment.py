@@ -73,6 +73,12 @@ def quiet_library_logs() -> None:
 
     logging.getLogger("torchao").setLevel(logging.ERROR)  # "Failed to load _C_cutlass_90a" on CPU
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # GPTQModel prints through logbar, not through this logger: backends/gptq.py carries the level
+    # over as it imports GPTQModel, so processes that never quantize with it never load logbar.
+    logging.getLogger("gptqmodel").setLevel(logging.WARNING)
+    # GPTQModel's tokenizer wrapper: "Auto fixed pad_token_id" on every load, to stderr, as its
+    # import sets the root logger to INFO (logging.basicConfig).
+    logging.getLogger("tokenicer").setLevel(logging.WARNING)
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

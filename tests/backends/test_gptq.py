@@ -3,6 +3,9 @@ refuses it), so it lives in its own environment, .venv-gptq: `make test-gptq` (C
 test`) runs this file there; in .venv the quantization tests skip and the rest run."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,6 +58,49 @@ def test_gptq_bytes_kernel_and_8bit_closer_than_4bit(resolved, baseline):
         errors[bits] = (logits - baseline[1]).pow(2).mean().item()
     assert q.kernel in ("GPTQModel TorchAtenLinear", "GPTQModel TorchFusedLinear", "GPTQModel TorchLinear")
     assert 0 < errors[8] < errors[4]
+
+
+# What the trial worker does, in a fresh interpreter: GPTQModel prints its banner as it is imported.
+QUIET_QUANTIZE = """
+import sys
+from quantbench.runner.environment import quiet_library_logs
+quiet_library_logs()
+from quantbench import models
+from quantbench.backends.gptq import GptqBackend
+from quantbench.spec import ModelRef, validate_params
+backend = GptqBackend()
+params = validate_params(backend.Params, {"group_size": 32, "n_samples": 8, "seq_len": 64}, "gptq")
+print("kernel:", backend.quantize(models.resolve(ModelRef(sys.argv[1])), params, "cpu").kernel)
+"""
+
+
+def test_quiet_library_logs_silences_gptqmodel_but_keeps_its_warnings(tiny_model_dir):
+    """The worker's stdout is the user's terminal: GPTQModel's banner, INFO lines, tables and
+    progress bars drowned quantbench's own output there."""
+    if importlib.util.find_spec("gptqmodel") is None:  # not importorskip: this process stays without it
+        pytest.skip("gptqmodel is not installed: make test-gptq runs this test")
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # GPTQModel hides its bars under pytest
+    env["LOGBAR_DISABLE_HEADLESS_DETECTION"] = "1"  # ...and logbar its own in CI: draw them as on a terminal
+    run = subprocess.run(
+        [sys.executable, "-c", QUIET_QUANTIZE, str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "kernel: GPTQModel " in out
+    for chatter in (
+        "GPT-QModel",
+        "INFO",
+        "Estimated Quantization BPW",
+        "Quantizing layer",
+        "Loading checkpoint tensors",
+    ):
+        assert chatter not in out, f"{chatter!r} in GPTQModel's output:\n{out[:3000]}"
+    assert "Calibration dataset size should be more than 256" in out  # 8 windows: a warning, kept
+    assert "INFO:tokenicer" not in run.stderr
 
 
 def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
