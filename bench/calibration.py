@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from cpu_methods import METHODS
 
 from quantbench.planner.calibrate import compare
 from quantbench.results.store import read_results
@@ -26,17 +27,6 @@ from quantbench.runner.executor import run_local
 from quantbench.runner.trial import plan_trial
 from quantbench.spec import EvalSpec, MethodSpec, ModelRef, TrialSpec
 
-# One per library that runs on this CPU, at the setting people use it with (the same list and
-# budgets docs/planner.md reports; bnb:bits=8 is left out for time: its CPU
-# fallback is the slowest forward here).
-METHODS = [
-    "baseline",
-    "rtn:bits=4,group_size=64",
-    "bnb:bits=4,quant_type=nf4",
-    "torchao:bits=8",
-    "quanto:weights=int8",
-    "hqq:nbits=4,group_size=64",
-]
 MODEL = "embedded:smollm2-135m"
 
 

@@ -28,6 +28,8 @@ import statistics
 import subprocess
 import sys
 
+from cpu_methods import METHODS
+
 from quantbench.planner.config import architecture_from_config
 from quantbench.planner.estimate import Workload, layer_activation_bytes
 from quantbench.planner.formats import weight_format
@@ -74,16 +76,6 @@ model.logits(torch.zeros(1, 16, dtype=torch.long))
 release_freed_heap()
 print(json.dumps({"runtime": psutil.Process().memory_info().rss - weight_bytes(model.module)}))
 """
-# The CPU methods of bench/calibration.py, at the same settings.
-METHODS = [
-    "baseline",
-    "rtn:bits=4,group_size=64",
-    "bnb:bits=4,quant_type=nf4",
-    "torchao:bits=8",
-    "quanto:weights=int8",
-    "hqq:nbits=4,group_size=64",
-]
-
 REPORT = """
 import json, resource, psutil
 print(json.dumps({"rss": psutil.Process().memory_info().rss,
