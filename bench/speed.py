@@ -1,7 +1,8 @@
 """Latency profile per method (decode tokens/s, prefill time, peak RSS) and the profiler's own overhead.
 
 Each method runs in a fresh Python process (this script with --child), so one method's memory
-never inflates the next one's peak RSS. Default: baseline on the embedded model, CPU.
+never inflates the next one's peak RSS; `--rounds` passes over all methods in turn and each
+figure is the median over them. Default: baseline on the embedded model, CPU.
 
     .venv/bin/python bench/speed.py --method baseline --method rtn:bits=4 [--new-tokens 8 --repeats 2]
 
@@ -102,6 +103,22 @@ def _child(args: argparse.Namespace, what: str) -> dict:
     return json.loads(done.stdout)
 
 
+def combine_rounds(runs: list[dict]) -> dict:
+    """One method's rounds as one result: each metric's median, and the decode rates' range."""
+    done = [run for run in runs if "metrics" in run]
+    if len(done) < len(runs):
+        return next(run for run in runs if "metrics" not in run)
+    names = set.intersection(*(set(run["metrics"]) for run in done))
+    result = {**done[0], "rounds": len(done)}
+    result["metrics"] = {name: statistics.median(run["metrics"][name] for run in done) for name in sorted(names)}
+    result["decode_tokens_per_second_range"] = {
+        name: [min(run["metrics"][name] for run in done), max(run["metrics"][name] for run in done)]
+        for name in sorted(names)
+        if name.startswith("decode_tokens_per_second@")
+    }
+    return result
+
+
 def markdown(results: list[dict]) -> str:
     titles = ["method", "weights MiB", *(f"prefill {n} ms" for n in PROMPT_LENGTHS)]
     titles += [*(f"decode b={b} tok/s" for b in BATCH_SIZES), "peak RSS MiB"]
@@ -113,7 +130,8 @@ def markdown(results: list[dict]) -> str:
             continue
         # a length beyond the model's context was measured at the cap, under another name
         prefill = [_cell(m.get(f"prefill_seconds@len={n}"), 1e3) for n in PROMPT_LENGTHS]
-        decode = [_cell(m.get(f"decode_tokens_per_second@batch={b}")) for b in BATCH_SIZES]
+        ranges = result.get("decode_tokens_per_second_range", {})
+        decode = [_decode_cell(m, ranges, f"decode_tokens_per_second@batch={b}") for b in BATCH_SIZES]
         cells = [result["method"], f"{result['weight_bytes'] / 2**20:.1f}", *prefill, *decode]
         lines.append("| " + " | ".join([*cells, f"{m['inference_peak_rss_bytes'] / 2**20:.0f}"]) + " |")
     return "\n".join(lines)
@@ -123,12 +141,20 @@ def _cell(value: float | None, scale: float = 1.0) -> str:
     return "–" if value is None else f"{value * scale:.1f}"
 
 
+def _decode_cell(metrics: dict, ranges: dict, name: str) -> str:
+    """The median, and the slowest–fastest round beside it when there were several."""
+    low, high = ranges.get(name, (None, None))
+    cell = _cell(metrics.get(name))
+    return cell if low is None or low == high else f"{cell} ({low:.1f}–{high:.1f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded:smollm2-135m")
     parser.add_argument("--method", action="append", help="name[:key=value,...], repeatable (default: baseline)")
     parser.add_argument("--new-tokens", type=int, default=latency.LatencyParams().new_tokens)
     parser.add_argument("--repeats", type=int, default=latency.LatencyParams().repeats)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all methods, interleaved")
     parser.add_argument("--overhead-rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one method (or "overhead") per process
@@ -146,7 +172,11 @@ def main() -> None:
         print(json.dumps(profile_method(args.model, args.child, params)))
         return
 
-    results = [_child(args, method) for method in args.method or ["baseline"]]
+    methods = args.method or ["baseline"]
+    # Rounds interleave the methods (A B C A B C ...) so that a slow minute of a shared machine
+    # lands on every method alike; each figure is then the median over rounds.
+    rounds = [[_child(args, method) for method in methods] for _ in range(args.rounds)]
+    results = [combine_rounds(list(per_method)) for per_method in zip(*rounds, strict=True)]
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": environment.hardware("cpu"),
@@ -154,6 +184,7 @@ def main() -> None:
         "versions": environment.versions(),
         "model": args.model,
         "protocol": params.model_dump(),
+        "rounds": args.rounds,
         "methods": results,
         "profiler_overhead": _child(args, "overhead"),
     }

@@ -38,12 +38,16 @@ from quantbench.models import ResolvedModel
 @dataclass
 class MemoryPeak:
     rss_bytes: int = 0
+    # Of rss_bytes, the pages mapped from files (library code, mmapped weights) at the peak sample:
+    # shared with other processes and dropped by the kernel under pressure, unlike the private rest.
+    rss_file_bytes: int = 0
     cuda_allocated_bytes: int = 0
     cuda_reserved_bytes: int = 0
 
 
 class PeakMemory:
-    """Context manager recording the peak RSS seen while it is open.
+    """Context manager recording the peak RSS seen while it is open, and how much of that
+    peak sample was mapped from files.
 
     Sampling can miss a spike shorter than the interval, so the sample is raised to the
     kernel's own high-water mark (ru_maxrss) when that mark was set inside the block.
@@ -53,11 +57,10 @@ class PeakMemory:
         self.interval_s = interval_s
         self.peak = MemoryPeak()
         self._stop = threading.Event()
-        self._process = psutil.Process()
 
     def __enter__(self) -> PeakMemory:
         self._maxrss_before = _maxrss_bytes()
-        self.peak.rss_bytes = self._process.memory_info().rss
+        self._record(*_rss_and_file_bytes())
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -67,6 +70,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._record(*_rss_and_file_bytes())  # a block shorter than one interval still gets a sample inside
         maxrss = _maxrss_bytes()
         if maxrss > self._maxrss_before:
             self.peak.rss_bytes = max(self.peak.rss_bytes, maxrss)
@@ -76,7 +80,11 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.peak.rss_bytes = max(self.peak.rss_bytes, self._process.memory_info().rss)
+            self._record(*_rss_and_file_bytes())
+
+    def _record(self, rss: int, file: int) -> None:
+        if rss >= self.peak.rss_bytes:
+            self.peak.rss_bytes, self.peak.rss_file_bytes = rss, file
 
 
 def release_freed_heap() -> None:
@@ -92,6 +100,18 @@ def release_freed_heap() -> None:
     except OSError:
         return
     libc.malloc_trim(0)
+
+
+def _rss_and_file_bytes() -> tuple[int, int]:
+    """Resident bytes of this process and the file-backed part of them (Linux /proc/self/status;
+    elsewhere psutil's RSS and 0)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f.read().splitlines() if line.startswith(b"Rss"))
+    except OSError:
+        return psutil.Process().memory_info().rss, 0
+    kib = {k: int(v.split()[0]) for k, v in fields.items()}
+    return (kib[b"RssAnon"] + kib[b"RssFile"] + kib[b"RssShmem"]) * 1024, kib[b"RssFile"] * 1024
 
 
 def _maxrss_bytes() -> int:

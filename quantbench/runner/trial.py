@@ -182,4 +182,5 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         # A row is (name, value, unit) or (name, value, unit, note); see evals/registry.py.
         metrics += [Metric(ev.name, name, value, unit, **tags, note="".join(note)) for name, value, unit, *note in rows]
         metrics.append(Metric(ev.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
+        metrics.append(Metric(ev.name, "peak_rss_file_bytes", eval_memory.peak.rss_file_bytes, "bytes", **tags))
     return metrics, model.kernel

@@ -1,0 +1,34 @@
+"""PeakMemory: the peak RSS of a block, and how much of it was mapped from files."""
+
+import mmap
+import sys
+
+import pytest
+import torch
+
+from quantbench.evals.memory import PeakMemory
+
+MIB = 2**20
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the file-backed share is read from /proc")
+
+
+def test_private_allocation_raises_the_peak_not_the_file_share():
+    with PeakMemory() as outside:
+        pass
+    with PeakMemory() as memory:
+        block = torch.ones(64 * MIB // 4)  # 64 MiB of private pages, written so they are resident
+        del block
+    assert memory.peak.rss_bytes - outside.peak.rss_bytes > 56 * MIB
+    assert abs(memory.peak.rss_file_bytes - outside.peak.rss_file_bytes) < 16 * MIB
+
+
+def test_pages_read_through_a_file_mapping_count_as_file_backed(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\1" * (64 * MIB))
+    with PeakMemory() as outside:
+        pass
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, PeakMemory() as memory:
+        assert sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE)) == 64 * MIB // mmap.PAGESIZE
+    assert memory.peak.rss_file_bytes - outside.peak.rss_file_bytes > 56 * MIB
+    assert memory.peak.rss_file_bytes <= memory.peak.rss_bytes
