@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -64,15 +65,22 @@ def rss_errors(store: Path) -> pd.DataFrame:
     rss["label"] = rss["trial_key"].map(trials.set_index("trial_key")["method_label"])
     rss["order"] = rss["trial_key"].map({key: i for i, key in enumerate(trials["trial_key"])})
     rss = rss.sort_values(["order", "seq_len"])
-    return rss[["label", "method", "seq_len", "measured", "predicted", "error_pct", "note"]]
+    files = frame[frame["metric"] == "peak_rss_file_bytes"]  # absent in stores written before it existed
+    seq_lens = files["protocol_json"].map(lambda text: json.loads(text).get("seq_len"))
+    file_bytes = dict(zip(zip(files["trial_key"], seq_lens, strict=True), files["value"], strict=True))
+    rss["file_mapped"] = [file_bytes.get(key, math.nan) for key in zip(rss["trial_key"], rss["seq_len"], strict=True)]
+    return rss[["label", "method", "seq_len", "measured", "file_mapped", "predicted", "error_pct", "note"]]
 
 
 def markdown(rss: pd.DataFrame) -> str:
-    lines = ["| method | seq_len | measured MiB | predicted MiB | error |", "|---|---|---|---|---|"]
+    lines = [
+        "| method | seq_len | measured MiB | of it file-mapped | predicted MiB | error |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rss.itertuples():
         lines.append(
-            f"| `{r.label}` | {r.seq_len:.0f} | {r.measured / 2**20:,.1f} | {r.predicted / 2**20:,.1f} "
-            f"| {r.error_pct:+.1f}% |"
+            f"| `{r.label}` | {r.seq_len:.0f} | {r.measured / 2**20:,.1f} | {r.file_mapped / 2**20:,.1f} "
+            f"| {r.predicted / 2**20:,.1f} | {r.error_pct:+.1f}% |"
         )
     return "\n".join(lines)
 

@@ -1,11 +1,12 @@
 """How much of a worker's RSS is shared-library code, and how that depends on the page cache.
 
 A child interpreter imports torch and transformers, runs a tiny model once and sums the resident
-pages of every mapped shared object (/proc/self/smaps). Run twice: after the big libraries' files
-were evicted from the page cache (posix_fadvise DONTNEED), so their pages come in through the
-mapping's own faults, and after they were evicted and read back with read(), the way pip install,
-cp or a checksum puts a file in the cache. On ext4 with large folios the second state maps whole
-folios on each fault, so the same imports read as more RSS.
+pages of every mapped shared object (/proc/self/smaps). Run three times: as the files sit in the
+page cache now; after the big libraries were evicted from it (posix_fadvise DONTNEED), so their
+pages come in through the mapping's own faults; and after they were evicted and read back with
+read(), the way pip install, cp or a checksum fills the cache. The three differ by how the kernel
+cached the files (ext4 large folios map whole on a fault), which this script cannot fully set:
+the spread, not one figure, is the result.
 
     .venv/bin/python bench/library_pages.py
 """
@@ -80,6 +81,7 @@ def main() -> None:
     import torch
 
     site_packages = Path(torch.__file__).parents[1]
+    as_cached = measure()  # the state this venv's history left: a fresh pip install differs from an old one
     evict(site_packages, read_back=False)
     before = measure()
     evict(site_packages, read_back=True)
@@ -89,6 +91,7 @@ def main() -> None:
             {
                 "date": dt.date.today().isoformat(),
                 "torch": torch.__version__,
+                "as_cached_mib": as_cached,
                 "faulted_in_mib": before,
                 "after_read_mib": after,
             },
