@@ -107,11 +107,11 @@ def _rss_and_file_bytes() -> tuple[int, int]:
     elsewhere psutil's RSS and 0)."""
     try:
         with open("/proc/self/status", "rb") as f:
-            fields = dict(line.split(b":", 1) for line in f.read().splitlines() if line.startswith(b"Rss"))
+            lines = [line.split(b":", 1) for line in f if line.startswith((b"VmRSS:", b"RssFile:"))]
     except OSError:
         return psutil.Process().memory_info().rss, 0
-    kib = {k: int(v.split()[0]) for k, v in fields.items()}
-    return (kib[b"RssAnon"] + kib[b"RssFile"] + kib[b"RssShmem"]) * 1024, kib[b"RssFile"] * 1024
+    kib = {name: int(value.split()[0]) for name, value in lines}
+    return kib[b"VmRSS"] * 1024, kib[b"RssFile"] * 1024
 
 
 def _maxrss_bytes() -> int:
