@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="only print the table of the trials already in this store")
     args = parser.parse_args()
     if args.report:
+        if not args.report.is_dir():
+            parser.error(f"--report {args.report}: no such results directory")
         print(markdown(rss_errors(args.report)))
         return
     if not args.corpus:

@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one method (or "overhead") per process
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     params = latency.LatencyParams(
         prompt_lengths=PROMPT_LENGTHS, batch_sizes=BATCH_SIZES, new_tokens=args.new_tokens, repeats=args.repeats
     )
