@@ -1,7 +1,7 @@
 """How much of a worker's RSS is shared-library code, and how that depends on the page cache.
 
 A child interpreter imports torch and transformers, runs a tiny model once and sums the resident
-pages of every mapped shared object (/proc/self/smaps). Run three times: as the files sit in the
+pages of every mapped code file (evals/memory.py: code_file_rss). Run three times: as the files sit in the
 page cache now; after the big libraries were evicted from it (posix_fadvise DONTNEED), so their
 pages come in through the mapping's own faults; and after they were evicted and read back with
 read(), the way pip install, cp or a checksum fills the cache. The three differ by how the kernel
@@ -27,29 +27,19 @@ MIB = 2**20
 LIBRARIES = ("torch/lib/libtorch_cpu.so", "triton/_C/libtriton.so", "torch/lib/libtorch_python.so")
 
 
-def library_rss() -> dict[str, int]:
-    """Resident bytes per mapped shared object of this process, and their total under "all"."""
-    per_file: collections.Counter[str] = collections.Counter()
-    name = ""
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-                name = fields[5] if len(fields) > 5 else ""
-            elif fields[0] == "Rss:" and ".so" in Path(name).name:
-                per_file[Path(name).name] += int(fields[1]) * 1024
-    return {"all": sum(per_file.values()), **dict(per_file.most_common(3))}
-
-
 def child() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantbench.evals.memory import code_file_rss
 
     config = LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
     )
     LlamaForCausalLM(config)(torch.tensor([[1, 2, 3]]))
-    print(json.dumps({k: round(v / MIB, 1) for k, v in library_rss().items()}))
+    per_file = collections.Counter({Path(path).name: size for path, size in code_file_rss().items()})
+    code = {"all": sum(per_file.values()), **dict(per_file.most_common(3))}
+    print(json.dumps({k: round(v / MIB, 1) for k, v in code.items()}))
 
 
 def measure() -> dict:

@@ -59,7 +59,7 @@ import quantbench.runner.worker
 from quantbench import models
 from quantbench.backends.base import weight_bytes
 from quantbench.backends.registry import get_backend
-from quantbench.evals.memory import release_freed_heap
+from quantbench.evals.memory import code_file_rss, release_freed_heap
 from quantbench.spec import MethodSpec, ModelRef
 
 method = MethodSpec.parse(sys.argv[1])
@@ -74,7 +74,8 @@ params = backend.Params.model_validate(method.params)
 model = backend.quantize(models.resolve(ModelRef(path)), params, "cpu", None)
 model.logits(torch.zeros(1, 16, dtype=torch.long))
 release_freed_heap()
-print(json.dumps({"runtime": psutil.Process().memory_info().rss - weight_bytes(model.module)}))
+print(json.dumps({"runtime": psutil.Process().memory_info().rss - weight_bytes(model.module),
+                  "code": sum(code_file_rss().values())}))
 """
 REPORT = """
 import json, resource, psutil
@@ -129,13 +130,16 @@ def main() -> int:
         rss = statistics.median(r["rss"] for r in runs)
         peak = statistics.median(r["peak"] for r in runs)
         print(f"{name:<28} {rss / 2**20:>17.1f} {peak / 2**20:>18.1f}   ({int(rss)} B)")
-    print(f"\n{'worker runtime, by method':<28} {'RSS MiB (median)':>17}")
-    runtimes = []
+    print(f"\n{'worker runtime, by method':<28} {'RSS MiB (median)':>17} {'of it code MiB':>15}")
+    runtimes, codes = [], []
     for method in METHODS:
-        runtimes.append(statistics.median(run_child(WORKER_RUNTIME, method)["runtime"] for _ in range(args.repeats)))
-        print(f"{method:<28} {runtimes[-1] / 2**20:>17.1f}   ({int(runtimes[-1])} B)")
-    runtime = statistics.median(runtimes)
+        runs = [run_child(WORKER_RUNTIME, method) for _ in range(args.repeats)]
+        runtimes.append(statistics.median(r["runtime"] for r in runs))
+        codes.append(statistics.median(r["code"] for r in runs))
+        print(f"{method:<28} {runtimes[-1] / 2**20:>17.1f} {codes[-1] / 2**20:>15.1f}   ({int(runtimes[-1])} B)")
+    runtime, code = statistics.median(runtimes), statistics.median(codes)
     print(f"CPU runtime term, median of methods: {runtime / 2**20:.1f} MiB ({int(runtime)} B)")
+    print(f"of it resident code pages (shared libraries), median: {code / 2**20:.1f} MiB ({int(code)} B)")
     if args.runtime_only:
         return 0
 

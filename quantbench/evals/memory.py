@@ -41,6 +41,10 @@ class MemoryPeak:
     # Of rss_bytes, the pages mapped from files (library code, mmapped weights) at the peak sample:
     # shared with other processes and dropped by the kernel under pressure, unlike the private rest.
     rss_file_bytes: int = 0
+    # Of rss_file_bytes, the pages of code files (shared libraries, the interpreter), read once when
+    # the block ends. How many pages a library keeps resident depends on how its file entered the
+    # page cache, not on the model: docs/planner.md, "Calibration".
+    rss_code_bytes: int = 0
     cuda_allocated_bytes: int = 0
     cuda_reserved_bytes: int = 0
 
@@ -71,6 +75,7 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._record(*_rss_and_file_bytes())  # a block shorter than one interval still gets a sample inside
+        self.peak.rss_code_bytes = sum(code_file_rss().values())
         maxrss = _maxrss_bytes()
         if maxrss > self._maxrss_before:
             self.peak.rss_bytes = max(self.peak.rss_bytes, maxrss)
@@ -112,6 +117,29 @@ def _rss_and_file_bytes() -> tuple[int, int]:
         return psutil.Process().memory_info().rss, 0
     kib = {name: int(value.split()[0]) for name, value in lines}
     return kib[b"VmRSS"] * 1024, kib[b"RssFile"] * 1024
+
+
+def code_file_rss() -> dict[str, int]:
+    """Resident file-backed bytes per code file mapped into this process: every file with an
+    executable mapping (shared libraries, the interpreter), all its mappings counted, less their
+    copy-on-write pages, which are private memory. Empty where /proc/self/smaps does not exist."""
+    rss: dict[str, int] = {}
+    code: set[str] = set()
+    path = ""
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if not fields[0].endswith(":"):  # a mapping's header: range perms offset dev inode [path]
+                    path = fields[5].rstrip("\n") if len(fields) == 6 and fields[5].startswith("/") else ""
+                    if path and "x" in fields[1]:
+                        code.add(path)
+                elif path and fields[0] in ("Rss:", "Anonymous:"):
+                    sign = 1 if fields[0] == "Rss:" else -1
+                    rss[path] = rss.get(path, 0) + sign * int(fields[1]) * 1024
+    except OSError:
+        return {}
+    return {p: b for p, b in rss.items() if p in code}
 
 
 def _maxrss_bytes() -> int:

@@ -10,6 +10,13 @@ Three measured metrics have a prediction:
 - `peak_rss_bytes` (whole CPU process) vs the full CPU estimate, whose runtime term is the
   measured RSS of Python + torch + transformers (estimate.CPU_RUNTIME_BYTES).
 
+From the last two, where the eval also recorded `peak_rss_code_bytes`, a derived row
+`peak_rss_less_code_bytes`: the peak less the resident pages of code files (shared libraries) on
+both sides, measured less the trial's own, predicted less the runtime's (CPU_RUNTIME_CODE_BYTES).
+How much of libtorch is resident depends on how its file entered the page cache, not on the model
+or the workload (81 to 298 MiB for the same imports on one machine: docs/planner.md), so this row
+is the one that checks what the planner models.
+
 Memory metrics need the workload the trial measured at: `workload_of(row)` gives it. The
 default reads the eval's protocol (`protocol_json`): a perplexity eval scores `batch_size`
 windows of `seq_len` tokens per forward with every position's logits and no KV cache. Rows
@@ -27,12 +34,13 @@ import pandas as pd
 
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
-from quantbench.planner.estimate import Workload, estimate, weight_bytes
+from quantbench.planner.estimate import CPU_RUNTIME_CODE_BYTES, Workload, estimate, weight_bytes
 from quantbench.planner.formats import format_parameters, weight_format
 from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import weight_groups
 
 MEASURED = ("weight_bytes", "cuda_max_allocated_bytes", "peak_rss_bytes")
+LESS_CODE = "peak_rss_less_code_bytes"
 NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "status", "metric", "value")
 # Methods whose quantbench backend keeps the dequantized weights in the compute dtype (fake
 # quantization: backends/rtn.py) while reporting the packed format's weight_bytes. Their process
@@ -118,11 +126,14 @@ def compare(
 ) -> pd.DataFrame:
     """One row per measured memory metric of every finished trial: measured, predicted,
     error_pct = 100 × (predicted − measured) / measured, and a note when there is no prediction
-    (unknown model or method, missing workload)."""
+    (unknown model or method, missing workload); after each CPU peak whose eval recorded its code
+    pages, the same peak as a `peak_rss_less_code_bytes` row."""
     missing = [c for c in NEEDED_COLUMNS if c not in results.columns]
     if missing:
         raise QuantbenchError(f"results frame lacks columns {', '.join(missing)}; expected {', '.join(NEEDED_COLUMNS)}")
-    rows = results[(results["status"] == ok_status) & results["metric"].isin(MEASURED)]
+    ok = results[results["status"] == ok_status]
+    rows = ok[ok["metric"].isin(MEASURED)]
+    code_bytes = _by_eval(ok[ok["metric"] == "peak_rss_code_bytes"])
     archs: dict[str, Architecture | str] = {}
     out = []
     for _, row in rows.iterrows():
@@ -140,23 +151,37 @@ def compare(
             except QuantbenchError as exc:
                 note = str(exc)
         measured = float(row["value"])
-        out.append(
-            {
-                "trial_key": row["trial_key"],
-                "model_ref": ref,
-                "method": row["method"],
-                "device": row["device"],
-                "metric": row["metric"],
-                "measured": measured,
-                "predicted": predicted,
-                "error_pct": 100 * (predicted - measured) / measured if measured else math.nan,
-                "note": note,
-                "seq_len": _protocol(row).get("seq_len", math.nan),  # which workload, for per-length tables
-            }
-        )
+        out.append(_compared(row, row["metric"], measured, predicted, note))
+        code = code_bytes.get(_eval_key(row))
+        if row["metric"] == "peak_rss_bytes" and code is not None:
+            out.append(_compared(row, LESS_CODE, measured - code, predicted - CPU_RUNTIME_CODE_BYTES, note))
     columns = ["trial_key", "model_ref", "method", "device", "metric", "measured", "predicted", "error_pct", "note"]
     columns.append("seq_len")
     return pd.DataFrame(out, columns=columns)
+
+
+def _eval_key(row: pd.Series) -> tuple[str, str, str]:
+    """Which eval of which trial a row belongs to: two perplexity evals differ in their protocol."""
+    return row["trial_key"], str(row.get("eval", "")), str(row.get("protocol_json", ""))
+
+
+def _by_eval(rows: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+    return {_eval_key(row): float(row["value"]) for _, row in rows.iterrows()}
+
+
+def _compared(row: pd.Series, metric: str, measured: float, predicted: float, note: str) -> dict[str, Any]:
+    return {
+        "trial_key": row["trial_key"],
+        "model_ref": row["model_ref"],
+        "method": row["method"],
+        "device": row["device"],
+        "metric": metric,
+        "measured": measured,
+        "predicted": predicted,
+        "error_pct": 100 * (predicted - measured) / measured if measured else math.nan,
+        "note": note,
+        "seq_len": _protocol(row).get("seq_len", math.nan),  # which workload, for per-length tables
+    }
 
 
 def error_by_method(compared: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +198,7 @@ def error_by_method(compared: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def within(compared: pd.DataFrame, tolerance_pct: float, metrics: tuple[str, ...] = MEASURED) -> bool:
+def within(compared: pd.DataFrame, tolerance_pct: float, metrics: tuple[str, ...] = (*MEASURED, LESS_CODE)) -> bool:
     """True when every predicted row is within ±tolerance_pct of its measurement (the calibration
     test's assertion); rows without a prediction are not counted, so check `note` too."""
     scored = compared.dropna(subset=["error_pct"])

@@ -38,9 +38,14 @@ CUDA_RUNTIME_BYTES = 512 * MIB
 # runner/results/evals imports (pandas, pyarrow, duckdb), the resolved model's tokenizer, the
 # method's library, and one forward through a tiny model quantized by it (its weights subtracted),
 # after the freed heap is released as before each eval. bench/planner_overhead.py --runtime-only,
-# median of 3 fresh interpreters per method, then the median of the six CPU methods (628.8-640.5
-# MiB), 2026-11-23, torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 633.0 MiB.
-CPU_RUNTIME_BYTES = 663784720
+# median of 3 fresh interpreters per method, then the median of the six CPU methods (629.3-640.8
+# MiB), 2026-11-23, torch 2.13.0+cpu, transformers 5.23.0, Python 3.11.7 -> 633.1 MiB.
+CPU_RUNTIME_BYTES = 663852304
+# Of it, the resident pages of code files (libtorch_cpu.so, libtriton.so, ...), same runs: 232.2 MiB
+# (230.4-233.2). Not a property of the code: it depends on how the files entered the page cache
+# (81-298 MiB for similar imports on this machine, docs/planner.md), so calibrate.py also compares
+# peaks without it.
+CPU_RUNTIME_CODE_BYTES = 243456000
 
 KIND_LABELS = {
     "linear": "linears",

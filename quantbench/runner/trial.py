@@ -183,4 +183,5 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         metrics += [Metric(ev.name, name, value, unit, **tags, note="".join(note)) for name, value, unit, *note in rows]
         metrics.append(Metric(ev.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
         metrics.append(Metric(ev.name, "peak_rss_file_bytes", eval_memory.peak.rss_file_bytes, "bytes", **tags))
+        metrics.append(Metric(ev.name, "peak_rss_code_bytes", eval_memory.peak.rss_code_bytes, "bytes", **tags))
     return metrics, model.kernel

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.planner.calibrate import compare, error_by_method, planner_params, within
-from quantbench.planner.estimate import CPU_RUNTIME_BYTES, Workload, estimate, weight_bytes
+from quantbench.planner.calibrate import LESS_CODE, compare, error_by_method, planner_params, within
+from quantbench.planner.estimate import CPU_RUNTIME_BYTES, CPU_RUNTIME_CODE_BYTES, Workload, estimate, weight_bytes
 from quantbench.planner.formats import weight_format
 from quantbench.planner.presets import preset
 from quantbench.planner.weights import weight_groups
@@ -160,3 +160,25 @@ def test_fake_quant_rss_is_predicted_with_dense_weights_and_the_mapped_source():
     out = compare(frame, architecture_of=architecture_of).set_index("metric")
     assert out.loc["peak_rss_bytes", "error_pct"] == 0 and out.loc["peak_rss_bytes", "seq_len"] == 512
     assert out.loc["weight_bytes", "error_pct"] == 0
+
+
+def test_a_peak_with_its_code_pages_is_also_compared_without_them():
+    """Library code's resident pages depend on the page cache, not the model: the derived row takes
+    the trial's own code pages off the measurement and the runtime's off the prediction."""
+    full = estimate(ARCH, BASE32, RSS_WORK).total
+    short = {**PPL, "protocol_json": json.dumps({"seq_len": 128, "corpus": "builtin"})}
+    frame = pd.DataFrame(
+        [
+            row("c", "baseline", {}, "peak_rss_bytes", full + 100 * 2**20, **PPL),
+            row("c", "baseline", {}, "peak_rss_code_bytes", CPU_RUNTIME_CODE_BYTES + 100 * 2**20, **PPL),
+            row("c", "baseline", {}, "peak_rss_bytes", 1e9, **short),  # this eval recorded no code pages
+        ]
+    )
+    out = compare(frame, architecture_of=architecture_of)
+    assert list(out["metric"]) == ["peak_rss_bytes", LESS_CODE, "peak_rss_bytes"]
+    less = out[out["metric"] == LESS_CODE].iloc[0]
+    assert less["measured"] == full - CPU_RUNTIME_CODE_BYTES
+    assert less["predicted"] == full - CPU_RUNTIME_CODE_BYTES and less["error_pct"] == 0
+    assert less["seq_len"] == 512
+    assert out.iloc[0]["error_pct"] < 0  # the whole peak carries 100 MiB more library code than predicted
+    assert within(out, 0.01, metrics=(LESS_CODE,)) and not within(out, 0.01)

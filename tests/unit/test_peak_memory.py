@@ -1,4 +1,5 @@
-"""PeakMemory: the peak RSS of a block, and how much of it was mapped from files."""
+"""PeakMemory: the peak RSS of a block, how much of it was mapped from files, and how much of that
+from code files (shared libraries)."""
 
 import mmap
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from quantbench.evals.memory import PeakMemory
+from quantbench.evals.memory import PeakMemory, code_file_rss
 
 MIB = 2**20
 
@@ -30,5 +31,19 @@ def test_pages_read_through_a_file_mapping_count_as_file_backed(tmp_path):
         pass
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, PeakMemory() as memory:
         assert sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE)) == 64 * MIB // mmap.PAGESIZE
+        code = code_file_rss()
     assert memory.peak.rss_file_bytes - outside.peak.rss_file_bytes > 56 * MIB
     assert memory.peak.rss_file_bytes <= memory.peak.rss_bytes
+    # a data file is file-backed but not code: it raises the file share, not the code share
+    assert str(path) not in code
+    assert abs(memory.peak.rss_code_bytes - outside.peak.rss_code_bytes) < 16 * MIB
+
+
+def test_code_pages_are_the_libraries_mapped_executable():
+    code = code_file_rss()
+    libtorch = [path for path in code if path.endswith("/libtorch_cpu.so")]
+    assert libtorch and code[libtorch[0]] > 0  # torch's kernels are resident once a tensor was made
+    assert all(b >= 0 for b in code.values())
+    with PeakMemory() as memory:
+        pass
+    assert 0 < memory.peak.rss_code_bytes <= memory.peak.rss_bytes
