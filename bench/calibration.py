@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from cpu_methods import METHODS
 
-from quantbench.planner.calibrate import compare
+from quantbench.planner.calibrate import LESS_CODE, compare
 from quantbench.results.store import read_results
 from quantbench.runner import environment
 from quantbench.runner.executor import run_local
@@ -57,7 +57,8 @@ def cut_corpus(source: Path, chars: int, out: Path) -> Path:
 
 
 def rss_errors(store: Path) -> pd.DataFrame:
-    """Per trial and window length: method label, measured and predicted peak RSS, error %."""
+    """Per trial and window length: method label, measured and predicted peak RSS and error %,
+    the peak's file-mapped and code-file shares, and the error without code pages on both sides."""
     frame = read_results(store).frame
     compared = compare(frame)
     rss = compared[compared["metric"] == "peak_rss_bytes"].copy()
@@ -65,22 +66,30 @@ def rss_errors(store: Path) -> pd.DataFrame:
     rss["label"] = rss["trial_key"].map(trials.set_index("trial_key")["method_label"])
     rss["order"] = rss["trial_key"].map({key: i for i, key in enumerate(trials["trial_key"])})
     rss = rss.sort_values(["order", "seq_len"])
-    files = frame[frame["metric"] == "peak_rss_file_bytes"]  # absent in stores written before it existed
-    seq_lens = files["protocol_json"].map(lambda text: json.loads(text).get("seq_len"))
-    file_bytes = dict(zip(zip(files["trial_key"], seq_lens, strict=True), files["value"], strict=True))
-    rss["file_mapped"] = [file_bytes.get(key, math.nan) for key in zip(rss["trial_key"], rss["seq_len"], strict=True)]
-    return rss[["label", "method", "seq_len", "measured", "file_mapped", "predicted", "error_pct", "note"]]
+    keys = list(zip(rss["trial_key"], rss["seq_len"], strict=True))
+    for column, metric in (("file_mapped", "peak_rss_file_bytes"), ("code", "peak_rss_code_bytes")):
+        rows = frame[frame["metric"] == metric]  # absent in stores written before the metric existed
+        seq_lens = rows["protocol_json"].map(lambda text: json.loads(text).get("seq_len"))
+        values = dict(zip(zip(rows["trial_key"], seq_lens, strict=True), rows["value"], strict=True))
+        rss[column] = [values.get(key, math.nan) for key in keys]
+    less = compared[compared["metric"] == LESS_CODE]
+    errors = dict(zip(zip(less["trial_key"], less["seq_len"], strict=True), less["error_pct"], strict=True))
+    rss["error_less_code_pct"] = [errors.get(key, math.nan) for key in keys]
+    columns = ["label", "method", "seq_len", "measured", "file_mapped", "code", "predicted", "error_pct"]
+    return rss[[*columns, "error_less_code_pct", "note"]]
 
 
 def markdown(rss: pd.DataFrame) -> str:
     lines = [
-        "| method | seq_len | measured MiB | of it file-mapped | predicted MiB | error |",
-        "|---|---|---|---|---|---|",
+        "| method | seq_len | measured MiB | of it file-mapped | of that code | predicted MiB | error "
+        "| error without code pages |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rss.itertuples():
         lines.append(
             f"| `{r.label}` | {r.seq_len:.0f} | {r.measured / 2**20:,.1f} | {r.file_mapped / 2**20:,.1f} "
-            f"| {r.predicted / 2**20:,.1f} | {r.error_pct:+.1f}% |"
+            f"| {r.code / 2**20:,.1f} | {r.predicted / 2**20:,.1f} | {r.error_pct:+.1f}% "
+            f"| {r.error_less_code_pct:+.1f}% |"
         )
     return "\n".join(lines)
 
