@@ -43,7 +43,7 @@ class MemoryPeak:
     rss_file_bytes: int = 0
     # Of rss_file_bytes, the pages of code files (shared libraries, the interpreter), read once when
     # the block ends. How many pages a library keeps resident depends on how its file entered the
-    # page cache, not on the model: docs/planner.md, "Calibration".
+    # page cache, not on the model: docs/planner.md, "Why the test leaves code pages out".
     rss_code_bytes: int = 0
     cuda_allocated_bytes: int = 0
     cuda_reserved_bytes: int = 0

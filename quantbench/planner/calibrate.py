@@ -10,7 +10,7 @@ Three measured metrics have a prediction:
 - `peak_rss_bytes` (whole CPU process) vs the full CPU estimate, whose runtime term is the
   measured RSS of Python + torch + transformers (estimate.CPU_RUNTIME_BYTES).
 
-From the last two, where the eval also recorded `peak_rss_code_bytes`, a derived row
+From `peak_rss_bytes`, where the eval also recorded `peak_rss_code_bytes`, a derived row
 `peak_rss_less_code_bytes`: the peak less the resident pages of code files (shared libraries) on
 both sides, measured less the trial's own, predicted less the runtime's (CPU_RUNTIME_CODE_BYTES).
 How much of libtorch is resident depends on how its file entered the page cache, not on the model
@@ -153,7 +153,7 @@ def compare(
         measured = float(row["value"])
         out.append(_compared(row, row["metric"], measured, predicted, note))
         code = code_bytes.get(_eval_key(row))
-        if row["metric"] == "peak_rss_bytes" and code is not None:
+        if row["metric"] == "peak_rss_bytes" and code:  # 0: not measured (no /proc/self/smaps)
             out.append(_compared(row, LESS_CODE, measured - code, predicted - CPU_RUNTIME_CODE_BYTES, note))
     columns = ["trial_key", "model_ref", "method", "device", "metric", "measured", "predicted", "error_pct", "note"]
     columns.append("seq_len")

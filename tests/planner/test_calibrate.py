@@ -172,10 +172,12 @@ def test_a_peak_with_its_code_pages_is_also_compared_without_them():
             row("c", "baseline", {}, "peak_rss_bytes", full + 100 * 2**20, **PPL),
             row("c", "baseline", {}, "peak_rss_code_bytes", CPU_RUNTIME_CODE_BYTES + 100 * 2**20, **PPL),
             row("c", "baseline", {}, "peak_rss_bytes", 1e9, **short),  # this eval recorded no code pages
+            row("d", "baseline", {}, "peak_rss_bytes", 1e9, **PPL),
+            row("d", "baseline", {}, "peak_rss_code_bytes", 0, **PPL),  # no /proc/self/smaps: not measured
         ]
     )
     out = compare(frame, architecture_of=architecture_of)
-    assert list(out["metric"]) == ["peak_rss_bytes", LESS_CODE, "peak_rss_bytes"]
+    assert list(out["metric"]) == ["peak_rss_bytes", LESS_CODE, "peak_rss_bytes", "peak_rss_bytes"]
     less = out[out["metric"] == LESS_CODE].iloc[0]
     assert less["measured"] == full - CPU_RUNTIME_CODE_BYTES
     assert less["predicted"] == full - CPU_RUNTIME_CODE_BYTES and less["error_pct"] == 0
