@@ -286,9 +286,12 @@ def estimate(arch: Architecture, fmt: WeightFormat, workload: Workload) -> Estim
             f"prefill of {workload.batch} × {workload.prefill_tokens} tokens, {workload.attention} attention",
         )
     )
-    runtime_note = "CUDA context (outside torch's allocator)" if workload.device == "cuda" else "python+torch RSS"
-    runtime = CUDA_RUNTIME_BYTES if workload.device == "cuda" else CPU_RUNTIME_BYTES
-    components.append(Component("runtime", runtime, runtime_note))
+    if workload.device == "cuda":
+        components.append(Component("runtime", CUDA_RUNTIME_BYTES, "CUDA context (outside torch's allocator)"))
+    else:
+        code_mib = CPU_RUNTIME_CODE_BYTES / MIB
+        note = f"python+torch RSS, {code_mib:.0f} MiB of it library code (varies with the page cache)"
+        components.append(Component("runtime", CPU_RUNTIME_BYTES, note))
     return Estimate(arch, fmt, workload, tuple(components))
 
 
