@@ -14,7 +14,7 @@ From `peak_rss_bytes`, where the eval also recorded `peak_rss_code_bytes`, a der
 `peak_rss_less_code_bytes`: the peak less the resident pages of code files (shared libraries) on
 both sides, measured less the trial's own, predicted less the runtime's (CPU_RUNTIME_CODE_BYTES).
 How much of libtorch is resident depends on how its file entered the page cache, not on the model
-or the workload (81 to 298 MiB for the same imports on one machine: docs/planner.md), so this row
+or the workload (190 to 298 MiB for the same imports on one machine: docs/planner.md), so this row
 is the one that checks what the planner models.
 
 Memory metrics need the workload the trial measured at: `workload_of(row)` gives it. The

@@ -43,7 +43,7 @@ CUDA_RUNTIME_BYTES = 512 * MIB
 CPU_RUNTIME_BYTES = 663852304
 # Of it, the resident pages of code files (libtorch_cpu.so, libtriton.so, ...), same runs: 232.2 MiB
 # (230.4-233.2). Not a property of the code: it depends on how the files entered the page cache
-# (81-298 MiB for similar imports on this machine, docs/planner.md), so calibrate.py also compares
+# (190-298 MiB for the same imports on this machine, docs/planner.md), so calibrate.py also compares
 # peaks without it.
 CPU_RUNTIME_CODE_BYTES = 243456000
 
