@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantbench.errors import QuantbenchError
-from quantbench.planner.calibrate import compare, error_by_method
+from quantbench.planner.calibrate import NOTHING_MEASURED, compare, error_by_method
 from quantbench.planner.estimate import ATTENTION, DEVICES, KV_BYTES, Estimate, Workload, fits
 from quantbench.planner.formats import DTYPE_BYTES
 from quantbench.planner.gpus import GIB
@@ -105,7 +105,7 @@ def format_calibration(frame: pd.DataFrame) -> str:
     """Per-trial predictions and the error per method and metric, for a results-store frame."""
     compared = compare(frame)
     if compared.empty:
-        return "no finished trial in the store measured weight_bytes, peak_rss_bytes or cuda_max_allocated_bytes"
+        return NOTHING_MEASURED
     lines = [f"{'trial':<16}  {'method':<10} {'device':<6} {'metric':<24} {'measured':>15} {'predicted':>15}  error"]
     for r in compared.itertuples():
         predicted = "—" if pd.isna(r.predicted) else f"{r.predicted:,.0f}"

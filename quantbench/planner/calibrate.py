@@ -41,6 +41,7 @@ from quantbench.planner.weights import weight_groups
 
 MEASURED = ("weight_bytes", "cuda_max_allocated_bytes", "peak_rss_bytes")
 LESS_CODE = "peak_rss_less_code_bytes"
+NOTHING_MEASURED = f"no finished trial in the store measured {', '.join(MEASURED)}: run a trial first"
 NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "status", "metric", "value")
 # Methods whose quantbench backend keeps the dequantized weights in the compute dtype (fake
 # quantization: backends/rtn.py) while reporting the packed format's weight_bytes. Their process

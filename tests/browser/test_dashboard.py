@@ -185,6 +185,21 @@ def test_planner(page, artifacts):
     assert "bits must be one of" in error_text(page, "plan-error")
 
 
+@pytest.mark.slow  # needs the trials of the embedded model run above
+def test_planner_checks_itself_against_the_store(page, artifacts):
+    open_tab(page, "Planner")
+    page.get_by_text("How close is the planner?").click()
+    page.locator("#plan-calibrate").click()
+    per_method = page.locator("#plan-calibration")
+    per_method.get_by_text("peak RSS, whole process").first.wait_for()
+    text = per_method.inner_text()
+    assert "baseline" in text and "rtn" in text and "weight bytes" in text, text
+    rows = page.locator("#plan-calibration-rows").inner_text()
+    assert "rtn:bits=8,group_size=64" in rows and "peak RSS without library code" in rows, rows
+    assert page.locator("#plan-calibrate-error").is_hidden()
+    shot(page, artifacts, "planner-calibration")
+
+
 def test_page_needs_nothing_from_the_internet(page, requested_urls, ui_url):
     """No CDN font, script or analytics call: an offline machine would wait on each of them."""
     own = urlsplit(ui_url).netloc

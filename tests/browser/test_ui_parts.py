@@ -7,16 +7,19 @@ from __future__ import annotations
 import time
 
 import gradio as gr
+import pandas as pd
 import pytest
 
 from quantbench.app.cli import main
 from quantbench.app.ui import check_host
 from quantbench.app.ui.compare_tab import comparison_html, direction
+from quantbench.app.ui.planner_tab import calibration_frames
 from quantbench.app.ui.results_tab import results_frame
 from quantbench.app.ui.run_session import RunSession
 from quantbench.app.ui.run_tab import changed_params, eval_specs, int_list, param_control
 from quantbench.backends.registry import backend_names, get_backend
 from quantbench.errors import QuantbenchError
+from quantbench.planner.calibrate import NOTHING_MEASURED
 from quantbench.results.compare import compare
 from quantbench.results.query import query, wide
 from quantbench.runner.trial import plan_trial
@@ -181,3 +184,13 @@ def test_failed_trial_shows_its_error(tiny_model_dir, tmp_path):
     assert session.snapshot()[1]["status"].iloc[0] == "failed: timed out after 0.5 s (worker killed)"
     shown = results_frame(wide(query(tmp_path).frame))
     assert shown[["status", "error"]].values.tolist() == [["failed", "timed out after 0.5 s (worker killed)"]]
+
+
+def test_planner_calibration_of_a_store_without_memory_rows_is_one_message():
+    frame = pd.DataFrame(
+        [{"trial_key": "k", "model_ref": "m", "method": "baseline", "method_label": "baseline", "params_json": "{}",
+          "device": "cpu", "status": "ok", "metric": "perplexity", "value": 30.0}]
+    )  # fmt: skip
+    with pytest.raises(QuantbenchError, match="no finished trial in the store measured") as caught:
+        calibration_frames(frame)
+    assert str(caught.value) == NOTHING_MEASURED

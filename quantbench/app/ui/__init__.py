@@ -62,7 +62,7 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
             with gr.Tab("Charts", id="charts") as charts:
                 charts_parts = charts_tab.build(store)
             with gr.Tab("Planner", id="planner"):
-                loads.append(planner_tab.build()["load"])
+                loads.append(planner_tab.build(store)["load"])
             with gr.Tab("Export", id="export") as exports:
                 export_parts = export_tab.build(store, export_dir)
         chart = charts_parts["load"]

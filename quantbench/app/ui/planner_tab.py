@@ -1,14 +1,18 @@
 """Planner tab: the form of `quantbench plan`, the memory breakdown as a table and a stacked bar,
-and which catalog GPUs it fits (with the largest context and batch for a chosen one)."""
+and which catalog GPUs it fits (with the largest context and batch for a chosen one); below it,
+the planner checked against the memory the store's trials measured (`quantbench plan --calibrate`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from quantbench.app.ui.common import error_box, guarded
+from quantbench.app.ui.common import error_box, guarded, read_trials
 from quantbench.errors import QuantbenchError
+from quantbench.planner.calibrate import LESS_CODE, NOTHING_MEASURED, compare, error_by_method
 from quantbench.planner.estimate import ATTENTION, KV_BYTES, Estimate, Workload, fits
 from quantbench.planner.formats import BITS, DTYPE_BYTES, GROUPED, LAYOUTS
 from quantbench.planner.gpus import CATALOG, GIB
@@ -17,6 +21,13 @@ from quantbench.planner.presets import PRESETS
 from quantbench.planner.weights import parameter_count
 
 ALL_GPUS = ""
+MIB = 2**20
+METRIC_TITLES = {
+    "weight_bytes": "weight bytes",
+    "peak_rss_bytes": "peak RSS, whole process",
+    LESS_CODE: "peak RSS without library code",
+    "cuda_max_allocated_bytes": "CUDA max allocated",
+}
 
 
 def _method_info() -> str:
@@ -53,6 +64,30 @@ def fits_frame(est: Estimate) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["GPU", "memory GiB", "fits", "GiB free (negative: short)", "kind"])
 
 
+def calibration_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(error per method and metric, one row per measurement) for a tidy results frame."""
+    compared = compare(frame)
+    if compared.empty:
+        raise QuantbenchError(NOTHING_MEASURED)
+    labels = frame.drop_duplicates("trial_key").set_index("trial_key")["method_label"]
+    per_method = error_by_method(compared).round({"mean_error_pct": 1, "max_abs_error_pct": 1})
+    per_method["metric"] = per_method["metric"].map(METRIC_TITLES)
+    per_method.columns = ["method", "metric", "trials", "mean error %", "max |error| %"]
+    rows = pd.DataFrame(
+        {
+            "trial": compared["trial_key"].str[:8],
+            "method": compared["trial_key"].map(labels),
+            "metric": compared["metric"].map(METRIC_TITLES),
+            "seq_len": compared["seq_len"],
+            "measured MiB": (compared["measured"] / MIB).round(1),
+            "predicted MiB": (compared["predicted"] / MIB).round(1),
+            "error %": compared["error_pct"].round(1),
+            "note": compared["note"],
+        }
+    )
+    return per_method, rows
+
+
 def _optional_int(value: float | None, name: str) -> int | None:
     """A whole number from a Number control; None for 0 or empty (the control's 'default')."""
     if not value:
@@ -62,7 +97,7 @@ def _optional_int(value: float | None, name: str) -> int | None:
     return int(value)
 
 
-def build() -> dict[str, gr.components.Component]:
+def build(store: Path) -> dict[str, gr.components.Component]:
     gr.Markdown(
         "Will a model, quantized this way, fit a GPU at this context and batch? Counts every weight "
         "from the model's config (or a bundled preset), the KV cache, prefill activations and runtime "
@@ -183,4 +218,29 @@ def build() -> dict[str, gr.components.Component]:
 
     inputs = [model, method, bits, group, dtype, context, batch, kv_dtype, prefill_chunk, attention, device, gpu]
     run.click(plan, inputs, [summary, table, chart, fit_table, error], api_name="plan")
+    _calibration_section(store)
     return {"load": (plan, inputs, [summary, table, chart, fit_table, error])}
+
+
+def _calibration_section(store: Path) -> None:
+    with gr.Accordion("How close is the planner? Check it against the trials in this store", open=False):
+        gr.Markdown(
+            "Each finished trial's measured memory beside the planner's prediction for the same model, "
+            "method and workload: the backend's weight bytes, each perplexity eval's peak process RSS "
+            "(CPU) and CUDA allocator peak. **Peak RSS without library code** takes the resident pages "
+            "of shared libraries off both sides: how much of libtorch stays resident depends on the "
+            "machine's page cache, not on the model. Error % = (predicted − measured) / measured."
+        )
+        check = gr.Button("Check against the store", elem_id="plan-calibrate")
+        error = error_box("plan-calibrate-error")
+        per_method = gr.Dataframe(label="Error per method", interactive=False, elem_id="plan-calibration")
+        rows = gr.Dataframe(label="Each measurement", interactive=False, wrap=True, elem_id="plan-calibration-rows")
+
+    @guarded(2)
+    def calibrate() -> tuple:
+        frame, _ = read_trials(store)
+        if frame.empty:
+            raise QuantbenchError(f"no results in {store}: run trials first")
+        return calibration_frames(frame)
+
+    check.click(calibrate, None, [per_method, rows, error], api_name="calibrate")
