@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from cpu_methods import METHODS
 
-from quantbench.planner.calibrate import LESS_CODE, compare
+from quantbench.planner.calibrate import CPU_METHODS, LESS_CODE, compare
 from quantbench.results.store import read_results
 from quantbench.runner import environment
 from quantbench.runner.executor import run_local
@@ -97,7 +96,7 @@ def markdown(rss: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", help="e.g. ../shared/data/wikitext2/wiki.test.raw (required unless --report)")
-    parser.add_argument("--method", action="append", help=f"repeatable (default: {len(METHODS)} CPU methods)")
+    parser.add_argument("--method", action="append", help=f"repeatable (default: {len(CPU_METHODS)} CPU methods)")
     parser.add_argument("--seq-len", type=int, action="append", help="repeatable (default: 256 and 1024)")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--corpus-chars", type=int, default=6000, help="cut the corpus (~4 chars per token)")
@@ -115,7 +114,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="quantbench-calibration-"))
     store = args.store or work / "store"
     corpus = str(cut_corpus(Path(args.corpus), args.corpus_chars, work / "corpus.txt"))
-    specs = calibration_specs(args.method or METHODS, args.seq_len or [256, 1024], corpus, args.max_tokens)
+    specs = calibration_specs(args.method or list(CPU_METHODS), args.seq_len or [256, 1024], corpus, args.max_tokens)
     outcomes = run_local(specs, store)
     rss = rss_errors(store)
     report = {

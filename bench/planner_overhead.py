@@ -28,8 +28,7 @@ import statistics
 import subprocess
 import sys
 
-from cpu_methods import METHODS
-
+from quantbench.planner.calibrate import CPU_METHODS
 from quantbench.planner.config import architecture_from_config
 from quantbench.planner.estimate import Workload, layer_activation_bytes
 from quantbench.planner.formats import weight_format
@@ -132,7 +131,7 @@ def main() -> int:
         print(f"{name:<28} {rss / 2**20:>17.1f} {peak / 2**20:>18.1f}   ({int(rss)} B)")
     print(f"\n{'worker runtime, by method':<28} {'RSS MiB (median)':>17} {'of it code MiB':>15}")
     runtimes, codes = [], []
-    for method in METHODS:
+    for method in CPU_METHODS:
         runs = [run_child(WORKER_RUNTIME, method) for _ in range(args.repeats)]
         runtimes.append(statistics.median(r["runtime"] for r in runs))
         codes.append(statistics.median(r["code"] for r in runs))

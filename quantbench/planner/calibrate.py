@@ -40,6 +40,17 @@ from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import weight_groups
 
 MEASURED = ("weight_bytes", "cuda_max_allocated_bytes", "peak_rss_bytes")
+# The CPU methods the planner's CPU terms are measured and calibrated on (bench/planner_overhead.py,
+# bench/calibration.py, tests/planner/test_calibration_e2e.py), one per library at the setting people
+# use it with. bnb:bits=8 is left out for time: its CPU fallback is the slowest forward here.
+CPU_METHODS = (
+    "baseline",
+    "rtn:bits=4,group_size=64",
+    "bnb:bits=4,quant_type=nf4",
+    "torchao:bits=8",
+    "quanto:weights=int8",
+    "hqq:nbits=4,group_size=64",
+)
 LESS_CODE = "peak_rss_less_code_bytes"
 NOTHING_MEASURED = f"no finished trial in the store measured {', '.join(MEASURED)}: run a trial first"
 NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "status", "metric", "value")

@@ -14,7 +14,7 @@ each length scores at most 1024 tokens.
 import pytest
 from support import WIKITEXT_TEST
 
-from quantbench.planner.calibrate import LESS_CODE, compare
+from quantbench.planner.calibrate import CPU_METHODS, LESS_CODE, compare
 from quantbench.results.store import read_results
 from quantbench.runner.executor import run_local
 from quantbench.runner.trial import plan_trial
@@ -22,14 +22,6 @@ from quantbench.spec import EvalSpec, MethodSpec, ModelRef
 
 pytestmark = pytest.mark.slow
 
-METHODS = [
-    "baseline",
-    "rtn:bits=4,group_size=64",
-    "bnb:bits=4,quant_type=nf4",
-    "torchao:bits=8",
-    "quanto:weights=int8",
-    "hqq:nbits=4,group_size=64",
-]
 SEQ_LENS = (256, 1024)
 TOLERANCE_PCT = 10
 
@@ -41,16 +33,16 @@ def compared(tmp_path_factory):
     corpus = work / "corpus.txt"
     corpus.write_text(text[: text.index("\n", 6000) + 1], encoding="utf-8")  # ~1,500 tokens
     evals = [EvalSpec("perplexity", {"corpus": str(corpus), "seq_len": n, "max_tokens": 1024}) for n in SEQ_LENS]
-    specs = [plan_trial(ModelRef("embedded:smollm2-135m"), MethodSpec.parse(m), evals) for m in METHODS]
+    specs = [plan_trial(ModelRef("embedded:smollm2-135m"), MethodSpec.parse(m), evals) for m in CPU_METHODS]
     outcomes = run_local(specs, work / "store")
-    assert [o.status for o in outcomes] == ["ok"] * len(METHODS), [o.error for o in outcomes]
+    assert [o.status for o in outcomes] == ["ok"] * len(CPU_METHODS), [o.error for o in outcomes]
     out = compare(read_results(work / "store").frame)
-    labels = {s.key: m for s, m in zip(specs, METHODS, strict=True)}
+    labels = {s.key: m for s, m in zip(specs, CPU_METHODS, strict=True)}
     out["label"] = out["trial_key"].map(labels)
     return out
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CPU_METHODS)
 def test_peak_rss_is_predicted_within_10_percent(compared, method):
     rows = compared[(compared["label"] == method) & (compared["metric"] == LESS_CODE)]
     assert sorted(rows["seq_len"]) == list(SEQ_LENS)
@@ -61,5 +53,5 @@ def test_peak_rss_is_predicted_within_10_percent(compared, method):
 
 def test_weight_bytes_match_the_backends_count(compared):
     rows = compared[compared["metric"] == "weight_bytes"]
-    assert len(rows) == len(METHODS)
+    assert len(rows) == len(CPU_METHODS)
     assert (rows["error_pct"].abs() < 0.1).all(), rows[["label", "error_pct"]].to_string()
