@@ -66,14 +66,14 @@ def rss_errors(store: Path) -> pd.DataFrame:
     rss["order"] = rss["trial_key"].map({key: i for i, key in enumerate(trials["trial_key"])})
     rss = rss.sort_values(["order", "seq_len"])
     keys = list(zip(rss["trial_key"], rss["seq_len"], strict=True))
-    for column, metric in (("file_mapped", "peak_rss_file_bytes"), ("code", "peak_rss_code_bytes")):
-        rows = frame[frame["metric"] == metric]  # absent in stores written before the metric existed
-        seq_lens = rows["protocol_json"].map(lambda text: json.loads(text).get("seq_len"))
-        values = dict(zip(zip(rows["trial_key"], seq_lens, strict=True), rows["value"], strict=True))
-        rss[column] = [values.get(key, math.nan) for key in keys]
-    less = compared[compared["metric"] == LESS_CODE]
-    errors = dict(zip(zip(less["trial_key"], less["seq_len"], strict=True), less["error_pct"], strict=True))
-    rss["error_less_code_pct"] = [errors.get(key, math.nan) for key in keys]
+    files = frame[frame["metric"] == "peak_rss_file_bytes"]  # absent in stores written before it existed
+    seq_lens = files["protocol_json"].map(lambda text: json.loads(text).get("seq_len"))
+    file_bytes = dict(zip(zip(files["trial_key"], seq_lens, strict=True), files["value"], strict=True))
+    rss["file_mapped"] = [file_bytes.get(key, math.nan) for key in keys]
+    # compare() already took each peak's code pages off in its LESS_CODE row: the code share is the difference
+    less = compared[compared["metric"] == LESS_CODE].set_index(["trial_key", "seq_len"]).reindex(keys)
+    rss["code"] = rss["measured"].to_numpy() - less["measured"].to_numpy()
+    rss["error_less_code_pct"] = less["error_pct"].to_numpy()
     columns = ["label", "method", "seq_len", "measured", "file_mapped", "code", "predicted", "error_pct"]
     return rss[[*columns, "error_less_code_pct", "note"]]
 

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from quantbench.app.ui.common import error_box, guarded, read_trials
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import LESS_CODE, NOTHING_MEASURED, compare, error_by_method
-from quantbench.planner.estimate import ATTENTION, KV_BYTES, Estimate, Workload, fits
+from quantbench.planner.estimate import ATTENTION, KV_BYTES, MIB, Estimate, Workload, fits
 from quantbench.planner.formats import BITS, DTYPE_BYTES, GROUPED, LAYOUTS
 from quantbench.planner.gpus import CATALOG, GIB
 from quantbench.planner.plan import make_plan
@@ -21,7 +21,6 @@ from quantbench.planner.presets import PRESETS
 from quantbench.planner.weights import parameter_count
 
 ALL_GPUS = ""
-MIB = 2**20
 METRIC_TITLES = {
     "weight_bytes": "weight bytes",
     "peak_rss_bytes": "peak RSS, whole process",
