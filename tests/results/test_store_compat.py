@@ -28,31 +28,35 @@ WRITTEN = {
     "c346aae653a539db": ("quanto:weights=int8", 8.0),
     "3a7c6648a26b070b": ("hqq:group_size=64,nbits=4", 4.0),
 }
+LABELS = {key: label for key, (label, _) in WRITTEN.items()}
+
+
+@pytest.fixture(scope="module")
+def planned() -> list:
+    return load_sweep(FIXTURES / "store-v1.yaml")[1]
 
 
 def test_old_store_reads_with_its_labels_and_bits() -> None:
     contents = read_results(STORE)
     assert contents.skipped == []
     trials = contents.frame.drop_duplicates("trial_key").set_index("trial_key")
-    assert dict(trials["method_label"]) == {key: label for key, (label, _) in WRITTEN.items()}
+    assert dict(trials["method_label"]) == LABELS
     assert set(trials["status"]) == {"ok"}
     table = wide(query(STORE).frame).set_index("trial_key")
-    assert dict(table["method_label"]) == {key: label for key, (label, _) in WRITTEN.items()}
+    assert dict(table["method_label"]) == LABELS
     bits = trial_bits(contents.frame)
     for key, (_, expected) in WRITTEN.items():
         assert math.isclose(bits[key], expected), key
 
 
-def test_old_sweep_resumes_on_the_same_trial_keys() -> None:
-    _, planned = load_sweep(FIXTURES / "store-v1.yaml")
+def test_old_sweep_resumes_on_the_same_trial_keys(planned: list) -> None:
     done = completed_keys(STORE)
     assert {spec.key for spec in planned} == set(WRITTEN) == done
 
 
 @pytest.mark.parametrize("key", sorted(WRITTEN))
-def test_labels_recomputed_from_the_stored_spec_match(key: str) -> None:
-    _, planned = load_sweep(FIXTURES / "store-v1.yaml")
+def test_labels_recomputed_from_the_stored_spec_match(key: str, planned: list) -> None:
     spec = next(s for s in planned if s.key == key)
     replanned = plan_trial(spec.model, spec.method, list(spec.evals), spec.device)
     assert replanned.key == key
-    assert method_label(spec.method) == WRITTEN[key][0]
+    assert method_label(spec.method) == LABELS[key]
