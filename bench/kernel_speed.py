@@ -6,7 +6,7 @@ not L2 (an fp16 4096² weight would fit in an H100's 50 MB L2). Reported per sha
 speed-up over fp16, the ideal speed-up at small M (16 / effective bits), and the share of the
 memory-bandwidth roofline each reaches (bytes that must move / time / peak bandwidth).
 
-Run: `.venv/bin/python bench/kernels.py [--bits 4 --group-size 128] [--bandwidth-gbs 3350]`.
+Run: `.venv/bin/python bench/kernel_speed.py [--bits 4 --group-size 128] [--bandwidth-gbs 3350]`.
 Needs CUDA; elsewhere it exits with code 2 (the kernels are checked on CPU by tests/kernels).
 The first call per shape autotunes (not timed).
 """
@@ -59,10 +59,10 @@ def main() -> int:
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
-        print("bench/kernels.py needs a CUDA GPU and torch sees none; on CPU run tests/kernels", file=sys.stderr)
+        print("bench/kernel_speed.py needs a CUDA GPU and torch sees none; on CPU run tests/kernels", file=sys.stderr)
         return 2
     if importlib.util.find_spec("triton") is None:
-        print("bench/kernels.py needs triton (pip install triton)", file=sys.stderr)
+        print("bench/kernel_speed.py needs triton (pip install triton)", file=sys.stderr)
         return 2
 
     import triton
