@@ -82,21 +82,32 @@ class BnbBackend(Backend):
         module = models.load(
             model, dtype=params.compute_dtype, device=device, quantization_config=config, device_map={"": device}
         )
-        return QuantizedModel.measured(
+        quantized = QuantizedModel.measured(
             module, models.load_tokenizer(model), device, _kernel(params, device), weights=count
         )
+        if _repacks_on_first_forward(params, device):
+            # Linear4bit repacks its codes for the AVX512-BF16 gemv on its first CPU forward, a
+            # one-time transient that the heap keeps (120-190 MiB on the embedded model). One token
+            # through the model here makes it part of quantizing, after weight_bytes counted the
+            # stored format, so the first eval's memory peak is the model's, as every later one is.
+            quantized.logits(torch.zeros((1, 1), dtype=torch.long))
+        return quantized
+
+
+def _repacks_on_first_forward(params: BnbParams, device: str) -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return device == "cpu" and params.bits == 4 and has_avx512bf16()
 
 
 def _kernel(params: BnbParams, device: str) -> str:
     """The path bitsandbytes 0.4x/0.5x takes for this format (`backends/cpu/ops.py` on CPU)."""
     if device == "cuda":
         return "bnb cuda int8 (LLM.int8)" if params.bits == 8 else f"bnb cuda {params.quant_type}"
-    from bitsandbytes.functional import has_avx512bf16
-
     avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
     if params.bits == 8:
         return "bnb cpu int8 torch._int_mm" if avx512 else "bnb cpu int8 fallback (fp32 matmul, no AVX512)"
-    if has_avx512bf16():
+    if _repacks_on_first_forward(params, device):
         return f"bnb cpu {params.quant_type} gemv_4bit (AVX512-BF16)"
     scalar = "" if avx512 else " (scalar loop, no AVX512)"
     return f"bnb cpu {params.quant_type} dequantize{scalar} + {params.compute_dtype} matmul"
