@@ -47,6 +47,14 @@ def expected_bytes(base: torch.nn.Module, bits: int, g_idx: bool) -> int:
     return int(total) + sum(2 * p.numel() for p in base.parameters() if id(p) not in quantized)
 
 
+def cpu_kernels(avx512_bf16: str, *others: str) -> tuple[str, ...]:
+    """The CPU kernels GPTQModel may pick here: its AVX512-BF16 kernel wherever the CPU has that
+    extension (it is chosen first), the torch ones elsewhere."""
+    from gptqmodel.utils.cpu_features import has_avx512_bf16
+
+    return (avx512_bf16,) if has_avx512_bf16() else others
+
+
 def test_gptq_bytes_kernel_and_8bit_closer_than_4bit(resolved, baseline):
     errors = {}
     for bits in (8, 4):
@@ -56,7 +64,12 @@ def test_gptq_bytes_kernel_and_8bit_closer_than_4bit(resolved, baseline):
         logits = q.logits(INPUT_IDS)
         assert torch.isfinite(logits).all()
         errors[bits] = (logits - baseline[1]).pow(2).mean().item()
-    assert q.kernel in ("GPTQModel TorchAtenLinear", "GPTQModel TorchFusedLinear", "GPTQModel TorchLinear")
+    assert q.kernel in cpu_kernels(
+        "GPTQModel TorchCpuAvx512Linear",
+        "GPTQModel TorchAtenLinear",
+        "GPTQModel TorchFusedLinear",
+        "GPTQModel TorchLinear",
+    )
     assert 0 < errors[8] < errors[4]
 
 
@@ -121,7 +134,7 @@ def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
     base = models.load(resolved)
     q = quantize(AwqBackend(), resolved)
     assert q.weight_bytes == expected_bytes(base, 4, g_idx=False)
-    assert q.kernel == "GPTQModel TorchAtenAwqLinear"
+    assert q.kernel in cpu_kernels("GPTQModel TorchCpuAvx512AwqLinear", "GPTQModel TorchAtenAwqLinear")
     logits = q.logits(INPUT_IDS)
     with torch.inference_mode():
         reference = base(input_ids=INPUT_IDS).logits
