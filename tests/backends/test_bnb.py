@@ -51,11 +51,12 @@ def expected_bytes(base: torch.nn.Module, bits: int, double_quant: bool, state: 
 )
 def test_weight_bytes_match_format(resolved, baseline, raw, bits, double_quant):
     q = quantize(resolved, **raw)
-    expected = expected_bytes(baseline[0], bits, double_quant, q.module.state_dict())
+    state = q.module.state_dict()
+    expected = expected_bytes(baseline[0], bits, double_quant, state)
     # weight_bytes is counted before bnb's first CPU forward; on AVX512-BF16 CPUs that forward
     # (run while quantizing) repacks 4-bit layers, and state_dict() unpacks them again with their
     # quant-state JSON's float fields (nested_offset) rounded to other digits.
-    json_slack = JSON_DIGITS_SLACK * sum(1 for key in q.module.state_dict() if ".quant_state." in key)
+    json_slack = JSON_DIGITS_SLACK * sum(1 for key in state if ".quant_state." in key)
     assert abs(q.weight_bytes - expected) <= json_slack
     assert q.bits_per_weight == pytest.approx(8 * q.weight_bytes / sum(p.numel() for p in baseline[0].parameters()))
     assert q.kernel.startswith("bnb cpu")

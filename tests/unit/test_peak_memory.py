@@ -23,7 +23,7 @@ def test_private_allocation_raises_the_peak_not_the_file_share():
         # Held for several sampling intervals: in a long test process ru_maxrss is already above
         # this block, so only a sample taken while it lives can see it (a shorter spike is missed,
         # as PeakMemory's docstring says).
-        time.sleep(20 * PeakMemory().interval_s)
+        time.sleep(20 * memory.interval_s)
         del block
     assert memory.peak.rss_bytes - outside.peak.rss_bytes > 56 * MIB
     assert abs(memory.peak.rss_file_bytes - outside.peak.rss_file_bytes) < 16 * MIB
