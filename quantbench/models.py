@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from quantbench.errors import QuantbenchError
+from quantbench.files import atomic_write_text
 from quantbench.spec import ModelRef
 
 # name -> (distribution, file inside it)
@@ -249,14 +250,6 @@ def _hub_snapshot(repo_id: str) -> Path:
             f"model {repo_id!r} is not a local path, not in the Hugging Face cache, "
             f"and could not be downloaded ({_first_line(exc)})"
         ) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals import perplexity, progress
 from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
+from quantbench.files import atomic_path
 from quantbench.models import ResolvedModel
 
 FORMAT = "quantbench-divergence-baseline/2"
@@ -201,18 +200,11 @@ def read_cache(path: Path, key: dict, n_tokens: int) -> np.ndarray | None:
 
 def write_cache(path: Path, key: dict, dtype: np.dtype, records: Iterator[np.ndarray]) -> None:
     """Stream records to a temp file next to `path`, then rename it into place (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"key": key, "dtype": dtype.descr}).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
-            for chunk in records:
-                f.write(chunk.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+        for chunk in records:
+            f.write(chunk.tobytes())
 
 
 def evaluate(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from quantbench.errors import QuantbenchError
+from quantbench.files import atomic_path
 from quantbench.results.columns import best_rows, display_table
 from quantbench.results.query import wide
 
@@ -55,13 +56,8 @@ def export(frame: pd.DataFrame, fmt: str, directory: Path, name: str | Path, cha
         "latex": lambda t, p: p.write_text(to_latex(t)),
         "html": lambda t, p: p.write_text(to_html(frame, t)),
     }
-    # Write beside the target and rename, so a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         writers[fmt](table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantbench.errors import QuantbenchError
+from quantbench.files import atomic_path
 from quantbench.results.store import StoreContents, read_files, result_files
 
 TRIAL_COLUMNS = ["trial_key", "created_at", "status", "model_ref", "method_label", "device", "kernel", "error"]
@@ -169,15 +169,11 @@ def _load_cache(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 def _save_cache(path: Path, frame: pd.DataFrame, stamps: dict[str, str]) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _STAMPS_KEY: json.dumps(stamps)})
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
     except OSError:
         pass  # no writable cache dir: queries still work, just uncached
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def wide(frame: pd.DataFrame) -> pd.DataFrame:

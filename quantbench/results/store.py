@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantbench.errors import QuantbenchError
+from quantbench.files import atomic_path
 from quantbench.results.schema import REQUIRED_COLUMNS
 
 # Trial keys are hashes; this also keeps a caller's key from naming a path outside the store.
@@ -51,18 +52,11 @@ def write_trial(store: Path, trial_key: str, table: pa.Table) -> Path:
         raise QuantbenchError(f"trial key {trial_key!r} is not a plain file name (letters, digits, _ and -)")
     check_writable(store)
     final = store / f"{trial_key}.parquet"
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{trial_key}-", suffix=".parquet", dir=store)
     try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        with atomic_path(final, durable=True) as tmp:
+            pq.write_table(table, tmp)
     except OSError as exc:
         raise QuantbenchError(f"cannot write results to {store}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return final
 
 
