@@ -8,20 +8,55 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from quantbench.app import plan_cli, results_cli
+from quantbench.app.inputs import (
+    DEFAULT_EVALS,
+    default_help,
+    duration,
+    eval_specs,
+    from_text,
+    is_collection,
+    parse_evals,
+    unwrap_optional,
+)
 from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
-from quantbench.evals.latency import LatencyParams
-from quantbench.evals.perplexity import PerplexityParams
+from quantbench.evals.registry import EVALS, get_eval
 from quantbench.results.query import Filters
 from quantbench.runner.environment import quiet_library_logs
 from quantbench.spec import DEFAULT_MODEL, DEVICES, EvalSpec, MethodSpec, ModelRef
 
-PPL_DEFAULTS = PerplexityParams()
-LATENCY_DEFAULTS = LatencyParams()
+# Which eval parameter each `run` flag sets, and in which evals: a flag sets one field, only in
+# the evals listed. Perplexity and divergence score the same windows, so the window flags set
+# both; `--batch-size` is windows per forward pass there, and `--task-batch-size` is lm-eval's
+# requests per pass (the same field name in TasksParams, another knob). Every other parameter:
+# `--eval NAME:KEY=VALUE,...`, which wins over a flag.
+WINDOWS = ("perplexity", "divergence")
+EVAL_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "--corpus": (WINDOWS, "corpus"),
+    "--seq-len": (WINDOWS, "seq_len"),
+    "--stride": (WINDOWS, "stride"),
+    "--max-tokens": (WINDOWS, "max_tokens"),
+    "--batch-size": (WINDOWS, "batch_size"),
+    "--top-k": (("divergence",), "top_k"),
+    "--prompt-lengths": (("latency",), "prompt_lengths"),
+    "--batch-sizes": (("latency",), "batch_sizes"),
+    "--new-tokens": (("latency",), "new_tokens"),
+    "--repeats": (("latency",), "repeats"),
+    "--tasks": (("tasks",), "tasks"),
+    "--task-data": (("tasks",), "task_data"),
+    "--limit": (("tasks",), "limit"),
+    "--num-fewshot": (("tasks",), "num_fewshot"),
+    "--task-batch-size": (("tasks",), "batch_size"),
+}
+EVAL_FLAGS_HELP = (
+    "Eval parameters: each flag below sets one field of the evals it names (and no other); any "
+    "field without a flag: --eval NAME:KEY=VALUE,... (it wins over a flag). Unset: the eval's default."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,27 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="name[:key=value,...], repeatable (default: baseline); see `quantbench methods`",
     )
-    run.add_argument("--eval", action="append", help="comma list or repeatable: perplexity, ... (default: perplexity)")
     run.add_argument(
-        "--corpus", default=PPL_DEFAULTS.corpus, help="builtin, wikitext2[:split], or a .txt/.jsonl/.parquet file"
+        "--eval",
+        action="append",
+        metavar="NAME[:KEY=VALUE,...]",
+        help=f"comma list or repeatable: {', '.join(EVALS)} (default: {','.join(DEFAULT_EVALS)}); "
+        "e.g. perplexity,latency:new_tokens=8,repeats=2",
     )
-    run.add_argument("--seq-len", type=int, default=PPL_DEFAULTS.seq_len)
-    run.add_argument("--stride", type=int, default=PPL_DEFAULTS.stride, help="sliding-window step (default: seq-len)")
-    run.add_argument("--max-tokens", type=int, default=PPL_DEFAULTS.max_tokens, help="token budget (default: all)")
-    run.add_argument("--batch-size", type=int, default=PPL_DEFAULTS.batch_size, help="windows per forward pass")
-    latency = LATENCY_DEFAULTS
-    run.add_argument("--prompt-lengths", type=_int_list, help=f"latency prefill lengths ({latency.prompt_lengths})")
-    run.add_argument("--batch-sizes", type=_int_list, help=f"latency decode batches ({latency.batch_sizes})")
-    run.add_argument("--new-tokens", type=int, help=f"latency tokens generated per row ({latency.new_tokens})")
-    run.add_argument("--repeats", type=int, help=f"latency minimum timed calls per series ({latency.repeats})")
-    run.add_argument("--top-k", type=int, help="divergence: baseline log-probs cached per token (64)")
-    run.add_argument("--tasks", help="tasks: comma list of lm-eval task names (lambada_openai)")
-    run.add_argument(
-        "--task-data", action="append", help="tasks: TASK=FILE, a local copy of the task's data (repeatable)"
-    )
-    run.add_argument("--limit", type=int, help="tasks: documents per task (default: all)")
-    run.add_argument("--num-fewshot", type=int, help="tasks: few-shot examples (default: the task's)")
     run.add_argument("--device", default="cpu", choices=DEVICES)
+    _eval_flags(run.add_argument_group("eval parameters", EVAL_FLAGS_HELP))
     _execution_args(run)
 
     sweep = sub.add_parser("sweep", help="run every trial of a sweep file (YAML), resuming what is done")
@@ -87,12 +110,31 @@ def _execution_args(parser: argparse.ArgumentParser) -> None:
     _store_arg(parser)
 
 
-def _int_list(text: str) -> list[int]:
-    """A comma list of integers, e.g. "128,512" (range checks belong to the eval's Params)."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _eval_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per EVAL_FLAGS entry; its type, help and shown default come from the Params field
+    (no argparse default: an unset flag leaves the eval's own)."""
+    for flag, (evals, field) in EVAL_FLAGS.items():
+        info = get_eval(evals[0]).Params.model_fields[field]
+        options: dict = {"help": f"{', '.join(evals)}: {default_help(info)}"}
+        kind = unwrap_optional(info.annotation)
+        if is_collection(info):
+            options["type"] = _text_reader(flag, info)
+            if typing.get_origin(kind) is dict:
+                options["action"] = "append"  # TASK=FILE, repeatable as well as comma-separated
+        elif kind in (int, float):
+            options["type"] = kind
+        group.add_argument(flag, **options)
+
+
+def _text_reader(flag: str, info):
+    def read(text: str):
+        try:
+            return from_text(info, text)
+        except QuantbenchError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    read.__name__ = flag  # argparse names the type in its own messages
+    return read
 
 
 def _store_arg(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     quiet_library_logs()
     model = ModelRef(args.model, trust_remote_code=args.trust_remote_code)
-    names = [name.strip() for text in args.eval or ["perplexity"] for name in text.split(",") if name.strip()]
-    evals = [_eval_spec(name, args) for name in names]
+    evals = run_evals(args)
     # Plan every trial before running any, so a typo in the last method fails in a second.
     specs = [plan_trial(model, MethodSpec.parse(m), evals, args.device) for m in args.method or ["baseline"]]
     return _run_specs(specs, args)
@@ -183,9 +224,9 @@ def _print_progress(event) -> None:
         count = f"{event.elapsed_s:.0f} s"
     etas = []
     if event.trial_eta_s is not None:
-        etas.append(f"{event.stage} {_duration(event.trial_eta_s)} left")
+        etas.append(f"{event.stage} {duration(event.trial_eta_s)} left")
     if event.eta_s is not None:
-        etas.append(f"sweep about {_duration(event.eta_s)} left")
+        etas.append(f"sweep about {duration(event.eta_s)} left")
     tail = f" ({'; '.join(etas)})" if etas else ""
     if sys.stderr.isatty():
         bar = ""
@@ -202,16 +243,21 @@ def _print_progress(event) -> None:
         print(f"{where}: {count}{tail}", file=sys.stderr, flush=True)
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+def run_evals(args: argparse.Namespace) -> list[EvalSpec]:
+    """The evals `run` was asked for, each with its `--eval` parameters and the flags that name it."""
+    return eval_specs(parse_evals(args.eval or DEFAULT_EVALS), _flag_values(args))
 
 
-def _eval_spec(name: str, args: argparse.Namespace) -> EvalSpec:
-    """An eval's parameters are the `run` flags named like its Params fields (unset flags keep defaults)."""
-    from quantbench.evals.registry import get_eval
-
-    fields = get_eval(name).Params.model_fields
-    return EvalSpec(name, {k: v for k, v in vars(args).items() if k in fields and v is not None})
+def _flag_values(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """{eval: {field: value}} of the eval flags given (EVAL_FLAGS says where each goes)."""
+    values: dict[str, dict[str, object]] = {}
+    for flag, (evals, field) in EVAL_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if isinstance(value, list) and value and isinstance(value[0], list):  # an appended comma list
+            value = [item for part in value for item in part]
+        for name in evals if value is not None else ():
+            values.setdefault(name, {})[field] = value
+    return values
 
 
 def cmd_results(args: argparse.Namespace) -> int:

@@ -55,6 +55,8 @@ REFERENCE_DTYPE = "float32"
 
 
 class DivergenceParams(PerplexityParams):
+    """KL divergence from the unquantized model, token by token (same windows as perplexity)"""
+
     top_k: int = Field(64, ge=1, description="baseline log-probs kept exactly per token")
     tail_samples: int = Field(64, ge=1, description="tokens sampled from the rest of the baseline's distribution")
 

@@ -60,10 +60,16 @@ PROMPT_SEED = 0
 
 
 class LatencyParams(BaseModel):
+    """prefill time and decode tokens/s"""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt_lengths: tuple[PositiveInt, ...] = Field((128, 512, 2048), min_length=1, description="prefill lengths")
-    batch_sizes: tuple[PositiveInt, ...] = Field((1, 4, 16), min_length=1, description="decode batch sizes")
+    prompt_lengths: tuple[PositiveInt, ...] = Field(
+        (128, 512, 2048), min_length=1, description="prompt lengths (tokens) at which prefill is timed"
+    )
+    batch_sizes: tuple[PositiveInt, ...] = Field(
+        (1, 4, 16), min_length=1, description="batch sizes at which decode tokens/s is timed"
+    )
     new_tokens: int = Field(32, ge=2, description="tokens generated per row (one prefill + N-1 decode steps)")
     decode_prompt_length: PositiveInt = Field(128, description="prompt tokens per row before decoding")
     warmup: int = Field(1, ge=0, description="untimed calls before each series")

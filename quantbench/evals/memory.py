@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from quantbench.backends.base import QuantizedModel, weight_bytes
 from quantbench.corpora import Corpus
@@ -147,9 +147,13 @@ def _maxrss_bytes() -> int:
 
 
 class MemoryParams(BaseModel):
+    """checkpoint bytes on disk, for methods that save"""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    checkpoint: bool = True  # save the model to a temp dir and count its bytes (costs one write of the weights)
+    checkpoint: bool = Field(
+        True, description="save the model to a temp dir and count its bytes (costs one write of the weights)"
+    )
 
 
 Params = MemoryParams

@@ -34,12 +34,19 @@ from quantbench.models import ResolvedModel, load_tokenizer
 
 
 class PerplexityParams(BaseModel):
+    """quality on a text corpus (lower is better)"""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    corpus: str = "builtin"
-    seq_len: int = Field(2048, ge=2, description="tokens per window")
-    stride: int | None = Field(None, ge=1, description="window step; None = seq_len (no overlap)")
-    max_tokens: int | None = Field(None, ge=2, description="use only the first N tokens of the corpus")
+    corpus: str = Field(
+        "builtin",
+        description="builtin = CPython's help texts (offline); wikitext2[:split]; or a .txt/.jsonl/.parquet file",
+    )
+    seq_len: int = Field(2048, ge=2, description="tokens per scored window")
+    stride: int | None = Field(None, ge=1, description="window step for sliding windows; unset = seq_len (no overlap)")
+    max_tokens: int | None = Field(
+        None, ge=2, description="score only the first N corpus tokens; unset = the whole corpus"
+    )
     batch_size: int = Field(1, ge=1, description="windows per forward pass")
 
     @model_validator(mode="after")

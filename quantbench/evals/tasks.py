@@ -44,13 +44,17 @@ from quantbench.models import ResolvedModel
 
 
 class TasksParams(BaseModel):
+    """lm-evaluation-harness accuracy (needs the task data offline)"""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tasks: tuple[str, ...] = Field(("lambada_openai",), description="lm-eval task names (comma list on the CLI)")
-    task_data: dict[str, str] = Field(default_factory=dict, description="task -> local data file")
-    limit: int | None = Field(None, ge=1, description="documents per task (default: all)")
-    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples (default: the task's)")
-    batch_size: int = Field(1, ge=1, description="requests per forward pass")
+    tasks: tuple[str, ...] = Field(("lambada_openai",), description="lm-eval task names, comma-separated")
+    task_data: dict[str, str] = Field(
+        default_factory=dict, description="TASK=FILE, a local copy of a task's data, comma-separated (needed offline)"
+    )
+    limit: int | None = Field(None, ge=1, description="documents per task; unset = all")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; unset = the task's own")
+    batch_size: int = Field(1, ge=1, description="lm-eval requests per forward pass")
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantbench.app.inputs import duration
 from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
 from quantbench.spec import TrialSpec
@@ -165,14 +166,10 @@ class RunSession:
         line = f"**Running** trial {current} of {len(rows)}: {method_label(rows[current - 1].spec.method)} ({tally})"
         if self._sweep_eta is not None:
             left = max(0.0, self._sweep_eta[0] - (now - self._sweep_eta[1]))
-            line += f" · about {_duration(left)} left"
+            line += f" · about {duration(left)} left"
         else:
             line += " · time left is estimated once the first trial ends"
         return line + (" · cancelling…" if self._cancel.is_set() else "")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _row(index: int, row: TrialRow, now: float) -> list:
@@ -180,7 +177,7 @@ def _row(index: int, row: TrialRow, now: float) -> list:
     if elapsed is None and row.started_at is not None:
         elapsed = now - row.started_at
     progress = f"{row.done}/{row.todo}" if row.todo else (str(row.done) if row.done else "")
-    eta = _duration(row.stage_eta_s) + " (this stage)" if row.stage_eta_s is not None else ""
+    eta = duration(row.stage_eta_s) + " (this stage)" if row.stage_eta_s is not None else ""
     status = row.status + (f": {row.error.splitlines()[0]}" if row.error and row.status != "ok" else "")
     return [
         index,

@@ -1,22 +1,22 @@
-"""Run tab: model, queued methods (each with a form generated from its adapter's Params model),
-evals and their budgets, device; Start runs the trials in the background and a timer polls their
-progress; Cancel stops the running worker."""
+"""Run tab: model, queued methods and the chosen evals, each with a form generated from its
+Params model (the controls, their defaults and help come from the fields, never restated here),
+device; Start runs the trials in the background and a timer polls their progress; Cancel stops
+the running worker."""
 
 from __future__ import annotations
 
-import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 from pydantic.fields import FieldInfo
 
+from quantbench.app.inputs import DEFAULT_EVALS, as_text, default_help, eval_specs, unwrap_optional
 from quantbench.app.ui.common import error_box, guarded, no_error, show_error
 from quantbench.app.ui.run_session import RunSession
 from quantbench.backends.registry import backend_names, get_backend, method_label
 from quantbench.errors import QuantbenchError
-from quantbench.evals.latency import LatencyParams
-from quantbench.evals.perplexity import PerplexityParams
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef, validate_params
 
@@ -46,44 +46,18 @@ PARAM_HELP = {
     "desc_act": "quantize columns in order of decreasing activation size",
     "damp": "fraction of the Hessian's mean diagonal added for stability",
 }
-EVAL_HELP = {
-    "perplexity": "perplexity: quality on a text corpus (lower is better)",
-    "divergence": "divergence: KL divergence from the unquantized model, token by token",
-    "latency": "latency: prefill time and decode tokens/s",
-    "tasks": "tasks: lm-evaluation-harness accuracy (needs the task data offline)",
-    "memory": "memory: checkpoint bytes on disk, for methods that save",
-}
 
 
 def eval_label(name: str) -> str:
-    """The checkbox text of an eval: ours above, else the first line of its module's docstring."""
-    if name in EVAL_HELP:
-        return EVAL_HELP[name]
-    doc = (get_eval(name).__doc__ or "").strip()
+    """The checkbox text of an eval: its name and the first line of its Params docstring."""
+    doc = (get_eval(name).Params.__doc__ or "").strip()
     return f"{name}: {doc.splitlines()[0]}" if doc else name
-
-
-PPL = PerplexityParams()
-LATENCY = LatencyParams()
-# The budget of the default benchmark (examples/sweep-cpu.yaml, what `make run` stores), so trials
-# started here compare with its results; the eval's own defaults (seq_len 2048, the whole corpus)
-# take minutes per trial on a CPU.
-UI_SEQ_LEN, UI_MAX_TOKENS = 512, 4096
 
 
 def _literal_choices(annotation: object) -> tuple | None:
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
     return None
-
-
-def _optional(annotation: object) -> object:
-    """`int | None` -> int."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
 
 
 # pydantic constraint -> Number bound; gt/lt become inclusive bounds for the integer controls.
@@ -104,13 +78,16 @@ def shown_default(value: Any) -> Any:
     return "+".join(value) if isinstance(value, tuple) else value
 
 
-def param_control(method: str, name: str, info: FieldInfo) -> gr.components.Component:
-    """The control for one adapter parameter: a dropdown for a Literal, a checkbox for a bool,
-    a number for an int or float, a text box otherwise."""
-    default = shown_default(info.default)
-    help_text = f"{info.description or PARAM_HELP.get(name, name)} (default: {default})"
-    common = {"label": name, "info": help_text, "elem_id": f"param-{method}-{name}"}
-    annotation = _optional(info.annotation)
+def param_control(
+    method: str, name: str, info: FieldInfo, kind: str = "param", shown: Callable[[Any], Any] = shown_default
+) -> gr.components.Component:
+    """The control for one parameter of an adapter (`kind` "param") or of an eval ("eval"): a
+    dropdown for a Literal, a checkbox for a bool, a number for an int or float, a text box
+    otherwise, holding the field's default as `shown` writes it."""
+    default = shown(info.get_default(call_default_factory=True))
+    help_text = default_help(info) if info.description else f"{PARAM_HELP.get(name, name)} (default: {default})"
+    common = {"label": name, "info": help_text, "elem_id": f"{kind}-{method}-{name}"}
+    annotation = unwrap_optional(info.annotation)
     choices = _literal_choices(annotation)
     if choices:
         return gr.Dropdown(list(choices), value=default, **common)
@@ -119,7 +96,7 @@ def param_control(method: str, name: str, info: FieldInfo) -> gr.components.Comp
     if annotation in (int, float):
         precision = 0 if annotation is int else None
         return gr.Number(value=default, precision=precision, **_bounds(info, annotation is int), **common)
-    return gr.Textbox(value=str(default), **common)
+    return gr.Textbox(value="" if default is None else str(default), **common)
 
 
 def changed_params(fields: dict[str, FieldInfo], values: list[Any]) -> dict[str, Any]:
@@ -134,24 +111,9 @@ def changed_params(fields: dict[str, FieldInfo], values: list[Any]) -> dict[str,
     return changed
 
 
-def int_list(text: str, name: str) -> list[int] | None:
-    """A comma list of integers typed in a text box ("128,512"); None when empty."""
-    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
-    if not parts:
-        return None
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise QuantbenchError(f"{name}: expected comma-separated whole numbers, got {text!r}") from None
-
-
-def eval_specs(names: list[str], budget: dict[str, Any]) -> list[EvalSpec]:
-    """Each chosen eval with the budget values named like its Params fields (as `quantbench run` does)."""
-    specs = []
-    for name in names:
-        fields = get_eval(name).Params.model_fields
-        specs.append(EvalSpec(name, {k: v for k, v in budget.items() if k in fields and v not in (None, "", [])}))
-    return specs
+def eval_control(name: str, field: str, info: FieldInfo) -> gr.components.Component:
+    """An eval parameter's control: collections are comma lists, as on the command line."""
+    return param_control(name, field, info, kind="eval", shown=as_text)
 
 
 def devices() -> list[str]:
@@ -221,56 +183,22 @@ def build(session: RunSession) -> dict[str, Any]:
     queue = gr.State(["baseline"])
     queue_md = gr.Markdown(queue_text(["baseline"]), elem_id="run-queue")
 
-    gr.Markdown("### Evals and their budgets")
+    gr.Markdown("### Evals and their parameters")
     evals = gr.CheckboxGroup(
         [(eval_label(name), name) for name in EVALS],
-        value=["perplexity"],
+        value=list(DEFAULT_EVALS),
         label="Evals",
-        info="what to measure for every queued method",
+        info="what to measure for every queued method; each chosen eval shows its parameters below",
         elem_id="run-evals",
     )
-    with gr.Row():
-        corpus = gr.Textbox(
-            PPL.corpus,
-            label="Corpus (perplexity, divergence)",
-            info="builtin = CPython's help texts (offline); wikitext2; or a .txt/.jsonl/.parquet file",
-            elem_id="run-corpus",
-        )
-        seq_len = gr.Number(
-            UI_SEQ_LEN,
-            label="Window length (tokens)",
-            info=f"seq_len: tokens per scored window (eval default {PPL.seq_len}; {UI_SEQ_LEN} as in make run)",
-            precision=0,
-            minimum=2,
-            elem_id="run-seq-len",
-        )
-        max_tokens = gr.Number(
-            UI_MAX_TOKENS,
-            label="Token budget",
-            info=f"max_tokens: score only the first N corpus tokens; 0 = the whole corpus ({UI_MAX_TOKENS} as in "
-            "make run)",
-            precision=0,
-            minimum=0,
-            elem_id="run-max-tokens",
-        )
-    with gr.Row(visible=False) as latency_row:
-        prompt_lengths = gr.Textbox(
-            ",".join(map(str, LATENCY.prompt_lengths)),
-            label="Latency: prompt lengths (tokens)",
-            info="prefill is timed at each length, comma-separated",
-        )
-        batch_sizes = gr.Textbox(
-            ",".join(map(str, LATENCY.batch_sizes)),
-            label="Latency: decode batch sizes",
-            info="decode tokens/s is timed at each batch size",
-        )
-        new_tokens = gr.Number(
-            LATENCY.new_tokens, label="Latency: new tokens", info="tokens generated per row", precision=0, minimum=2
-        )
-    with gr.Row(visible=False) as tasks_row:
-        tasks = gr.Textbox("lambada_openai", label="Tasks: lm-eval task names", info="comma-separated")
-        task_data = gr.Textbox(label="Tasks: local data", info="TASK=FILE, comma-separated (needed offline)")
-        limit = gr.Number(0, label="Tasks: documents per task", info="0 = all", precision=0, minimum=0)
+    eval_forms: dict[str, tuple[gr.Group, dict[str, gr.components.Component]]] = {}
+    for name in EVALS:
+        with gr.Group(visible=name in DEFAULT_EVALS) as group:
+            gr.Markdown(f"**{name}**")
+            with gr.Row():
+                fields = get_eval(name).Params.model_fields
+                controls = {field: eval_control(name, field, info) for field, info in fields.items()}
+        eval_forms[name] = (group, controls)
 
     gr.Markdown("### Where and how")
     with gr.Row():
@@ -301,13 +229,11 @@ def build(session: RunSession) -> dict[str, Any]:
     def show_form(name: str) -> list:
         return [gr.update(visible=n == name) for n in names]
 
-    all_controls = [c for _, controls in forms.values() for c in controls]
-
     @guarded(2)
-    def add_method(name: str, items: list[str], *values: Any) -> tuple:
-        offset = sum(len(forms[n][1]) for n in names[: names.index(name)])
+    def add_method(values: dict) -> tuple:
+        name, items = values[method], values[queue]
         fields = get_backend(name).Params.model_fields
-        params = changed_params(fields, list(values[offset : offset + len(fields)]))
+        params = changed_params(fields, [values[c] for c in forms[name][1]])
         validate_params(get_backend(name).Params, params, f"method {name!r}")
         label = method_label(MethodSpec(name, params))
         if label in items:
@@ -320,31 +246,22 @@ def build(session: RunSession) -> dict[str, Any]:
         return items, queue_text(items)
 
     @guarded(4)
-    def start_run(items: list[str], *values: Any) -> tuple:
+    def start_run(values: dict) -> tuple:
         from quantbench.runner.trial import plan_trial
 
-        (model_v, trust_v, evals_v, corpus_v, seq_len_v, max_tokens_v, prompt_v, batch_v, new_v, tasks_v,
-         task_data_v, limit_v, device_v, force_v, timeout_v) = values  # fmt: skip
+        items, chosen = values[queue], values[evals]
         if not items:
             raise QuantbenchError("the queue is empty: choose a method and press Add to queue")
-        if not (model_v or "").strip():
+        if not (values[model] or "").strip():
             raise QuantbenchError("enter a model: embedded:smollm2-135m, a path or a hub id")
-        if not evals_v:
+        if not chosen:
             raise QuantbenchError("choose at least one eval")
-        budget = {
-            "corpus": (corpus_v or "").strip(),
-            "seq_len": seq_len_v,
-            "max_tokens": max_tokens_v or None,  # 0 = the whole corpus
-            "prompt_lengths": int_list(prompt_v, "latency prompt lengths"),
-            "batch_sizes": int_list(batch_v, "latency batch sizes"),
-            "new_tokens": new_v,
-            "tasks": tasks_v,
-            "task_data": [p.strip() for p in (task_data_v or "").split(",") if p.strip()],
-            "limit": limit_v or None,
-        }
-        ref = ModelRef(model_v.strip(), trust_remote_code=bool(trust_v))
-        specs = [plan_trial(ref, MethodSpec.parse(label), eval_specs(evals_v, budget), device_v) for label in items]
-        session.start(specs, force=bool(force_v), timeout_s=float(timeout_v) if timeout_v else None)
+        typed = {name: {field: values[c] for field, c in eval_forms[name][1].items()} for name in chosen}
+        specs_of_evals = eval_specs([EvalSpec(name) for name in chosen], typed)
+        ref = ModelRef(values[model].strip(), trust_remote_code=bool(values[trust]))
+        specs = [plan_trial(ref, MethodSpec.parse(label), specs_of_evals, values[device]) for label in items]
+        timeout_s = float(values[timeout]) if values[timeout] else None
+        session.start(specs, force=bool(values[force]), timeout_s=timeout_s)
         line, table, _ = session.snapshot()
         return line, table, gr.Timer(active=True), gr.update(interactive=False)
 
@@ -364,17 +281,19 @@ def build(session: RunSession) -> dict[str, Any]:
             return (show_error("nothing is running"),)
         return (no_error(),)
 
-    def show_budgets(chosen: list[str]) -> tuple:
-        return gr.update(visible="latency" in chosen), gr.update(visible="tasks" in chosen)
+    def show_eval_forms(chosen: list[str]) -> list:
+        return [gr.update(visible=name in chosen) for name in eval_forms]
 
-    evals.change(show_budgets, evals, [latency_row, tasks_row], api_name=False)
+    # Handlers take their inputs as one {component: value} dict (gradio passes a set of inputs so).
+    method_controls = {c for _, controls in forms.values() for c in controls}
+    eval_controls = {c for _, controls in eval_forms.values() for c in controls.values()}
+    evals.change(show_eval_forms, evals, [group for group, _ in eval_forms.values()], api_name=False)
     method.change(show_form, method, [group for group, _ in forms.values()], api_name=False)
-    add.click(add_method, [method, queue, *all_controls], [queue, queue_md, method_error], api_name=False)
+    add.click(add_method, {method, queue, *method_controls}, [queue, queue_md, method_error], api_name=False)
     remove.click(remove_last, queue, [queue, queue_md], api_name=False)
     clear.click(lambda: ([], queue_text([])), None, [queue, queue_md], api_name=False)
-    run_inputs = [model, trust, evals, corpus, seq_len, max_tokens, prompt_lengths, batch_sizes, new_tokens, tasks,
-                  task_data, limit, device, force, timeout]  # fmt: skip
-    start.click(start_run, [queue, *run_inputs], [status, progress, timer, start, error], api_name=False)
+    run_inputs = {queue, model, trust, evals, device, force, timeout, *eval_controls}
+    start.click(start_run, run_inputs, [status, progress, timer, start, error], api_name=False)
     timer.tick(poll, None, [status, progress, error, timer, start], api_name=False)
     cancel.click(cancel_run, None, [error], api_name=False)
     return {"load": (poll, None, [status, progress, error, timer, start])}

@@ -3,7 +3,8 @@
 import pytest
 from support import ROOT
 
-from quantbench.app.cli import main
+from quantbench.app.cli import EVAL_FLAGS, build_parser, main, run_evals
+from quantbench.evals.registry import get_eval
 from quantbench.results.store import read_results
 
 
@@ -12,7 +13,14 @@ def run_args(tiny_model_dir, tmp_path):
     return ["run", "--model", str(tiny_model_dir), "--seq-len", "32", "--max-tokens", "128", "--store", str(tmp_path)]
 
 
-def test_run_stores_a_trial_that_results_lists(run_args, tmp_path, capsys):
+def fp32_weight_bytes(vocab_size: int) -> int:
+    """The tiny Llama of tests/support.py in float32: embeddings and lm_head (untied), per layer
+    q/o 64x64, k/v 64x32 (2 KV heads of 16), gate/up/down 64x128 and two norms, a final norm."""
+    per_layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
+    return 4 * (2 * vocab_size * 64 + 2 * per_layer + 64)
+
+
+def test_run_stores_a_trial_that_results_lists(run_args, tmp_path, tiny_tokenizer, capsys):
     assert main(run_args) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "ppl" in out
@@ -21,7 +29,8 @@ def test_run_stores_a_trial_that_results_lists(run_args, tmp_path, capsys):
     metrics = dict(zip(frame["metric"], frame["value"], strict=True))
     assert metrics["perplexity"] > 1
     assert metrics["tokens_scored"] == 4 * 31
-    assert metrics["weight_bytes"] > 0 and metrics["peak_rss_bytes"] > 0
+    assert metrics["weight_bytes"] == fp32_weight_bytes(len(tiny_tokenizer))
+    assert metrics["peak_rss_bytes"] > metrics["weight_bytes"]  # the process holds the weights and more
 
     assert main(["results", "--store", str(tmp_path)]) == 0
     assert frame["trial_key"][0] in capsys.readouterr().out
@@ -84,3 +93,42 @@ def test_methods_lists_the_baseline(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "dtype=float32" in out
+
+
+def evals_of(*argv: str) -> dict[str, dict]:
+    return {spec.name: dict(spec.params) for spec in run_evals(build_parser().parse_args(["run", *argv]))}
+
+
+def test_each_eval_flag_sets_its_field_in_the_evals_it_names_only():
+    evals = evals_of("--eval", "perplexity,divergence,tasks", "--batch-size", "4", "--seq-len", "64")
+    assert evals == {"perplexity": {"seq_len": 64, "batch_size": 4}, "divergence": {"seq_len": 64, "batch_size": 4},
+                     "tasks": {}}  # fmt: skip
+    evals = evals_of("--eval", "tasks,perplexity", "--task-batch-size", "2", "--task-data", "piqa=a.jsonl")
+    assert evals == {"tasks": {"batch_size": 2, "task_data": ["piqa=a.jsonl"]}, "perplexity": {}}
+    assert evals_of() == {"perplexity": {}}  # no flag restates a default: the eval's own apply
+
+
+def test_an_evals_own_parameters_win_over_a_flag():
+    evals = evals_of("--eval", "perplexity:seq_len=32,stride=16", "--eval", "divergence", "--seq-len", "64")
+    assert evals == {"perplexity": {"seq_len": "32", "stride": "16"}, "divergence": {"seq_len": 64}}
+
+
+def test_repeated_and_comma_separated_task_data_add_up():
+    evals = evals_of("--eval", "tasks", "--task-data", "piqa=a.jsonl,arc=b.jsonl", "--task-data", "boolq=c.jsonl")
+    assert evals["tasks"]["task_data"] == ["piqa=a.jsonl", "arc=b.jsonl", "boolq=c.jsonl"]
+
+
+def test_each_eval_flags_help_is_its_field_description():
+    actions = {a.option_strings[0]: a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions}
+    for flag, (evals, field) in EVAL_FLAGS.items():
+        info = get_eval(evals[0]).Params.model_fields[field]
+        assert all(get_eval(e).Params.model_fields[field].description == info.description for e in evals)
+        assert actions[flag].help.startswith(f"{', '.join(evals)}: {info.description}")
+        assert actions[flag].default is None  # defaults live in the Params only
+
+
+def test_eval_parameters_given_with_eval_reach_the_trial(run_args, tmp_path):
+    args = [a for a in run_args if a not in ("--seq-len", "32", "--max-tokens", "128")]
+    assert main([*args, "--eval", "perplexity:seq_len=16,max_tokens=64"]) == 0
+    metrics = read_results(tmp_path).frame.set_index("metric")["value"]
+    assert metrics["tokens_scored"] == 4 * 15
