@@ -201,7 +201,7 @@ def _print_event(event) -> None:
         if outcome.error:
             line += f": {outcome.error}"
         if event.eta_s:
-            line += f"; about {event.eta_s / 60:.1f} min left"
+            line += f"; about {duration(event.eta_s)} left"
         print(line, file=sys.stderr, flush=True)
 
 

@@ -10,6 +10,9 @@ from urllib.parse import urlsplit
 import pandas as pd
 import pytest
 
+from quantbench.app.inputs import as_text, default_help
+from quantbench.evals.registry import get_eval
+
 # Two trials of the embedded model at 128 tokens: ~20-40 s each on an idle CPU; 200 s was seen under load.
 RUN_TIMEOUT_MS = 480_000
 
@@ -66,6 +69,23 @@ def test_missing_model_path_is_shown(page, artifacts):
     shot(page, artifacts, "run-error")
 
 
+def test_run_tab_eval_controls_show_their_params_defaults_and_descriptions(page, artifacts):
+    """The chosen evals' forms come from their Params: each control starts at the field's default
+    and its help is the field's description; ticking an eval shows its form."""
+    latency = page.locator("#eval-latency-prompt_lengths")
+    assert latency.is_hidden()  # only perplexity is chosen at first
+    page.locator("#run-evals").get_by_text("latency:", exact=False).click()
+    latency.wait_for(state="visible")
+    shot(page, artifacts, "run-eval-forms")
+    for name, field in [("perplexity", "seq_len"), ("latency", "prompt_lengths")]:
+        info = get_eval(name).Params.model_fields[field]
+        control = page.locator(f"#eval-{name}-{field}")
+        assert control.locator("input, textarea").first.input_value() == str(as_text(info.default))
+        assert control.get_by_text(default_help(info), exact=True).is_visible()
+    page.locator("#run-evals").get_by_text("latency:", exact=False).click()
+    latency.wait_for(state="hidden")
+
+
 @pytest.mark.slow  # needs the trials of the embedded model run above
 def test_run_two_trials(page, artifacts):
     page.locator("#run-model input, #run-model textarea").first.fill("embedded:smollm2-135m")
@@ -73,8 +93,8 @@ def test_run_two_trials(page, artifacts):
     page.locator("#param-rtn-bits input").fill("8")
     page.locator("#run-add").click()
     page.locator("#run-queue").get_by_text("rtn:bits=8").wait_for()
-    page.locator("#run-seq-len input").fill("64")
-    page.locator("#run-max-tokens input").fill("128")
+    page.locator("#eval-perplexity-seq_len input").fill("64")
+    page.locator("#eval-perplexity-max_tokens input").fill("128")
     page.locator("#run-start").click()
     page.locator("#run-status").get_by_text("Running").wait_for()
     shot(page, artifacts, "run-progress")

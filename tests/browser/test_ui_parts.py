@@ -11,14 +11,16 @@ import pandas as pd
 import pytest
 
 from quantbench.app.cli import main
+from quantbench.app.inputs import default_help, eval_specs, from_text
 from quantbench.app.ui import check_host
 from quantbench.app.ui.compare_tab import comparison_html, direction
 from quantbench.app.ui.planner_tab import calibration_frames
 from quantbench.app.ui.results_tab import results_frame
 from quantbench.app.ui.run_session import RunSession
-from quantbench.app.ui.run_tab import changed_params, eval_specs, int_list, param_control
+from quantbench.app.ui.run_tab import changed_params, eval_control, eval_label, param_control
 from quantbench.backends.registry import backend_names, get_backend
 from quantbench.errors import QuantbenchError
+from quantbench.evals.registry import EVALS, get_eval
 from quantbench.planner.calibrate import NOTHING_MEASURED
 from quantbench.results.compare import compare
 from quantbench.results.query import query, wide
@@ -81,14 +83,37 @@ def test_only_changed_parameters_are_passed():
     assert MethodSpec("rtn", changed_params(fields, values)).label == "rtn:bits=8,dtype=bfloat16"
 
 
-def test_budgets_reach_the_evals_that_take_them():
-    budget = {"corpus": "builtin", "seq_len": 64, "max_tokens": None, "prompt_lengths": [16], "new_tokens": 4}
-    ppl, latency = eval_specs(["perplexity", "latency"], budget)
-    assert dict(ppl.params) == {"corpus": "builtin", "seq_len": 64}
-    assert dict(latency.params) == {"prompt_lengths": [16], "new_tokens": 4}
-    assert int_list(" 128, 512 ", "x") == [128, 512] and int_list("", "x") is None
-    with pytest.raises(QuantbenchError, match="comma-separated whole numbers"):
-        int_list("128;512", "latency prompt lengths")
+@pytest.mark.parametrize("name", list(EVALS))
+def test_eval_forms_hold_the_params_defaults_and_descriptions(name):
+    """Every field of every eval has a control whose value reads back as the field's default and
+    whose help is the field's description; left as it is, the form gives the eval's defaults."""
+    params = get_eval(name).Params
+    controls = {field: eval_control(name, field, info) for field, info in params.model_fields.items()}
+    for field, control in controls.items():
+        info = params.model_fields[field]
+        assert info.description and control.info == default_help(info)
+        assert control.elem_id == f"eval-{name}-{field}"
+        value = from_text(info, control.value)
+        if info.get_default(call_default_factory=True) in (None, {}):
+            assert value in (None, [], ""), (field, control.value)
+        else:
+            assert params(**{field: value}) == params(), (field, control.value)
+    (spec,) = eval_specs([EvalSpec(name)], {name: {f: c.value for f, c in controls.items()}})
+    assert plan_trial(ModelRef("m"), MethodSpec("baseline"), [spec]).evals[0].params == {}
+    assert eval_label(name) == f"{name}: {params.__doc__.strip()}"
+
+
+def test_eval_controls_follow_their_field_types():
+    latency = get_eval("latency").Params.model_fields
+    lengths = eval_control("latency", "prompt_lengths", latency["prompt_lengths"])
+    assert isinstance(lengths, gr.Textbox) and lengths.value == "128,512,2048"
+    new_tokens = eval_control("latency", "new_tokens", latency["new_tokens"])
+    assert isinstance(new_tokens, gr.Number) and (new_tokens.value, new_tokens.minimum) == (32, 2)
+    ppl = get_eval("perplexity").Params.model_fields
+    max_tokens = eval_control("perplexity", "max_tokens", ppl["max_tokens"])
+    assert isinstance(max_tokens, gr.Number) and max_tokens.value is None and max_tokens.minimum == 2
+    assert isinstance(eval_control("memory", "checkpoint", get_eval("memory").Params.model_fields["checkpoint"]),
+                      gr.Checkbox)  # fmt: skip
 
 
 def test_comparison_directions():
