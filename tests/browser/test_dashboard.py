@@ -94,7 +94,7 @@ def test_run_two_trials(page, artifacts):
     page.locator("#run-add").click()
     page.locator("#run-queue").get_by_text("rtn:bits=8").wait_for()
     page.locator("#eval-perplexity-seq_len input").fill("64")
-    page.locator("#eval-perplexity-max_tokens input").fill("128")
+    page.locator("#eval-perplexity-max_tokens").locator("input, textarea").first.fill("128")
     page.locator("#run-start").click()
     page.locator("#run-status").get_by_text("Running").wait_for()
     shot(page, artifacts, "run-progress")

@@ -93,7 +93,9 @@ def param_control(
         return gr.Dropdown(list(choices), value=default, **common)
     if annotation is bool:
         return gr.Checkbox(value=default, **common)
-    if annotation in (int, float):
+    # An empty Number comes back from the browser as 0, so a field whose default is None ("unset")
+    # takes its number as text: empty stays unset and pydantic reads the digits.
+    if annotation in (int, float) and default is not None:
         precision = 0 if annotation is int else None
         return gr.Number(value=default, precision=precision, **_bounds(info, annotation is int), **common)
     return gr.Textbox(value="" if default is None else str(default), **common)
