@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic.fields import FieldInfo
@@ -74,13 +74,13 @@ def as_text(value: Any) -> Any:
     return value
 
 
-def default_help(info: FieldInfo) -> str:
-    """A field's description and the default it keeps when left unset (a None default is said by
-    the description itself: "unset = the whole corpus")."""
+def default_help(info: FieldInfo, shown: Callable[[Any], Any] = as_text) -> str:
+    """A field's description and the default it keeps when left unset, written by `shown` (a None
+    default is said by the description itself: "unset = the whole corpus")."""
     default = info.get_default(call_default_factory=True)
     if is_unset(default):
         return info.description or ""
-    return f"{info.description} (default: {as_text(default)})"
+    return f"{info.description} (default: {shown(default)})"
 
 
 def is_unset(value: Any) -> bool:

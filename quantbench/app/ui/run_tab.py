@@ -85,7 +85,7 @@ def param_control(
     dropdown for a Literal, a checkbox for a bool, a number for an int or float, a text box
     otherwise, holding the field's default as `shown` writes it."""
     default = shown(info.get_default(call_default_factory=True))
-    help_text = default_help(info) if info.description else f"{PARAM_HELP.get(name, name)} (default: {default})"
+    help_text = default_help(info, shown) if info.description else f"{PARAM_HELP.get(name, name)} (default: {default})"
     common = {"label": name, "info": help_text, "elem_id": f"{kind}-{method}-{name}"}
     annotation = unwrap_optional(info.annotation)
     choices = _literal_choices(annotation)
