@@ -1,7 +1,7 @@
 """How much of a worker's RSS is shared-library code, and how that depends on the page cache.
 
 A child interpreter imports torch and transformers, runs a tiny model once and sums the resident
-pages of every mapped code file (evals/memory.py: code_file_rss). Run three times: as the files sit in the
+pages of every mapped code file (trackers/memory.py: code_file_rss). Run three times: as the files sit in the
 page cache now; after the big libraries were evicted from it (posix_fadvise DONTNEED), so their
 pages come in through the mapping's own faults; and after they were evicted and read back with
 read(), the way pip install, cp or a checksum fills the cache. The three differ by how the kernel
@@ -31,7 +31,7 @@ def child() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from quantbench.evals.memory import code_file_rss
+    from quantbench.trackers.memory import code_file_rss
 
     config = LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2

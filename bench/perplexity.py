@@ -18,10 +18,10 @@ import torch
 from quantbench import models
 from quantbench.backends.registry import get_backend
 from quantbench.corpora import load_corpus
-from quantbench.evals.memory import PeakMemory
 from quantbench.evals.perplexity import PerplexityParams, evaluate
 from quantbench.runner import environment
 from quantbench.spec import ModelRef
+from quantbench.trackers.memory import PeakMemory
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ import quantbench.runner.worker
 from quantbench import models
 from quantbench.backends.base import weight_bytes
 from quantbench.backends.registry import get_backend
-from quantbench.evals.memory import code_file_rss, release_freed_heap
+from quantbench.trackers.memory import code_file_rss, release_freed_heap
 from quantbench.spec import MethodSpec, ModelRef
 
 method = MethodSpec.parse(sys.argv[1])

@@ -25,9 +25,10 @@ import torch
 from quantbench import models
 from quantbench.backends.registry import get_backend
 from quantbench.evals import latency
-from quantbench.evals.memory import PeakMemory
 from quantbench.runner import environment
 from quantbench.spec import MethodSpec, ModelRef, validate_params
+from quantbench.trackers.clock import Clock, time_call
+from quantbench.trackers.memory import PeakMemory
 
 PROMPT_LENGTHS = (128, 512)
 BATCH_SIZES = (1, 4)
@@ -49,8 +50,8 @@ def profile_method(model_ref: str, method_text: str, params: latency.LatencyPara
 def profiler_overhead(model_ref: str, rounds: int) -> dict:
     """What measuring costs: one clock reading around a no-op, one per-token stamp, one RSS sample,
     and a prefill workload timed with and without the RSS sampler running (rounds interleaved)."""
-    clock = latency.Clock()
-    noop = [latency.time_call(lambda: None, clock) for _ in range(10_000)]
+    clock = Clock()
+    noop = [time_call(lambda: None, clock) for _ in range(10_000)]
     stamps = latency.TokenStamps(clock)
     start = time.perf_counter()
     for _ in range(10_000):
@@ -77,7 +78,7 @@ def profiler_overhead(model_ref: str, rounds: int) -> dict:
         plain, sampled = [], []
         for _ in range(rounds):
             plain.append(workload())
-            with PeakMemory():
+            with PeakMemory(kernel_mark=False):  # the sampler, where the kernel's mark cannot be reset
                 sampled.append(workload())
     return {
         "clock_around_noop_ns": round(statistics.median(noop) * 1e9),

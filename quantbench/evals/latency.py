@@ -30,18 +30,17 @@ tokens of one sequence (median decode time / (N − 1)), what a reader of one st
 the input embedding table excepted unless tied) by the median step time: decode is
 memory-bound, so this explains most speed-ups from quantization.
 
-Energy: on CUDA with `pynvml` importable, NVML's energy counter over the timed decode calls
-gives `decode_joules_per_token` (whole GPU, prefill of those calls included). Elsewhere no
-energy metric is stored (the store holds floats only); the reason is logged once.
+Energy (trackers/energy.py): where the device has a readable counter (NVML on CUDA, RAPL on a
+Linux CPU), its count over the timed decode calls gives `decode_joules_per_token` (whole GPU or
+whole CPU packages, prefill of those calls included). Elsewhere no energy metric is stored (the
+store holds floats only); the reason is logged once.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -52,8 +51,11 @@ from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
-from quantbench.evals.memory import PeakMemory
 from quantbench.models import ResolvedModel
+from quantbench.trackers import names
+from quantbench.trackers.clock import Clock, clock_for, time_call
+from quantbench.trackers.energy import EnergyMeter, energy_meter
+from quantbench.trackers.memory import PeakMemory
 
 log = logging.getLogger(__name__)
 PROMPT_SEED = 0
@@ -78,38 +80,6 @@ class LatencyParams(BaseModel):
 
 
 Params = LatencyParams
-
-
-@dataclass(frozen=True)
-class Clock:
-    """Timestamps on the timeline where the work runs: `perf_counter` on CPU (calls return when
-    the work is done); on CUDA, events recorded on the stream (kernels run asynchronously, so
-    host time would measure launches), read after a synchronize."""
-
-    cuda: bool = False
-
-    def mark(self) -> float | torch.cuda.Event:
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def seconds(self, start, end) -> float:
-        if not self.cuda:
-            return end - start
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-
-
-def clock_for(device: str) -> Clock:
-    return Clock(cuda=str(device).startswith("cuda"))
-
-
-def time_call(fn: Callable[[], object], clock: Clock) -> float:
-    start = clock.mark()
-    fn()
-    return clock.seconds(start, clock.mark())
 
 
 def sample(measure: Callable[[], float], warmup: int, repeats: int, min_seconds: float) -> list[float]:
@@ -222,7 +192,10 @@ def run(
     rows: list[tuple[str, float, str]] = [("cpu_threads", torch.get_num_threads(), "threads")]
     if cap is not None:
         rows.append(("prompt_length_cap", cap, "tokens"))
-    energy = _energy_meter(model.device)
+    energy = energy_meter(model.device)
+    if not isinstance(energy, EnergyMeter):
+        _log_once(f"energy not measured: {energy.reason}")
+        energy = None
     todo = 1 + len(lengths) + len(params.batch_sizes)  # progress in series: first call, prefills, decodes
     with PeakMemory() as memory:
         rows.append(("first_call_seconds", prefill_seconds(model, prompt_ids(model, 1, lengths[0]), clock), "s"))
@@ -236,10 +209,10 @@ def run(
         for done, batch in enumerate(params.batch_sizes, start=2 + len(lengths)):
             rows += _decode_rows(model, params, clock, energy, batch, prompt_ids(model, batch, prompt_length))
             progress.report(done, todo)
-    rows.append(("inference_peak_rss_bytes", memory.peak.rss_bytes, "bytes"))
+    rows.append((names.INFERENCE_PEAK_RSS, memory.peak.rss_bytes, "bytes"))
     if clock.cuda:
-        rows.append(("inference_cuda_max_allocated_bytes", memory.peak.cuda_allocated_bytes, "bytes"))
-        rows.append(("inference_cuda_max_reserved_bytes", memory.peak.cuda_reserved_bytes, "bytes"))
+        rows.append((names.INFERENCE_CUDA_MAX_ALLOCATED, memory.peak.cuda_allocated_bytes, "bytes"))
+        rows.append((names.INFERENCE_CUDA_MAX_RESERVED, memory.peak.cuda_reserved_bytes, "bytes"))
     return rows
 
 
@@ -257,13 +230,13 @@ def _decode_rows(
     model: QuantizedModel,
     params: LatencyParams,
     clock: Clock,
-    energy: Callable[[], float] | None,
+    energy: EnergyMeter | None,
     batch: int,
     ids: torch.Tensor,
 ) -> list:
     for _ in range(params.warmup):  # outside `sample`, so the energy count starts after them
         decode(model, ids, params.new_tokens, clock)
-    joules_before = energy() if energy else 0.0
+    joules_before = energy.joules() if energy else 0.0
     times = sample(lambda: decode(model, ids, params.new_tokens, clock)[0], 0, params.repeats, params.min_seconds)
     steps = params.new_tokens - 1
     median_seconds = float(np.median(times))
@@ -281,34 +254,8 @@ def _decode_rows(
     ]
     if energy:
         tokens = batch * params.new_tokens * len(times)
-        rows.append((f"decode_joules_per_token@batch={batch}", (energy() - joules_before) / tokens, "J/token"))
+        rows.append((f"decode_joules_per_token@batch={batch}", (energy.joules() - joules_before) / tokens, "J/token"))
     return rows
-
-
-def _energy_meter(device: str) -> Callable[[], float] | None:
-    """A function returning the GPU's energy counter in joules, or None (reason logged once).
-
-    Untested here: written for NVML on CUDA machines; the CI machines have no GPU.
-    """
-    if not str(device).startswith("cuda"):
-        _log_once("energy not measured: NVML energy counters exist only on NVIDIA GPUs")
-        return None
-    try:
-        import pynvml
-    except ImportError:
-        _log_once("energy not measured: pynvml is not installed (pip install nvidia-ml-py)")
-        return None
-    pynvml.nvmlInit()
-    # NVML numbers GPUs by PCI bus, torch by CUDA_VISIBLE_DEVICES order: match them by bus id.
-    props = torch.cuda.get_device_properties(torch.device(device))
-    bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
-    handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-    try:
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-    except pynvml.NVMLError as exc:  # pre-Volta GPUs have no energy counter
-        _log_once(f"energy not measured: {exc}")
-        return None
-    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3  # millijoules
 
 
 @cache

@@ -5,8 +5,9 @@ metric with columns trial_key, model_ref, method, params_json, device, status, m
 Three measured metrics have a prediction:
 
 - `weight_bytes` (the backend's exact count) vs the planner's weights — checks formats.py;
-- `cuda_max_allocated_bytes` vs weights + KV cache + activations (torch's allocator never sees
-  the CUDA context, so the runtime term is left out);
+- `cuda_max_allocated_bytes` (the eval's peak of torch's allocator, written by the runner on
+  CUDA) vs weights + KV cache + activations (the allocator never sees the CUDA context, so the
+  runtime term is left out);
 - `peak_rss_bytes` (whole CPU process) vs the full CPU estimate, whose runtime term is the
   measured RSS of Python + torch + transformers (estimate.CPU_RUNTIME_BYTES).
 
@@ -38,8 +39,10 @@ from quantbench.planner.estimate import CPU_RUNTIME_CODE_BYTES, Workload, estima
 from quantbench.planner.formats import format_parameters, weight_format
 from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import weight_groups
+from quantbench.trackers import names
 
-MEASURED = ("weight_bytes", "cuda_max_allocated_bytes", "peak_rss_bytes")
+# What the runner writes (runner/trial.py): the backend's weight count and each eval's own peaks.
+MEASURED = (names.WEIGHT_BYTES, names.CUDA_MAX_ALLOCATED, names.PEAK_RSS)
 # The CPU methods the planner's CPU terms are measured and calibrated on (bench/planner_overhead.py,
 # bench/calibration.py, tests/planner/test_calibration_e2e.py), one per library at the setting people
 # use it with. bnb:bits=8 is left out for time: its CPU fallback is the slowest forward here.
@@ -114,7 +117,7 @@ def _predict(
     device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
     params = planner_params(row["method"], json.loads(row["params_json"] or "{}"), device)
     fmt = weight_format(row["method"], params)
-    if row["metric"] == "weight_bytes":
+    if row["metric"] == names.WEIGHT_BYTES:
         return float(weight_bytes(arch, fmt).total), ""
     workload = workload_of(row)
     if workload is None:
@@ -125,7 +128,7 @@ def _predict(
         if device == "cpu":
             extra = sum(g.numel for g in weight_groups(arch) if g.kind == "linear") * fmt.dtype_bytes
     est = estimate(arch, fmt, workload)
-    if row["metric"] == "cuda_max_allocated_bytes":
+    if row["metric"] == names.CUDA_MAX_ALLOCATED:
         return float(est.allocated), ""
     return float(est.total + extra), ""
 
@@ -145,7 +148,7 @@ def compare(
         raise QuantbenchError(f"results frame lacks columns {', '.join(missing)}; expected {', '.join(NEEDED_COLUMNS)}")
     ok = results[results["status"] == ok_status]
     rows = ok[ok["metric"].isin(MEASURED)]
-    code_bytes = _by_eval(ok[ok["metric"] == "peak_rss_code_bytes"])
+    code_bytes = _by_eval(ok[ok["metric"] == names.PEAK_RSS_CODE])
     archs: dict[str, Architecture | str] = {}
     out = []
     for _, row in rows.iterrows():
@@ -165,7 +168,7 @@ def compare(
         measured = float(row["value"])
         out.append(_compared(row, row["metric"], measured, predicted, note))
         code = code_bytes.get(_eval_key(row))
-        if row["metric"] == "peak_rss_bytes" and code:  # 0: not measured (no /proc/self/smaps)
+        if row["metric"] == names.PEAK_RSS and code:  # 0: not measured (no /proc/self/smaps)
             out.append(_compared(row, LESS_CODE, measured - code, predicted - CPU_RUNTIME_CODE_BYTES, note))
     columns = ["trial_key", "model_ref", "method", "device", "metric", "measured", "predicted", "error_pct", "note"]
     columns.append("seq_len")

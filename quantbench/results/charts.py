@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from quantbench.results.columns import MIB, column, natural_key
 from quantbench.results.compare import comparability_groups
 from quantbench.results.query import wide
+from quantbench.trackers import names
 
 TEMPLATE = "plotly_white"
 
@@ -163,7 +164,7 @@ def prefill_bars(frame: pd.DataFrame) -> go.Figure:
 
 
 def memory_bars(frame: pd.DataFrame) -> go.Figure:
-    metrics = ["weight_bytes", "peak_rss_bytes", "inference_cuda_max_allocated_bytes"]
+    metrics = [names.WEIGHT_BYTES, names.PEAK_RSS, names.INFERENCE_CUDA_MAX_ALLOCATED]
     return metric_bars(frame, metrics, "Weights and peak memory", "MiB")
 
 

@@ -11,7 +11,7 @@ Metric names produced by evals that this catalogue relies on (agreed with their 
   `task:hellaswag:acc_stderr`; `task:<task>:samples` counts the examples;
 - latency: `decode_tokens_per_second@batch=<n>`, `prefill_seconds@len=<tokens>` (a metric
   measured at several settings appends `@<param>=<value>`; the bare name works too);
-- memory: `peak_rss_bytes` (each eval's; the trial's peak is the largest),
+- memory (trackers/names.py): `peak_rss_bytes` (each eval's; the trial's peak is the largest),
   `inference_cuda_max_allocated_bytes` (latency eval, CUDA).
 """
 
@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+
+from quantbench.trackers import names
 
 MIB = 2**20
 
@@ -49,7 +51,7 @@ def _mib(v: float) -> str:
 # Display order of the headline columns; metrics not listed here are still exported raw.
 CATALOGUE = [
     Column("bits_per_weight", "bits/w", _fixed(2), "lower"),
-    Column("weight_bytes", "weights MiB", _mib, "lower"),
+    Column(names.WEIGHT_BYTES, "weights MiB", _mib, "lower"),
     Column("perplexity", "ppl", _fixed(3), "lower"),
     Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
     Column("word_perplexity", "word ppl", _fixed(2), "lower"),
@@ -57,10 +59,10 @@ CATALOGUE = [
     Column("top1_agreement", "top-1 agree %", _fixed(2), "higher"),
     Column("decode_tokens_per_second", "decode tok/s", _fixed(1), "higher"),
     Column("prefill_seconds", "prefill s", _fixed(3), "lower"),
-    Column("quantize_seconds", "quant s", _fixed(1), "lower"),
+    Column(names.QUANTIZE_SECONDS, "quant s", _fixed(1), "lower"),
     Column("eval_tokens_per_second", "eval tok/s", _fixed(0), "higher"),
-    Column("peak_rss_bytes", "peak RSS MiB", lambda v: f"{v / MIB:.0f}", "lower"),
-    Column("inference_cuda_max_allocated_bytes", "peak CUDA MiB", lambda v: f"{v / MIB:.0f}", "lower"),
+    Column(names.PEAK_RSS, "peak RSS MiB", lambda v: f"{v / MIB:.0f}", "lower"),
+    Column(names.INFERENCE_CUDA_MAX_ALLOCATED, "peak CUDA MiB", lambda v: f"{v / MIB:.0f}", "lower"),
 ]
 COLUMNS = {c.metric: c for c in CATALOGUE}
 

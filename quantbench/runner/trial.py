@@ -24,12 +24,13 @@ from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
-from quantbench.evals.memory import PeakMemory, release_freed_heap
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.results import store as result_store
 from quantbench.results.schema import Metric, TrialHeader, trial_table
 from quantbench.runner import environment
 from quantbench.spec import DEVICES, EvalSpec, MethodSpec, ModelRef, TrialSpec, validate_params
+from quantbench.trackers import names
+from quantbench.trackers.memory import MemoryPeak, PeakMemory, release_freed_heap
 
 
 def plan_trial(model: ModelRef, method: MethodSpec, evals: list[EvalSpec], device: str = "cpu") -> TrialSpec:
@@ -163,14 +164,14 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
     with progress.stage("quantize"), PeakMemory() as quantize_memory:
         model = trial.backend.quantize(trial.model, params, spec.device, trial.calibration)
     metrics = [
-        Metric("quantize", "quantize_seconds", time.perf_counter() - start, "s"),
-        Metric("quantize", "quantize_peak_rss_bytes", quantize_memory.peak.rss_bytes, "bytes"),
-        Metric("quantize", "weight_bytes", model.weight_bytes, "bytes"),
+        Metric("quantize", names.QUANTIZE_SECONDS, time.perf_counter() - start, "s"),
+        Metric("quantize", names.QUANTIZE_PEAK_RSS, quantize_memory.peak.rss_bytes, "bytes"),
+        Metric("quantize", names.WEIGHT_BYTES, model.weight_bytes, "bytes"),
         Metric("quantize", "bits_per_weight", model.bits_per_weight, "bits"),
     ]
     if spec.device == "cuda":
         metrics.append(
-            Metric("quantize", "quantize_cuda_max_allocated_bytes", quantize_memory.peak.cuda_allocated_bytes, "bytes")
+            Metric("quantize", names.QUANTIZE_CUDA_MAX_ALLOCATED, quantize_memory.peak.cuda_allocated_bytes, "bytes")
         )
     for ev in trial.evals:
         release_freed_heap()  # each eval's peak RSS is its own, not what quantizing or the last eval freed
@@ -181,7 +182,19 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
             tags.update(corpus=ev.corpus.name, corpus_hash=ev.corpus.content_hash)
         # A row is (name, value, unit) or (name, value, unit, note); see evals/registry.py.
         metrics += [Metric(ev.name, name, value, unit, **tags, note="".join(note)) for name, value, unit, *note in rows]
-        metrics.append(Metric(ev.name, "peak_rss_bytes", eval_memory.peak.rss_bytes, "bytes", **tags))
-        metrics.append(Metric(ev.name, "peak_rss_file_bytes", eval_memory.peak.rss_file_bytes, "bytes", **tags))
-        metrics.append(Metric(ev.name, "peak_rss_code_bytes", eval_memory.peak.rss_code_bytes, "bytes", **tags))
+        metrics += eval_peak_metrics(ev.name, eval_memory.peak, spec.device, **tags)
     return metrics, model.kernel
+
+
+def eval_peak_metrics(eval_name: str, peak: MemoryPeak, device: str, **tags: Any) -> list[Metric]:
+    """The rows of one eval's own memory peaks; the planner's calibration compares its predictions
+    for the eval's workload with PEAK_RSS and, on CUDA, CUDA_MAX_ALLOCATED."""
+    metrics = [
+        Metric(eval_name, names.PEAK_RSS, peak.rss_bytes, "bytes", **tags),
+        Metric(eval_name, names.PEAK_RSS_FILE, peak.rss_file_bytes, "bytes", **tags),
+        Metric(eval_name, names.PEAK_RSS_CODE, peak.rss_code_bytes, "bytes", **tags),
+    ]
+    if device.startswith("cuda"):
+        metrics.append(Metric(eval_name, names.CUDA_MAX_ALLOCATED, peak.cuda_allocated_bytes, "bytes", **tags))
+        metrics.append(Metric(eval_name, names.CUDA_MAX_RESERVED, peak.cuda_reserved_bytes, "bytes", **tags))
+    return metrics

@@ -1,4 +1,5 @@
-"""Calibration over a hand-built results frame shaped like results.store.read_results()."""
+"""Calibration over results frames shaped like results.store.read_results(): hand-built ones for
+the arithmetic, and one the runner's own writer made, so the names compared are the names written."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from quantbench.planner.estimate import CPU_RUNTIME_BYTES, CPU_RUNTIME_CODE_BYTE
 from quantbench.planner.formats import weight_format
 from quantbench.planner.presets import preset
 from quantbench.planner.weights import weight_groups
+from quantbench.results.schema import TrialHeader, trial_table
+from quantbench.results.store import read_results, write_trial
+from quantbench.runner.trial import eval_peak_metrics
+from quantbench.trackers import names
+from quantbench.trackers.memory import MemoryPeak
 
 ARCH = preset("smollm2-135m")
 REF = "embedded:smollm2-135m"
@@ -61,7 +67,7 @@ def frame():
                 "t3",
                 "bnb",
                 {"bits": 4, "compute_dtype": "bfloat16"},
-                "cuda_max_allocated_bytes",
+                names.CUDA_MAX_ALLOCATED,
                 cuda * 0.9,
                 device="cuda:0",
                 **PPL,
@@ -184,3 +190,33 @@ def test_a_peak_with_its_code_pages_is_also_compared_without_them():
     assert less["seq_len"] == 512
     assert out.iloc[0]["error_pct"] < 0  # the whole peak carries 100 MiB more library code than predicted
     assert within(out, 0.01, metrics=(LESS_CODE,)) and not within(out, 0.01)
+
+
+def test_the_cuda_peak_the_runner_writes_is_the_one_compared(tmp_path):
+    """Until the metric names were shared, the runner wrote the CUDA peaks only as
+    `quantize_cuda_max_allocated_bytes` and latency's `inference_cuda_max_allocated_bytes` while the
+    planner looked for `cuda_max_allocated_bytes`, so its CUDA check never ran. Here the rows come
+    from the runner's writer (runner/trial.eval_peak_metrics), are stored and read back as a store
+    is. This machine has no GPU: the tracker's result is the MemoryPeak that PeakMemory reports on
+    CUDA, built with known peaks (CUDA's execution is not imitated; only its numbers are given)."""
+    cuda = estimate(ARCH, BNB, Workload(512, 2, all_logits=True, use_cache=False)).allocated
+    peak = MemoryPeak(rss_bytes=3 * 2**30, cuda_allocated_bytes=int(cuda * 0.9), cuda_reserved_bytes=int(cuda))
+    params = {"bits": 4, "compute_dtype": "bfloat16"}
+    header = TrialHeader(
+        trial_key="bnb-cuda", model_ref=REF, model_fingerprint="fp", method="bnb", method_label="bnb:bits=4",
+        params=params, device="cuda", hardware="NVIDIA H100", hardware_fingerprint="hw", versions={},
+        git_sha="abc", kernel="bnb 4-bit",
+    )  # fmt: skip
+    protocol = json.loads(PPL["protocol_json"])
+    metrics = eval_peak_metrics("perplexity", peak, "cuda", protocol=protocol, corpus="builtin", corpus_hash="h")
+    write_trial(tmp_path, "bnb-cuda", trial_table(header, metrics))
+    out = compare(read_results(tmp_path).frame, architecture_of=architecture_of)
+    compared = out.set_index("metric").loc[names.CUDA_MAX_ALLOCATED]
+    assert compared["measured"] == int(cuda * 0.9) and compared["predicted"] == cuda
+    assert compared["error_pct"] == pytest.approx(100 * (cuda / int(cuda * 0.9) - 1))
+    assert not within(out, 5, metrics=(names.CUDA_MAX_ALLOCATED,))  # the check can now fail
+
+
+def test_a_cpu_trial_writes_no_cuda_peak():
+    metrics = eval_peak_metrics("perplexity", MemoryPeak(rss_bytes=1, rss_file_bytes=1, rss_code_bytes=1), "cpu")
+    assert [m.name for m in metrics] == [names.PEAK_RSS, names.PEAK_RSS_FILE, names.PEAK_RSS_CODE]

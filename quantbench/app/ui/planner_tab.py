@@ -19,13 +19,14 @@ from quantbench.planner.gpus import CATALOG, GIB
 from quantbench.planner.plan import make_plan
 from quantbench.planner.presets import PRESETS
 from quantbench.planner.weights import parameter_count
+from quantbench.trackers import names
 
 ALL_GPUS = ""
 METRIC_TITLES = {
-    "weight_bytes": "weight bytes",
-    "peak_rss_bytes": "peak RSS, whole process",
+    names.WEIGHT_BYTES: "weight bytes",
+    names.PEAK_RSS: "peak RSS, whole process",
     LESS_CODE: "peak RSS without library code",
-    "cuda_max_allocated_bytes": "CUDA max allocated",
+    names.CUDA_MAX_ALLOCATED: "CUDA max allocated",
 }
 
 
