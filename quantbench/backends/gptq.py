@@ -103,8 +103,7 @@ class GptqModelBackend(Backend):
 
     def check_shapes(self, skeleton: torch.nn.Module, params: GptqModelParams) -> None:
         """Raise QuantbenchError, before any weight is read, for layers the method cannot quantize."""
-        if params.group_size > 0:
-            check_group_size(skeleton, params.group_size)
+        check_group_size(skeleton, params.group_size)
 
     def quantize(
         self, model: ResolvedModel, params: GptqModelParams, device: str, calibration: Corpus | None = None

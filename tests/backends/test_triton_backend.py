@@ -140,7 +140,7 @@ def test_gptq_checkpoint_converts_to_gptqmodels_own_weights(resolved, tmp_path, 
     from gptqmodel import BACKEND, GPTQModel
 
     params = GptqParams(bits=bits, desc_act=True, sym=False, **SMALL_CALIBRATION)
-    GptqBackend().save_checkpoint(resolved, params, str(tmp_path))
+    GptqBackend()._save_checkpoint(resolved, params, str(tmp_path))
     config, tensors = checkpoint_tensors(tmp_path)
     assert config["checkpoint_format"] == "gptq"
     theirs = GPTQModel.load(str(tmp_path), backend=BACKEND.TORCH, device="cpu").model
@@ -174,7 +174,7 @@ def test_awq_checkpoint_converts_to_gptqmodels_own_weights(wide_resolved, tmp_pa
     GPTQModel's dequantize_gemm gives, up to its bf16 rounding of the product."""
     from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
 
-    AwqBackend().save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), str(tmp_path))
+    AwqBackend()._save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), str(tmp_path))
     config, tensors = checkpoint_tensors(tmp_path)
     assert config["checkpoint_format"] == "gemm"
     names = sorted(key.removesuffix(".qweight") for key in tensors if key.endswith(".qweight"))
@@ -188,7 +188,7 @@ def test_awq_checkpoint_converts_to_gptqmodels_own_weights(wide_resolved, tmp_pa
 
 @pytest.mark.parametrize("source", ["gptq", "awq"])
 def test_gptq_and_awq_sources_through_the_adapter(resolved, wide_resolved, source):
-    """The whole adapter: GPTQModel quantizes (the gptq/awq adapters' own save_checkpoint, default
+    """The whole adapter: GPTQModel quantizes (through the gptq/awq adapters' codes(), default
     calibration), every layer is converted, the kernel field names the source, and the model stays
     close to the unquantized one (4-bit, groups of 32)."""
     model = resolved if source == "gptq" else wide_resolved
