@@ -40,9 +40,73 @@ def test_packed_model_matches_rtn_fake_quant(resolved, bits, group_size, symmetr
     torch.testing.assert_close(packed.logits(INPUT_IDS), fake.logits(INPUT_IDS), rtol=1e-5, atol=1e-5)
 
 
-def test_registered():
-    assert isinstance(get_backend("triton"), TritonBackend)
-    assert isinstance(get_backend("rtn"), RtnBackend)
+def packed_format_bytes(module, bits: int, group_size: int, scale_bytes: int, symmetric: bool) -> int:
+    """The packed format's size: codes at `bits` each, a scale (and a zero unless symmetric) of
+    `scale_bytes` per group of each quantized layer, every other parameter (embeddings, norms,
+    lm_head) in its float dtype."""
+    total = 0
+    for layer in module.modules():
+        if isinstance(layer, QuantLinear):
+            k_in, n_out = layer.in_features, layer.out_features
+            groups = k_in // (k_in if group_size == -1 else group_size)
+            total += k_in * n_out * bits // 8 + groups * n_out * scale_bytes * (1 if symmetric else 2)
+    return total + sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def float_linears(resolved, dtype: str = "float32") -> dict[str, torch.nn.Linear]:
+    module = models.load(resolved, dtype=dtype)
+    return {n: m for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+
+
+@pytest.mark.parametrize(("bits", "group_size", "symmetric"), [(4, 32, False), (3, -1, True)])
+def test_rtn_source_runs_rtns_own_weights(resolved, bits, group_size, symmetric):
+    """get_backend("triton") with source=rtn: every layer dequantizes to exactly the weights the rtn
+    method computes with; weight bytes are the packed-format formula; the kernel says which path runs."""
+    packed = quantize(get_backend("triton"), resolved, bits=bits, group_size=group_size, symmetric=symmetric)
+    fake = quantize(get_backend("rtn"), resolved, bits=bits, group_size=group_size, symmetric=symmetric)
+    layers = {n: m for n, m in packed.module.named_modules() if isinstance(m, QuantLinear)}
+    assert len(layers) == 14
+    for name, layer in layers.items():
+        assert torch.equal(reference.dequantize(layer.packed), fake.module.get_submodule(name).weight.T)
+    assert packed.weight_bytes == packed_format_bytes(packed.module, bits, group_size, 2, symmetric)
+    assert packed.kernel == "torch reference (no CUDA) on rtn codes"
+
+
+def test_hqq_source_runs_hqqs_own_weights(resolved):
+    """source=hqq: every layer dequantizes to what hqq's own HQQLinear.dequantize gives for that layer
+    (fp32 compute: bit for bit), with fp32 scales and zeros in the byte count."""
+    pytest.importorskip("hqq")
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    ours = quantize(get_backend("triton"), resolved, source="hqq", bits=4, group_size=32)
+    config = BaseQuantizeConfig(nbits=4, group_size=32, axis=1)
+    checked = 0
+    for name, linear in float_linears(resolved).items():
+        theirs = HQQLinear(linear, config, compute_dtype=torch.float32, device="cpu", del_orig=False).dequantize()
+        assert torch.equal(weights_of(ours.module.get_submodule(name)), theirs.T)
+        checked += 1
+    assert checked == 14
+    assert ours.weight_bytes == packed_format_bytes(ours.module, 4, 32, 4, symmetric=False)
+    assert ours.kernel == "torch reference (no CUDA) on hqq codes"
+
+
+def test_rtn_and_hqq_codes_hooks_give_one_entry_per_layer_with_its_bias(tmp_path, tiny_tokenizer):
+    """The contract hook directly, on a model whose projections have biases (Qwen2-style q/k/v):
+    the bias travels with the codes, in the layer's dtype."""
+    build_tiny_llama(vocab_size=len(tiny_tokenizer), attention_bias=True).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    resolved = models.resolve(ModelRef(str(tmp_path)))
+    linears = float_linears(resolved)
+    for name in ("rtn", "hqq"):
+        codes = get_backend(name).codes(resolved, linears, bits=4, group_size=32, symmetric=False, device="cpu")
+        assert codes.keys() == linears.keys()
+        for layer_name, layer in codes.items():
+            bias = linears[layer_name].bias
+            assert (layer.bias is None) == (bias is None) and layer.in_perm is None
+            if bias is not None:
+                assert torch.equal(layer.bias, bias)
+            assert layer.weight.bits == 4 and layer.weight.group_size == 32
+        assert sum(layer.bias is not None for layer in codes.values()) == 2 * 4  # q, k, v, o per layer
 
 
 def test_check_on_cpu_says_reference_path_runs():
