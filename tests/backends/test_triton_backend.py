@@ -14,6 +14,7 @@ from quantbench.backends.rtn import RtnBackend
 from quantbench.backends.triton import TritonBackend
 from quantbench.errors import QuantbenchError
 from quantbench.kernels import reference
+from quantbench.kernels.format import pack_codes
 from quantbench.kernels.quant_linear import REFERENCE_KERNEL, QuantLinear
 from quantbench.spec import ModelRef, validate_params
 
@@ -171,6 +172,31 @@ def test_3bit_needs_in_features_divisible_by_32(tmp_path, tiny_tokenizer):
     message = r"^layer model\.layers\.0\.self_attn\.q_proj: 3-bit packing needs in_features divisible by 32, got 48$"
     with pytest.raises(QuantbenchError, match=message):
         quantize(TritonBackend(), narrow, bits=3, group_size=16)
+
+
+@pytest.mark.parametrize("layout", ["gptq", "gptq_v2"])
+def test_gptq_layer_codes_read_either_checkpoint_layout(layout):
+    """What gptq's codes() does with each layer of the checkpoint GPTQModel saved, on tensors packed
+    here (act-order rows, a bias): "gptq" (v1) stores zero - 1, "gptq_v2" the zero; both give back
+    the weights they stand for, exactly, with the bias and the input permutation."""
+    k_in, n_out, group = 128, 64, 32
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (k_in, n_out), generator=gen, dtype=torch.uint8)
+    zeros = torch.randint(1, 16, (k_in // group, n_out), generator=gen, dtype=torch.uint8)
+    scales = (torch.rand(k_in // group, n_out, generator=gen) * 0.01 + 1e-3).half()
+    g_idx = (torch.arange(k_in) // group)[torch.randperm(k_in, generator=gen)]
+    stored = zeros - 1 if layout == "gptq" else zeros
+    tensors = {
+        "qweight": pack_codes(codes, 4),
+        "qzeros": pack_codes(stored.T.contiguous(), 4).T.contiguous(),  # packed along N, same bit stream
+        "scales": scales,
+        "g_idx": g_idx.to(torch.int32),
+        "bias": torch.randn(n_out, generator=gen).half(),
+    }
+    layer = GptqBackend().layer_codes(tensors, GptqParams(bits=4, group_size=group), layout)
+    dense = (codes.float() - zeros[g_idx].float()) * scales[g_idx].float()
+    assert torch.equal(weights_of(QuantLinear(layer.weight, layer.bias, layer.in_perm)), dense)
+    assert layer.bias is tensors["bias"]
 
 
 # --- GPTQ and AWQ sources: GPTQModel lives in its own environment (torch >= 2.14.1) --------------
