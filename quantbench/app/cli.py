@@ -266,7 +266,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from quantbench.backends.registry import backend_names, get_backend
+    from quantbench.backends.registry import backend_names, get_backend, method_facts
 
     for name in backend_names():
         backend = get_backend(name)
@@ -274,7 +274,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={f.default}" for k, f in backend.Params.model_fields.items())
         where = "available on cpu" if cpu.ok else f"not available on cpu: {cpu.reason}"
         version = backend.library_version() or "not installed"
-        print(f"{name:10s} {backend.library or '-'} {version}\n           {where}\n           params: {params or '-'}")
+        print(f"{name:10s} {backend.library or '-'} {version}\n           {where}\n           {method_facts(backend)}")
+        print(f"           params: {params or '-'}")
     return 0
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from quantbench.backends.base import int_choice
+from quantbench.backends.base import LayerCodes, int_choice
 from quantbench.backends.gptq import GptqModelBackend, GptqModelParams
 from quantbench.errors import QuantbenchError
+from quantbench.kernels.awq import convert_awq
 
 CLIP_BATCH = 64  # GPTQModel's AWQ clip search walks output rows in batches of 64 (or 256)
 
@@ -20,6 +21,16 @@ class AwqParams(GptqModelParams):
 class AwqBackend(GptqModelBackend):
     name = "awq"
     Params = AwqParams
+    checkpoint_formats = ("gemm",)
+
+    def codes_params(self, bits: int, group_size: int, symmetric: bool) -> AwqParams:
+        if bits != 4:
+            raise QuantbenchError(f"awq gives 4-bit codes only (GPTQModel's AWQ GEMM format), got bits={bits}")
+        return AwqParams(group_size=group_size, zero_point=not symmetric)
+
+    def layer_codes(self, tensors: dict[str, torch.Tensor], params: AwqParams, layout: str) -> LayerCodes:
+        qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"]
+        return LayerCodes(convert_awq(qweight, qzeros, scales, params.group_size), tensors["bias"])
 
     def gptqmodel_config(self, params: AwqParams) -> object:
         from gptqmodel import AWQConfig

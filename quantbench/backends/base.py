@@ -4,7 +4,9 @@ An adapter is one small class: facts as class attributes, a pydantic model for i
 parameters, `check(device)` that says whether it can run here (never raises), and
 `quantize(...)` that returns a `QuantizedModel` every eval can use. The runner measures the
 cost of `quantize` (wall time, peak memory) the same way for every adapter, so adapters
-do not time themselves.
+do not time themselves. Optional hook: `codes(...)`, the integer codes, scales and zeros of
+each quantized layer in the project's packed format, so the project's kernels can run the
+method's weights without calling its internals.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import torch
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from quantbench.errors import QuantbenchError
 
 if TYPE_CHECKING:
     from quantbench.corpora import Corpus
+    from quantbench.kernels.format import PackedWeight
     from quantbench.models import ResolvedModel
 
 
@@ -66,16 +70,33 @@ class QuantizedModel:
         return cls(module, tokenizer, device, size, 8 * size / weights, kernel)
 
 
+@dataclass(frozen=True)
+class LayerCodes:
+    """One quantized linear layer in the packed format (kernels/format.py), as `Backend.codes` gives it."""
+
+    weight: PackedWeight
+    bias: torch.Tensor | None = None
+    # The input order the packed rows follow (GPTQ act-order sorts rows by group): the layer
+    # computes x[:, in_perm] @ W. None: the layer's own input order.
+    in_perm: torch.Tensor | None = None
+
+
 class Backend:
     """One quantization method. Subclasses set the class attributes and implement `quantize`."""
 
     name: ClassVar[str]
     library: ClassVar[str | None] = None  # distribution name, for its version and install hint
+    min_version: ClassVar[str | None] = None  # oldest release of `library` the adapter works with
     Params: ClassVar[type[MethodParams]] = MethodParams
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    # Quantizing reads text: the corpus its `calibration` parameter names, which the runner reads
+    # (and rejects if missing or empty) before any trial starts.
     requires_calibration: ClassVar[bool] = False
     # Parameters every label shows even at their defaults, so `rtn` reads `rtn:bits=4,group_size=64`.
     headline: ClassVar[tuple[str, ...]] = ()
+    # The quantized model can be written to disk in its quantized form and reloads as the same
+    # model (save_pretrained -> from_pretrained: same logits, same weight bytes). The checkpoint
+    # eval measures only these.
     is_serializable: ClassVar[bool] = False
 
     def library_version(self) -> str | None:
@@ -92,14 +113,53 @@ class Backend:
             return Availability(False, f"{self.name} does not run on {device} (supports {', '.join(self.devices)})")
         if device == "cuda" and not torch.cuda.is_available():
             return Availability(False, "no CUDA device visible to torch")
-        if self.library and self.library_version() is None:
+        if self.library is None:
+            return Availability(True)
+        version = self.library_version()
+        if version is None:
             return Availability(False, f"{self.library} is not installed (pip install {self.library})")
-        return Availability(True)
+        too_old = older_than(self.library, version, self.min_version) if self.min_version else ""
+        return Availability(not too_old, too_old)
+
+    def calibration_corpus(self, params: MethodParams) -> str | None:
+        """The corpus reference this trial calibrates on (what the runner reads up front), or None."""
+        return params.calibration if self.requires_calibration else None
 
     def quantize(
         self, model: ResolvedModel, params: MethodParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         raise NotImplementedError
+
+    def codes(
+        self,
+        model: ResolvedModel,
+        layers: dict[str, torch.nn.Linear],
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        device: str,
+        calibration: Corpus | None = None,
+    ) -> dict[str, LayerCodes]:
+        """The codes, scales and zeros this method chooses for each of `layers` (module name ->
+        the float nn.Linear of `model`, loaded in the dtype the caller computes in), at `bits` and
+        `group_size` (-1: one group per output row), symmetric or with zero points. Other
+        parameters keep the method's defaults; `calibration` is the corpus its default names,
+        when already read. QuantbenchError where the method cannot give codes in that format."""
+        raise QuantbenchError(f"{self.name} cannot give its codes in the packed format")
+
+
+def older_than(distribution: str, installed: str, minimum: str) -> str:
+    """Why `installed` (a release of `distribution`) is older than `minimum`, compared as PEP 440
+    versions with local tags such as +cu128 and pre-release tags ignored; "" when it is not."""
+    try:
+        too_old = Version(Version(installed).base_version) < Version(minimum)
+    except InvalidVersion:
+        return f"{distribution} reports version {installed!r}, not a PEP 440 version; {minimum} or newer is needed"
+    if not too_old:
+        return ""
+    hint = f"pip install -U '{distribution}>={minimum}'"
+    return f"{distribution} {installed} is older than the {minimum} this adapter needs ({hint})"
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -147,7 +207,10 @@ def meta_model(model: ResolvedModel) -> torch.nn.Module:
 
 def check_group_size(module: torch.nn.Module, group_size: int, skip: tuple[str, ...] = ("lm_head",)) -> None:
     """Raise QuantbenchError if `group_size` does not divide the input width of a linear layer
-    that will be quantized (every nn.Linear except those named in `skip`)."""
+    that will be quantized (every nn.Linear except those named in `skip`); -1 (one group per
+    output row) fits every layer."""
+    if group_size == -1:
+        return
     for name, layer in module.named_modules():
         if isinstance(layer, torch.nn.Linear) and name not in skip and layer.in_features % group_size:
             raise QuantbenchError(

@@ -21,7 +21,6 @@ from quantbench.backends.base import (
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
-MIN_VERSION = (0, 46, 1)  # the oldest release transformers 5.x accepts
 FOUR_BIT_ONLY = ("quant_type", "double_quant")
 
 
@@ -47,6 +46,7 @@ class BnbParams(MethodParams):
 class BnbBackend(Backend):
     name = "bnb"
     library = "bitsandbytes"
+    min_version = "0.46.1"  # the oldest release transformers 5.x accepts
     Params = BnbParams
     headline = ("bits",)
     is_serializable = True
@@ -55,9 +55,6 @@ class BnbBackend(Backend):
         base = super().check(device)
         if not base.ok:
             return base
-        version = self.library_version()
-        if tuple(int(p) for p in version.split(".")[:3] if p.isdigit()) < MIN_VERSION:
-            return Availability(False, f"bitsandbytes {version} is too old (pip install -U 'bitsandbytes>=0.46.1')")
         if device == "cpu" and torch.backends.cpu.get_cpu_capability() != "AVX512":
             return Availability(
                 True, "CPU lacks AVX512: int8 runs as an fp32 matmul and 4-bit dequantizes in a scalar loop (slow)"

@@ -1,13 +1,15 @@
 """GPTQ through GPTQModel (AutoGPTQ is archived and transformers v5 dropped it). The shared
 GPTQModel flow (calibrate on text windows, quantize, save, reload with the inference kernel
-GPTQModel picks for this machine) lives here; awq.py reuses it."""
+GPTQModel picks for this machine; or read the saved layers' codes) lives here; awq.py reuses it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import PositiveInt, field_validator
@@ -16,6 +18,7 @@ from quantbench import models
 from quantbench.backends.base import (
     Availability,
     Backend,
+    LayerCodes,
     MethodParams,
     QuantizedModel,
     calibration_windows,
@@ -25,6 +28,8 @@ from quantbench.backends.base import (
     weight_count,
 )
 from quantbench.corpora import Corpus
+from quantbench.errors import QuantbenchError
+from quantbench.kernels.gptq import convert_gptq
 from quantbench.models import ResolvedModel
 
 
@@ -73,6 +78,7 @@ class GptqModelBackend(Backend):
     requires_calibration = True
     is_serializable = True
     headline = ("bits", "group_size")
+    checkpoint_formats: ClassVar[tuple[str, ...]]  # the `checkpoint_format`s `layer_codes` reads
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
@@ -87,10 +93,17 @@ class GptqModelBackend(Backend):
     def gptqmodel_config(self, params: GptqModelParams) -> object:
         raise NotImplementedError
 
+    def codes_params(self, bits: int, group_size: int, symmetric: bool) -> GptqModelParams:
+        """The method's parameters (defaults elsewhere) for codes in that format."""
+        raise NotImplementedError
+
+    def layer_codes(self, tensors: dict[str, torch.Tensor], params: GptqModelParams, layout: str) -> LayerCodes:
+        """One layer of a saved checkpoint (its qweight, qzeros, scales, g_idx, bias) in the packed format."""
+        raise NotImplementedError
+
     def check_shapes(self, skeleton: torch.nn.Module, params: GptqModelParams) -> None:
         """Raise QuantbenchError, before any weight is read, for layers the method cannot quantize."""
-        if params.group_size > 0:
-            check_group_size(skeleton, params.group_size)
+        check_group_size(skeleton, params.group_size)
 
     def quantize(
         self, model: ResolvedModel, params: GptqModelParams, device: str, calibration: Corpus | None = None
@@ -101,7 +114,7 @@ class GptqModelBackend(Backend):
         # Reloading the saved checkpoint selects the inference kernel for this device (quantize
         # leaves the packing kernel in place), so measurements see what a user would deploy.
         with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
-            self.save_checkpoint(model, params, tmp, calibration)
+            self._save_checkpoint(model, params, tmp, calibration)
             _quiet_gptqmodel()
             from gptqmodel import GPTQModel
 
@@ -116,11 +129,45 @@ class GptqModelBackend(Backend):
             weights=weight_count(skeleton),
         )
 
-    def save_checkpoint(
+    def codes(
+        self,
+        model: ResolvedModel,
+        layers: dict[str, torch.nn.Linear],
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        device: str,
+        calibration: Corpus | None = None,
+    ) -> dict[str, LayerCodes]:
+        """`model` calibrated, quantized and saved by GPTQModel as `quantize` does (default calibration),
+        and each of `layers` read back from the checkpoint and converted (`kernels.gptq`, `kernels.awq`).
+        GPTQModel reads the weights from disk itself; `layers` only names them."""
+        from safetensors.torch import load_file
+
+        params = self.codes_params(bits, group_size, symmetric)
+        with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
+            self._save_checkpoint(model, params, tmp, calibration)
+            config = json.loads((Path(tmp) / "quantize_config.json").read_text())
+            tensors = {k: t for shard in sorted(Path(tmp).glob("*.safetensors")) for k, t in load_file(shard).items()}
+        layout = config.get("checkpoint_format") or config.get("format")
+        if layout not in self.checkpoint_formats:
+            raise QuantbenchError(
+                f"GPTQModel saved a {layout!r} checkpoint; the {self.name} converter reads {self.checkpoint_formats}"
+            )
+        codes = {}
+        for name in layers:
+            found = {key: tensors.get(f"{name}.{key}") for key in ("qweight", "qzeros", "scales", "g_idx", "bias")}
+            if found["qweight"] is None:
+                raise QuantbenchError(f"{self.name} left layer {name} unquantized; keep it in float (skip)")
+            codes[name] = self.layer_codes(found, params, layout)
+        return codes
+
+    def _save_checkpoint(
         self, model: ResolvedModel, params: GptqModelParams, directory: str, calibration: Corpus | None = None
     ) -> None:
         """Calibrate, quantize and save `model` as a GPTQModel checkpoint (safetensors and
-        quantize_config.json) in `directory`: what `quantize` reloads and triton:source=gptq|awq converts."""
+        quantize_config.json) in `directory`: what `quantize` reloads and `codes` converts."""
         self.check_shapes(meta_model(model), params)
         tokenizer = models.load_tokenizer(model)
         corpus = calibration if calibration is not None else params.calibration
@@ -170,6 +217,17 @@ def _quiet_gptqmodel() -> None:
 class GptqBackend(GptqModelBackend):
     name = "gptq"
     Params = GptqParams
+    # "gptq" (v1) stores zero − 1, "gptq_v2" the zero itself (kernels/gptq.py)
+    checkpoint_formats = ("gptq", "gptq_v2")
+
+    def codes_params(self, bits: int, group_size: int, symmetric: bool) -> GptqParams:
+        return GptqParams(bits=bits, group_size=group_size, sym=symmetric)
+
+    def layer_codes(self, tensors: dict[str, torch.Tensor], params: GptqParams, layout: str) -> LayerCodes:
+        packed, perm = convert_gptq(
+            tensors["qweight"], tensors["qzeros"], tensors["scales"], params.bits, tensors["g_idx"], layout == "gptq"
+        )
+        return LayerCodes(packed, tensors["bias"], perm)
 
     def gptqmodel_config(self, params: GptqParams) -> object:
         from gptqmodel import GPTQConfig

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import PositiveInt, field_validator
+from torch import nn
 
 from quantbench import models
 from quantbench.backends.base import (
     Backend,
+    LayerCodes,
     MethodParams,
     QuantizedModel,
     check_group_size,
@@ -18,6 +20,8 @@ from quantbench.backends.base import (
     weight_count,
 )
 from quantbench.corpora import Corpus
+from quantbench.errors import QuantbenchError
+from quantbench.kernels.hqq import convert_hqq
 from quantbench.models import ResolvedModel
 
 
@@ -40,7 +44,9 @@ class HqqBackend(Backend):
     library = "hqq"
     Params = HqqParams
     headline = ("nbits", "group_size")
-    is_serializable = True  # AutoHQQHFModel.save_quantized / from_quantized
+    # hqq quantizes the module in place: save_pretrained writes no quantization_config, and the
+    # file reloads as a different model (hqq's own AutoHQQHFModel.save_quantized is another format).
+    is_serializable = False
 
     def quantize(
         self, model: ResolvedModel, params: HqqParams, device: str, calibration: Corpus | None = None
@@ -60,3 +66,29 @@ class HqqBackend(Backend):
         return QuantizedModel.measured(
             module, models.load_tokenizer(model), device, f"hqq {layer.backend.name} backend ({path})", weights=count
         )
+
+    def codes(
+        self,
+        model: ResolvedModel,
+        layers: dict[str, nn.Linear],
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        device: str,
+        calibration: Corpus | None = None,
+    ) -> dict[str, LayerCodes]:
+        """Each layer quantized by hqq with its defaults and axis=1 (groups along the inputs, the only
+        grouping the packed format holds), computing in the layer's dtype, and converted (`kernels.hqq`)."""
+        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+        if symmetric:
+            raise QuantbenchError("hqq is always asymmetric (float zero points); it has no symmetric codes")
+        group = None if group_size == -1 else group_size  # hqq: None = the whole input row
+        config = BaseQuantizeConfig(nbits=bits, group_size=group, axis=1)
+        codes = {}
+        for name, linear in layers.items():
+            quantized = HQQLinear(linear, config, compute_dtype=linear.weight.dtype, device=device, del_orig=False)
+            bias = quantized.bias.detach().clone() if quantized.bias is not None else None
+            codes[name] = LayerCodes(convert_hqq(quantized), bias)
+        return codes

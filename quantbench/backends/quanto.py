@@ -56,6 +56,10 @@ class QuantoBackend(Backend):
             return Availability(True, "int4/int2 need g++ and ninja to build quanto's C++ extension (apt install g++)")
         return base
 
+    def calibration_corpus(self, params: QuantoParams) -> str | None:
+        """Weight-only quanto needs no text; int8 activations take their scales from calibration windows."""
+        return params.calibration if params.activations == "int8" else None
+
     def quantize(
         self, model: ResolvedModel, params: QuantoParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:

@@ -55,3 +55,10 @@ def method_label(method: MethodSpec) -> str:
     backend = get_backend(method.name)
     shown = {k: backend.Params.model_fields[k].default for k in backend.headline} | dict(method.params)
     return MethodSpec(method.name, shown).label
+
+
+def method_facts(backend: Backend) -> str:
+    """The contract flags a user picks a method by, as the CLI and the dashboard list them."""
+    calibration = "calibrates on text (calibration=...)" if backend.requires_calibration else "no calibration text"
+    saves = "saves its quantized checkpoint" if backend.is_serializable else "cannot save its quantized model"
+    return f"{calibration}; {saves}"

@@ -16,10 +16,25 @@ from pydantic import BeforeValidator, Field, field_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, meta_model, weight_bytes, weight_count
+from quantbench.backends.base import (
+    Backend,
+    LayerCodes,
+    MethodParams,
+    QuantizedModel,
+    check_group_size,
+    meta_model,
+    weight_bytes,
+    weight_count,
+)
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
-from quantbench.kernels.format import STORAGE_DTYPE, dequantize_codes, quantize_rtn, resolve_group_size
+from quantbench.kernels.format import (
+    STORAGE_DTYPE,
+    dequantize_codes,
+    pack_linear_weight,
+    quantize_rtn,
+    resolve_group_size,
+)
 from quantbench.models import ResolvedModel
 
 
@@ -59,15 +74,6 @@ def quantizable_linears(module: nn.Module, skip: tuple[str, ...]) -> dict[str, n
     return {name: m for name, m in linears.items() if name not in skip}
 
 
-def check_group_divides(linears: dict[str, nn.Linear], group_size: int) -> None:
-    """One-line QuantbenchError if `group_size` does not split some layer's input width."""
-    for name, linear in linears.items():
-        if group_size != -1 and linear.in_features % group_size:
-            raise QuantbenchError(
-                f"group_size {group_size} does not divide in_features {linear.in_features} of layer {name}"
-            )
-
-
 def packed_bytes(n_out: int, k_in: int, bits: int, group_size: int, symmetric: bool) -> int:
     """Bytes of one (n_out, k_in) weight in the packed format: codes + fp16 scales (+ fp16 zeros)."""
     groups = k_in // resolve_group_size(group_size, k_in)
@@ -85,7 +91,9 @@ class RtnBackend(Backend):
         self, model: ResolvedModel, params: RtnParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         # Shapes from the meta model first: a group size that does not fit fails before any weight is read.
-        check_group_divides(quantizable_linears(meta_model(model), params.skip), params.group_size)
+        skeleton = meta_model(model)
+        quantizable_linears(skeleton, params.skip)  # unknown skip names
+        check_group_size(skeleton, params.group_size, params.skip)
         module = models.load(model, dtype=params.dtype, device=device)
         linears = quantizable_linears(module, params.skip)
         count = weight_count(module)
@@ -111,3 +119,23 @@ class RtnBackend(Backend):
             weights=count,
             size=size,
         )
+
+    def codes(
+        self,
+        model: ResolvedModel,
+        layers: dict[str, nn.Linear],
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        device: str,
+        calibration: Corpus | None = None,
+    ) -> dict[str, LayerCodes]:
+        """Each layer's weight, as loaded, rounded to nearest (`kernels.format.quantize_rtn`) and packed."""
+        return {
+            name: LayerCodes(
+                pack_linear_weight(linear.weight, bits, group_size, symmetric),
+                linear.bias.detach().clone() if linear.bias is not None else None,
+            )
+            for name, linear in layers.items()
+        }

@@ -17,12 +17,13 @@ from quantbench.backends.base import (
     check_group_size,
     int_choice,
     meta_model,
+    older_than,
     weight_count,
 )
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
-MIN_TORCH = (2, 11)  # older torch: torchao skips loading its C++ ops (torchao/__init__.py)
+MIN_TORCH = "2.11"  # older torch: torchao skips loading its C++ ops (torchao/__init__.py)
 
 
 class TorchaoParams(MethodParams):
@@ -51,10 +52,8 @@ class TorchaoBackend(Backend):
         base = super().check(device)
         if not base.ok:
             return base
-        torch_version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-        if torch_version < MIN_TORCH:
-            return Availability(False, f"torchao needs torch >= 2.11 for its C++ ops (found {torch.__version__})")
-        return Availability(True)
+        too_old = older_than("torch", torch.__version__, MIN_TORCH)
+        return Availability(not too_old, too_old)
 
     def quantize(
         self, model: ResolvedModel, params: TorchaoParams, device: str, calibration: Corpus | None = None

@@ -1,14 +1,15 @@
 """The project's own packed low-bit format and Triton kernels (`quantbench.kernels`).
 
-Every nn.Linear outside the skip list becomes a `QuantLinear`. The codes come from `source`, so
-the kernels can be compared independently of the algorithm that chose the codes:
+Every nn.Linear outside the skip list becomes a `QuantLinear`. The codes come from the `source`
+method's `codes` hook (the adapter contract), so the kernels can be compared independently of the
+algorithm that chose the codes:
 
 - rtn: round-to-nearest of the float weights (`kernels.format.quantize_rtn`);
 - hqq: each layer quantized by the `hqq` library (HQQLinear, axis=1, the layers' compute dtype
   is `dtype`), then converted (`kernels.hqq`);
 - gptq / awq: the model quantized and saved by GPTQModel exactly as the gptq/awq adapters do
-  (`GptqModelBackend.save_checkpoint`, with their default calibration), then each layer's
-  qweight/qzeros/scales read from the checkpoint and converted (`kernels.gptq`, `kernels.awq`).
+  (with their default calibration), then each layer's qweight/qzeros/scales read from the
+  checkpoint and converted (`kernels.gptq`, `kernels.awq`).
 
 Layers outside the skip list keep the float weights of the model loaded in `dtype`. On CUDA the
 Triton kernels run; elsewhere the pure-torch reference runs, and `kernel` says so, with the source.
@@ -17,9 +18,6 @@ Triton kernels run; elsewhere the pure-torch reference runs, and `kernel` says s
 from __future__ import annotations
 
 import importlib.util
-import json
-import tempfile
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -27,8 +25,17 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Availability, Backend, MethodParams, QuantizedModel, meta_model, weight_count
-from quantbench.backends.rtn import ModuleNames, check_group_divides, check_group_size_value, quantizable_linears
+from quantbench.backends.base import (
+    Availability,
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    check_group_size,
+    meta_model,
+    weight_count,
+)
+from quantbench.backends.registry import get_backend
+from quantbench.backends.rtn import ModuleNames, check_group_size_value, quantizable_linears
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PACKABLE_BITS, pack_multiple
@@ -82,13 +89,19 @@ class TritonBackend(Backend):
         note = "" if installed else "; triton is not installed (pip install triton)"
         return Availability(True, f"no CUDA on cpu: the pure-torch reference path runs, not the Triton kernels{note}")
 
+    def calibration_corpus(self, params: TritonParams) -> str | None:
+        """The corpus the source method calibrates on at its defaults (gptq, awq), or None."""
+        source = get_backend(params.source)
+        return source.calibration_corpus(source.Params())
+
     def quantize(
         self, model: ResolvedModel, params: TritonParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         dtype = params.dtype if params.dtype != "auto" else ("float16" if device == "cuda" else "float32")
         # Shapes from the meta model first: a layout that does not fit fails before any weight is read.
-        skeleton = quantizable_linears(meta_model(model), params.skip)
-        check_group_divides(skeleton, params.group_size)
+        meta = meta_model(model)
+        skeleton = quantizable_linears(meta, params.skip)
+        check_group_size(meta, params.group_size, params.skip)
         for name, linear in skeleton.items():
             group = linear.in_features if params.group_size == -1 else params.group_size
             if group % KERNEL_GROUP_MULTIPLE:
@@ -101,74 +114,28 @@ class TritonBackend(Backend):
                     f"layer {name}: {params.bits}-bit packing needs in_features divisible by "
                     f"{pack_multiple(params.bits)}, got {linear.in_features}"
                 )
+        source = get_backend(params.source)
+        availability = source.check(device)
+        if not availability.ok:
+            raise QuantbenchError(f"triton: source={params.source} needs {source.name}: {availability.reason}")
         module = models.load(model, dtype=dtype, device=device)
         linears = quantizable_linears(module, params.skip)
         count = weight_count(module)
         with torch.no_grad():
-            if params.source in ("gptq", "awq"):
-                layers = gptqmodel_layers(model, params, linears, device, calibration)
-            elif params.source == "hqq":
-                layers = {name: hqq_layer(linear, params, dtype, device) for name, linear in linears.items()}
-            else:
-                layers = {
-                    name: QuantLinear.from_linear(linear, params.bits, params.group_size, params.symmetric)
-                    for name, linear in linears.items()
-                }
-            for name, layer in layers.items():
+            codes = source.codes(
+                model,
+                linears,
+                bits=params.bits,
+                group_size=params.group_size,
+                symmetric=params.symmetric,
+                device=device,
+                calibration=calibration,
+            )
+            for name, layer in codes.items():
                 parent_name, _, child = name.rpartition(".")
-                setattr(module.get_submodule(parent_name), child, layer.to(device))
+                quantized = QuantLinear(layer.weight, layer.bias, layer.in_perm, source=params.source)
+                setattr(module.get_submodule(parent_name), child, quantized.to(device))
         return QuantizedModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
-
-
-def hqq_layer(linear: nn.Linear, params: TritonParams, dtype: str, device: str) -> QuantLinear:
-    """`linear` quantized by hqq (its defaults, as the hqq adapter uses them) and converted."""
-    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
-
-    group = None if params.group_size == -1 else params.group_size  # hqq: None = the whole input row
-    config = BaseQuantizeConfig(nbits=params.bits, group_size=group, axis=1)
-    quantized = HQQLinear(linear, config, compute_dtype=models.DTYPES[dtype], device=device, del_orig=False)
-    return QuantLinear.from_hqq(quantized)
-
-
-def gptqmodel_layers(
-    model: ResolvedModel, params: TritonParams, linears: dict[str, nn.Linear], device: str, calibration: Corpus | None
-) -> dict[str, QuantLinear]:
-    """Quantize with GPTQModel as the gptq/awq adapter would, and convert each layer of the saved checkpoint."""
-    from quantbench.backends.awq import AwqBackend, AwqParams
-    from quantbench.backends.gptq import GptqBackend, GptqParams
-
-    if params.source == "gptq":
-        method = GptqParams(bits=params.bits, group_size=params.group_size, sym=params.symmetric)
-        backend = GptqBackend()
-    else:
-        method = AwqParams(group_size=params.group_size, zero_point=not params.symmetric)  # bits=4: validated
-        backend = AwqBackend()
-    availability = backend.check(device)
-    if not availability.ok:
-        raise QuantbenchError(f"triton: source={params.source} needs {backend.name}: {availability.reason}")
-    from safetensors.torch import load_file
-
-    with tempfile.TemporaryDirectory(prefix="quantbench-triton-") as tmp:
-        backend.save_checkpoint(model, method, tmp, calibration)
-        config = json.loads((Path(tmp) / "quantize_config.json").read_text())
-        tensors = {key: t for shard in sorted(Path(tmp).glob("*.safetensors")) for key, t in load_file(shard).items()}
-    layout = config.get("checkpoint_format") or config.get("format")
-    expected = ("gptq", "gptq_v2") if params.source == "gptq" else ("gemm",)
-    if layout not in expected:
-        raise QuantbenchError(
-            f"triton: GPTQModel saved a {layout!r} checkpoint; the {params.source} converter reads {expected}"
-        )
-    layers = {}
-    for name in linears:
-        found = {key: tensors.get(f"{name}.{key}") for key in ("qweight", "qzeros", "scales", "g_idx", "bias")}
-        if found["qweight"] is None:
-            raise QuantbenchError(f"triton: {params.source} left layer {name} unquantized; add it to skip")
-        qweight, qzeros, scales, g_idx, bias = found.values()
-        if params.source == "gptq":
-            layers[name] = QuantLinear.from_gptq(qweight, qzeros, scales, params.bits, g_idx, bias, layout == "gptq")
-        else:
-            layers[name] = QuantLinear.from_awq(qweight, qzeros, scales, params.group_size, bias)
-    return layers
 
 
 def kernel_of(module: nn.Module) -> str:

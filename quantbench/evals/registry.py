@@ -6,6 +6,9 @@
 - `run(model, params, corpus, source) -> list[(metric, value, unit)]`: measure a QuantizedModel;
   `source` is the ResolvedModel it came from (to load the unquantized reference, for example).
   A row may carry a fourth element, a note: why the metric has no value (NaN) on this model.
+- optional `not_measurable(method, params) -> rows`: the rows this eval cannot measure for a method
+  (a `Backend`; e.g. a checkpoint of one that is not serializable), each with NaN and its note.
+  When it returns rows the runner stores them and does not call `run`.
 
 Progress: an eval may call `quantbench.evals.progress.report(done, todo)` as it goes; see that
 module for why this is a context-local reporter and not an argument of `run`.

@@ -80,7 +80,7 @@ class PreparedTrial:
     backend: Backend
     model: models.ResolvedModel
     evals: tuple[PreparedEval, ...]
-    calibration: Corpus | None = None  # the corpus the method's `calibration` parameter names
+    calibration: Corpus | None = None  # the corpus the method calibrates on (`Backend.calibration_corpus`)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
     result_store.check_writable(store)
     resolved = models.resolve(spec.model)
     corpora: dict[str, Corpus] = {}  # evals (and the method's calibration) sharing a corpus read it once
-    calibration_ref = getattr(backend.Params.model_validate(spec.method.params), "calibration", None)
+    calibration_ref = backend.calibration_corpus(backend.Params.model_validate(spec.method.params))
     if calibration_ref is not None:
         corpora[calibration_ref] = load_corpus(calibration_ref)
     evals = []
@@ -175,8 +175,9 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         )
     for ev in trial.evals:
         release_freed_heap()  # each eval's peak RSS is its own, not what quantizing or the last eval freed
+        unmeasured = ev.module.not_measurable(trial.backend, ev.params) if hasattr(ev.module, "not_measurable") else []
         with progress.stage(ev.name), PeakMemory() as eval_memory:
-            rows = ev.module.run(model, ev.params, ev.corpus, trial.model)
+            rows = unmeasured or ev.module.run(model, ev.params, ev.corpus, trial.model)
         tags = {"protocol": ev.params.model_dump(mode="json")}
         if ev.corpus is not None:
             tags.update(corpus=ev.corpus.name, corpus_hash=ev.corpus.content_hash)

@@ -1,5 +1,7 @@
 """The command line end to end on the tiny model: what a user types, what they see, what is stored."""
 
+import re
+
 import pytest
 from support import ROOT
 
@@ -93,6 +95,10 @@ def test_methods_lists_the_baseline(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "dtype=float32" in out
+    # the contract's flags, read from each adapter: the third line of its entry
+    entries = {block.split()[0]: block.splitlines() for block in re.split(r"\n(?=\S)", out)}
+    assert entries["gptq"][2].strip() == "calibrates on text (calibration=...); saves its quantized checkpoint"
+    assert entries["rtn"][2].strip() == "no calibration text; cannot save its quantized model"
 
 
 def evals_of(*argv: str) -> dict[str, dict]:

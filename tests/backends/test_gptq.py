@@ -198,7 +198,7 @@ def test_calibration_corpus_is_keyed_read_up_front_and_used(tiny_model_dir, tmp_
     method = MethodSpec(name, {**extra, "calibration": str(corpus)})
     prepared = prepare_trial(plan_trial(model, method, evals), tmp_path / "store")
     assert prepared.calibration.name == str(corpus)
-    default = prepare_trial(plan_trial(model, MethodSpec(name), evals), tmp_path / "store")
+    default = prepare_trial(plan_trial(model, MethodSpec(name, extra), evals), tmp_path / "store")
     assert default.calibration.name == "builtin"
     # ...and the adapter calibrates on it: one sentence cannot fill 32 windows of 256 tokens (this
     # fails before gptqmodel is imported, so it runs in either environment).

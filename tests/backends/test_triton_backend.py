@@ -14,6 +14,7 @@ from quantbench.backends.rtn import RtnBackend
 from quantbench.backends.triton import TritonBackend
 from quantbench.errors import QuantbenchError
 from quantbench.kernels import reference
+from quantbench.kernels.format import pack_codes
 from quantbench.kernels.quant_linear import REFERENCE_KERNEL, QuantLinear
 from quantbench.spec import ModelRef, validate_params
 
@@ -40,9 +41,73 @@ def test_packed_model_matches_rtn_fake_quant(resolved, bits, group_size, symmetr
     torch.testing.assert_close(packed.logits(INPUT_IDS), fake.logits(INPUT_IDS), rtol=1e-5, atol=1e-5)
 
 
-def test_registered():
-    assert isinstance(get_backend("triton"), TritonBackend)
-    assert isinstance(get_backend("rtn"), RtnBackend)
+def packed_format_bytes(module, bits: int, group_size: int, scale_bytes: int, symmetric: bool) -> int:
+    """The packed format's size: codes at `bits` each, a scale (and a zero unless symmetric) of
+    `scale_bytes` per group of each quantized layer, every other parameter (embeddings, norms,
+    lm_head) in its float dtype."""
+    total = 0
+    for layer in module.modules():
+        if isinstance(layer, QuantLinear):
+            k_in, n_out = layer.in_features, layer.out_features
+            groups = k_in // (k_in if group_size == -1 else group_size)
+            total += k_in * n_out * bits // 8 + groups * n_out * scale_bytes * (1 if symmetric else 2)
+    return total + sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def float_linears(resolved, dtype: str = "float32") -> dict[str, torch.nn.Linear]:
+    module = models.load(resolved, dtype=dtype)
+    return {n: m for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+
+
+@pytest.mark.parametrize(("bits", "group_size", "symmetric"), [(4, 32, False), (3, -1, True)])
+def test_rtn_source_runs_rtns_own_weights(resolved, bits, group_size, symmetric):
+    """get_backend("triton") with source=rtn: every layer dequantizes to exactly the weights the rtn
+    method computes with; weight bytes are the packed-format formula; the kernel says which path runs."""
+    packed = quantize(get_backend("triton"), resolved, bits=bits, group_size=group_size, symmetric=symmetric)
+    fake = quantize(get_backend("rtn"), resolved, bits=bits, group_size=group_size, symmetric=symmetric)
+    layers = {n: m for n, m in packed.module.named_modules() if isinstance(m, QuantLinear)}
+    assert len(layers) == 14
+    for name, layer in layers.items():
+        assert torch.equal(reference.dequantize(layer.packed), fake.module.get_submodule(name).weight.T)
+    assert packed.weight_bytes == packed_format_bytes(packed.module, bits, group_size, 2, symmetric)
+    assert packed.kernel == "torch reference (no CUDA) on rtn codes"
+
+
+def test_hqq_source_runs_hqqs_own_weights(resolved):
+    """source=hqq: every layer dequantizes to what hqq's own HQQLinear.dequantize gives for that layer
+    (fp32 compute: bit for bit), with fp32 scales and zeros in the byte count."""
+    pytest.importorskip("hqq")
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    ours = quantize(get_backend("triton"), resolved, source="hqq", bits=4, group_size=32)
+    config = BaseQuantizeConfig(nbits=4, group_size=32, axis=1)
+    checked = 0
+    for name, linear in float_linears(resolved).items():
+        theirs = HQQLinear(linear, config, compute_dtype=torch.float32, device="cpu", del_orig=False).dequantize()
+        assert torch.equal(weights_of(ours.module.get_submodule(name)), theirs.T)
+        checked += 1
+    assert checked == 14
+    assert ours.weight_bytes == packed_format_bytes(ours.module, 4, 32, 4, symmetric=False)
+    assert ours.kernel == "torch reference (no CUDA) on hqq codes"
+
+
+def test_rtn_and_hqq_codes_hooks_give_one_entry_per_layer_with_its_bias(tmp_path, tiny_tokenizer):
+    """The contract hook directly, on a model whose projections have biases (Qwen2-style q/k/v):
+    the bias travels with the codes, in the layer's dtype."""
+    build_tiny_llama(vocab_size=len(tiny_tokenizer), attention_bias=True).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    resolved = models.resolve(ModelRef(str(tmp_path)))
+    linears = float_linears(resolved)
+    for name in ("rtn", "hqq"):
+        codes = get_backend(name).codes(resolved, linears, bits=4, group_size=32, symmetric=False, device="cpu")
+        assert codes.keys() == linears.keys()
+        for layer_name, layer in codes.items():
+            bias = linears[layer_name].bias
+            assert (layer.bias is None) == (bias is None) and layer.in_perm is None
+            if bias is not None:
+                assert torch.equal(layer.bias, bias)
+            assert layer.weight.bits == 4 and layer.weight.group_size == 32
+        assert sum(layer.bias is not None for layer in codes.values()) == 2 * 4  # q, k, v, o per layer
 
 
 def test_check_on_cpu_says_reference_path_runs():
@@ -109,6 +174,31 @@ def test_3bit_needs_in_features_divisible_by_32(tmp_path, tiny_tokenizer):
         quantize(TritonBackend(), narrow, bits=3, group_size=16)
 
 
+@pytest.mark.parametrize("layout", ["gptq", "gptq_v2"])
+def test_gptq_layer_codes_read_either_checkpoint_layout(layout):
+    """What gptq's codes() does with each layer of the checkpoint GPTQModel saved, on tensors packed
+    here (act-order rows, a bias): "gptq" (v1) stores zero - 1, "gptq_v2" the zero; both give back
+    the weights they stand for, exactly, with the bias and the input permutation."""
+    k_in, n_out, group = 128, 64, 32
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (k_in, n_out), generator=gen, dtype=torch.uint8)
+    zeros = torch.randint(1, 16, (k_in // group, n_out), generator=gen, dtype=torch.uint8)
+    scales = (torch.rand(k_in // group, n_out, generator=gen) * 0.01 + 1e-3).half()
+    g_idx = (torch.arange(k_in) // group)[torch.randperm(k_in, generator=gen)]
+    stored = zeros - 1 if layout == "gptq" else zeros
+    tensors = {
+        "qweight": pack_codes(codes, 4),
+        "qzeros": pack_codes(stored.T.contiguous(), 4).T.contiguous(),  # packed along N, same bit stream
+        "scales": scales,
+        "g_idx": g_idx.to(torch.int32),
+        "bias": torch.randn(n_out, generator=gen).half(),
+    }
+    layer = GptqBackend().layer_codes(tensors, GptqParams(bits=4, group_size=group), layout)
+    dense = (codes.float() - zeros[g_idx].float()) * scales[g_idx].float()
+    assert torch.equal(weights_of(QuantLinear(layer.weight, layer.bias, layer.in_perm)), dense)
+    assert layer.bias is tensors["bias"]
+
+
 # --- GPTQ and AWQ sources: GPTQModel lives in its own environment (torch >= 2.14.1) --------------
 
 SMALL_CALIBRATION = {"group_size": 32, "n_samples": 8, "seq_len": 64}
@@ -140,7 +230,7 @@ def test_gptq_checkpoint_converts_to_gptqmodels_own_weights(resolved, tmp_path, 
     from gptqmodel import BACKEND, GPTQModel
 
     params = GptqParams(bits=bits, desc_act=True, sym=False, **SMALL_CALIBRATION)
-    GptqBackend().save_checkpoint(resolved, params, str(tmp_path))
+    GptqBackend()._save_checkpoint(resolved, params, str(tmp_path))
     config, tensors = checkpoint_tensors(tmp_path)
     assert config["checkpoint_format"] == "gptq"
     theirs = GPTQModel.load(str(tmp_path), backend=BACKEND.TORCH, device="cpu").model
@@ -174,7 +264,7 @@ def test_awq_checkpoint_converts_to_gptqmodels_own_weights(wide_resolved, tmp_pa
     GPTQModel's dequantize_gemm gives, up to its bf16 rounding of the product."""
     from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
 
-    AwqBackend().save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), str(tmp_path))
+    AwqBackend()._save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), str(tmp_path))
     config, tensors = checkpoint_tensors(tmp_path)
     assert config["checkpoint_format"] == "gemm"
     names = sorted(key.removesuffix(".qweight") for key in tensors if key.endswith(".qweight"))
@@ -188,7 +278,7 @@ def test_awq_checkpoint_converts_to_gptqmodels_own_weights(wide_resolved, tmp_pa
 
 @pytest.mark.parametrize("source", ["gptq", "awq"])
 def test_gptq_and_awq_sources_through_the_adapter(resolved, wide_resolved, source):
-    """The whole adapter: GPTQModel quantizes (the gptq/awq adapters' own save_checkpoint, default
+    """The whole adapter: GPTQModel quantizes (through the gptq/awq adapters' codes(), default
     calibration), every layer is converted, the kernel field names the source, and the model stays
     close to the unquantized one (4-bit, groups of 32)."""
     model = resolved if source == "gptq" else wide_resolved

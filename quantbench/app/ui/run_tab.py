@@ -15,7 +15,7 @@ from pydantic.fields import FieldInfo
 from quantbench.app.inputs import DEFAULT_EVALS, as_text, default_help, eval_specs, unwrap_optional
 from quantbench.app.ui.common import error_box, guarded, no_error, show_error
 from quantbench.app.ui.run_session import RunSession
-from quantbench.backends.registry import backend_names, get_backend, method_label
+from quantbench.backends.registry import backend_names, get_backend, method_facts, method_label
 from quantbench.errors import QuantbenchError
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef, validate_params
@@ -133,7 +133,7 @@ def _availability_line(name: str, device_list: list[str]) -> str:
         check = backend.check(device)
         parts.append(f"✓ runs on {device}" + (f" ({check.reason})" if check.reason else "") if check.ok
                      else f"✗ not on {device}: {check.reason}")  # fmt: skip
-    return f"**{name}** · {library} · " + " · ".join(parts)
+    return f"**{name}** · {library} · " + " · ".join(parts) + f" · {method_facts(backend)}"
 
 
 def queue_text(queue: list[str]) -> str:
