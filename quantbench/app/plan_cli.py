@@ -42,16 +42,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"bnb:quant_type=fp4,double_quant=true, quanto:weights=int4 (methods: {' '.join(backend_names())})",
     )
     parser.add_argument("--bits", type=int, help="bits per weight code (default: the method's own)")
-    parser.add_argument("--group-size", type=int, help="weights per scale group; -1 = per row (gptq/awq/hqq)")
-    parser.add_argument(
-        "--dtype", choices=DTYPES, help="compute dtype of unquantized tensors (default bfloat16)"
-    )
+    parser.add_argument("--group-size", type=int, help="weights per scale group; -1 = per row (rtn/triton/gptq/awq)")
+    parser.add_argument("--dtype", choices=DTYPES, help="compute dtype of unquantized tensors (default bfloat16)")
     parser.add_argument("--context", type=int, default=4096, help="tokens per sequence in the KV cache")
     parser.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     parser.add_argument("--kv-dtype", choices=tuple(KV_BYTES), default="fp16", help="KV-cache element type")
     parser.add_argument("--prefill-chunk", type=int, help="tokens per prefill forward (default: whole context)")
     parser.add_argument("--attention", choices=ATTENTION, default="sdpa", help="eager materializes scores")
-    parser.add_argument("--device", choices=DEVICES, default="cuda", help="runtime overhead to add, and the layout a method picks there (torchao 4-bit)")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cuda",
+        help="runtime overhead to add, and the layout a method picks there (torchao 4-bit)",
+    )
     parser.add_argument("--gpu", help='a catalog GPU, e.g. "RTX 4090": largest context and batch that fit it')
     parser.add_argument(
         "--calibrate",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from quantbench.backends.layout import Layout
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
-from quantbench.backends.layout import Layout
 from quantbench.planner.gpus import CATALOG, Gpu
 from quantbench.planner.weights import KINDS, weight_groups
 

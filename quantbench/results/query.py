@@ -29,7 +29,6 @@ TRIAL_COLUMNS = ["trial_key", "created_at", "status", "model_ref", "method_label
 DETAIL_COLUMNS = ["method", "params_json", "model_fingerprint", "hardware", "hardware_fingerprint", "bits"]
 
 
-
 def nominal_bits(method: str, params_json: str | None) -> float:
     """The `bits` of a trial's method parameters (a field, or a property where the method names its
     width otherwise: quanto's `weights=int4`, baseline's dtype); NaN where the method has none, or

@@ -92,9 +92,7 @@ def test_cpu_rss_prediction_includes_the_measured_runtime(frame):
 
 
 def test_torchao_int4_packing_follows_the_device():
-    weights = {
-        dev: weight_bytes(ARCH, weight_format("torchao", {"bits": 4}, dev)).total for dev in ("cpu", "cuda")
-    }
+    weights = {dev: weight_bytes(ARCH, weight_format("torchao", {"bits": 4}, dev)).total for dev in ("cpu", "cuda")}
     frame = pd.DataFrame(
         [
             row(f"t-{dev}", "torchao", {"bits": 4, "compute_dtype": "bfloat16"}, "weight_bytes", value, device=dev)

@@ -128,7 +128,7 @@ def test_which_methods_dequantize_a_whole_weight(method, fused):
     [
         ("gguf", {}, "unknown method 'gguf'; valid methods: awq, baseline, bnb"),
         ("baseline", {"bits": 4}, r"method baseline: bits: unknown parameter \(valid: compute_dtype\)"),
-        ("bnb", {"group_size": 64}, r"group_size: unknown parameter \(valid: bits, quant_type, double_quant, threshold"),
+        ("bnb", {"group_size": 64}, r"group_size: unknown parameter \(valid: bits, quant_type, double_quant"),
         ("awq", {"bits": 3}, "method awq: bits: Input should be 4"),
         ("gptq", {"bits": "four"}, "method gptq: bits: Input should be 2, 3, 4 or 8"),
         ("gptq", {"group_size": 0}, "group_size: Value error, must be positive, or -1 for one group per output row"),
