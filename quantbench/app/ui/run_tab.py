@@ -20,32 +20,6 @@ from quantbench.evals.perplexity import PerplexityParams
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef, validate_params
 
-# What each adapter parameter means, for the one-line help under its control (the Params models
-# say it in comments, which are not available at run time). Unknown names show only their default.
-PARAM_HELP = {
-    "bits": "bits per weight code",
-    "nbits": "bits per weight code",
-    "group_size": "weights sharing one scale; -1 = one group per output row; must divide the layer width "
-    "(576 for the embedded model)",
-    "symmetric": "symmetric range around zero (no zero point)",
-    "sym": "symmetric range around zero (no zero point)",
-    "zero_point": "asymmetric groups with a zero point",
-    "skip": "module names kept in float, joined with '+'",
-    "dtype": "dtype the model is loaded in and computes in",
-    "compute_dtype": "dtype the matmuls compute in",
-    "source": "which method chooses the codes that the packed format stores",
-    "quant_type": "4-bit code book: nf4 (normal float) or fp4",
-    "double_quant": "4-bit only: quantize the per-block scales too",
-    "threshold": "8-bit only: activations above it take the fp16 outlier path",
-    "weights": "weight type",
-    "activations": "int8: quantize activations too (dynamic, per token)",
-    "calibration_samples": "activations=int8 only: windows that set activation scales",
-    "seq_len": "tokens per calibration window",
-    "n_samples": "calibration windows",
-    "axis": "1: groups along the input dimension (what fused kernels expect)",
-    "desc_act": "quantize columns in order of decreasing activation size",
-    "damp": "fraction of the Hessian's mean diagonal added for stability",
-}
 EVAL_HELP = {
     "perplexity": "perplexity: quality on a text corpus (lower is better)",
     "divergence": "divergence: KL divergence from the unquantized model, token by token",
@@ -108,7 +82,7 @@ def param_control(method: str, name: str, info: FieldInfo) -> gr.components.Comp
     """The control for one adapter parameter: a dropdown for a Literal, a checkbox for a bool,
     a number for an int or float, a text box otherwise."""
     default = shown_default(info.default)
-    help_text = f"{info.description or PARAM_HELP.get(name, name)} (default: {default})"
+    help_text = f"{info.description or name} (default: {default})"
     common = {"label": name, "info": help_text, "elem_id": f"param-{method}-{name}"}
     annotation = _optional(info.annotation)
     choices = _literal_choices(annotation)
