@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from quantbench.planner.estimate import CPU_RUNTIME_BYTES, CPU_RUNTIME_CODE_BYTE
 from quantbench.planner.formats import weight_format
 from quantbench.planner.presets import preset
 from quantbench.planner.weights import weight_groups
+from quantbench.results.store import read_results
 
 ARCH = preset("smollm2-135m")
 REF = "embedded:smollm2-135m"
@@ -187,3 +189,23 @@ def test_a_peak_with_its_code_pages_is_also_compared_without_them():
     assert less["seq_len"] == 512
     assert out.iloc[0]["error_pct"] < 0  # the whole peak carries 100 MiB more library code than predicted
     assert within(out, 0.01, metrics=(LESS_CODE,)) and not within(out, 0.01)
+
+
+# The planner's weight bytes for the store-v1 trials (tests/fixtures/store-v1), as the code that
+# wrote the store predicted them from the parameters they recorded (hqq's `nbits`, baseline's `dtype`).
+V1_WEIGHTS = {
+    "efd7746be6aaf520": 538_060_032,  # baseline
+    "1d1d1f8b9a848d69": 173_106_432,  # rtn 4-bit
+    "a929eae65de8ea2c": 156_517_632,  # rtn 3-bit symmetric
+    "1629409813d0091c": 116_426_496,  # bnb nf4
+    "a0be546953c922b6": 163_639_296,  # torchao int8
+    "c346aae653a539db": 163_173_576,  # quanto int8
+    "3a7c6648a26b070b": 116_413_056,  # hqq 4-bit
+}
+
+
+def test_old_store_trials_are_priced_from_their_recorded_parameters():
+    store = Path(__file__).resolve().parents[1] / "fixtures" / "store-v1"
+    out = compare(read_results(store).frame)
+    predicted = out[out["metric"] == "weight_bytes"].set_index("trial_key")["predicted"]
+    assert predicted.to_dict() == V1_WEIGHTS
