@@ -32,12 +32,12 @@ from typing import Any
 
 import pandas as pd
 
-from quantbench.backends.baseline import BaselineParams
 from quantbench.backends.layout import Layout
 from quantbench.backends.registry import get_backend, stored_params
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
 from quantbench.planner.estimate import CPU_RUNTIME_CODE_BYTES, Workload, estimate, weight_bytes
+from quantbench.planner.formats import weight_format
 from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import weight_groups
 
@@ -102,7 +102,7 @@ def _predict(
         return math.nan, "no workload: not a perplexity eval, or its protocol lacks seq_len"
     extra = 0
     if row["method"] in RESIDENT_DENSE:
-        fmt = get_backend("baseline").layout(BaselineParams(compute_dtype=fmt.dtype), device)
+        fmt = weight_format("baseline", {"compute_dtype": fmt.dtype}, device)
         if device == "cpu":
             extra = sum(g.numel for g in weight_groups(arch) if g.kind == "linear") * fmt.dtype_bytes
     est = estimate(arch, fmt, workload)
