@@ -19,6 +19,7 @@ from typing import Any
 from quantbench.backends.base import Backend
 from quantbench.backends.layout import DTYPE_BYTES, Layout
 from quantbench.backends.registry import backend_names, get_backend
+from quantbench.errors import QuantbenchError
 from quantbench.spec import validate_params
 
 PLAN_DTYPE = "bfloat16"  # compute dtype of a plan that names none
@@ -26,8 +27,16 @@ DTYPES = tuple(DTYPE_BYTES)
 
 
 def plan_methods() -> list[str]:
-    """The methods whose backend describes a storage layout (built-in and $QUANTBENCH_BACKENDS)."""
-    return [name for name in backend_names() if type(get_backend(name)).layout is not Backend.layout]
+    """The methods whose backend describes a storage layout (built-in and $QUANTBENCH_BACKENDS;
+    one that cannot be imported here cannot be priced either, and `quantbench methods` says why)."""
+    return [name for name in backend_names() if _has_layout(name)]
+
+
+def _has_layout(name: str) -> bool:
+    try:
+        return type(get_backend(name)).layout is not Backend.layout
+    except QuantbenchError:
+        return False
 
 
 def weight_format(method: str, params: Mapping[str, Any] | None = None, device: str = "cuda") -> Layout:

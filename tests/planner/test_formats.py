@@ -8,10 +8,14 @@ leaves out; each is also spelled out as arithmetic.
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 
+from quantbench.backends.base import Backend
 from quantbench.errors import QuantbenchError
-from quantbench.planner.formats import weight_format
+from quantbench.planner.formats import plan_methods, weight_format
 
 ROWS, COLS = 1024, 512
 N = ROWS * COLS
@@ -162,3 +166,22 @@ def test_plans_take_the_stored_spelling_too(method, shared, stored):
     assert (new.label, new.dtype, new.linear_bytes(ROWS, COLS)) == (old.label, old.dtype, old.linear_bytes(ROWS, COLS))
     default = weight_format(method)
     assert (new.dtype, new.linear_bytes(ROWS, COLS)) != (default.dtype, default.linear_bytes(ROWS, COLS))
+
+
+class BareBackend(Backend):
+    """A plugin adapter that runs but describes no layout."""
+
+    name = "bare"
+
+
+def test_plugins_are_planned_when_their_backend_describes_a_layout(monkeypatch):
+    module = types.ModuleType("bare_plugin")
+    module.BareBackend = BareBackend
+    monkeypatch.setitem(sys.modules, "bare_plugin", module)
+    plugins = "mine=quantbench.backends.rtn:RtnBackend;bare=bare_plugin:BareBackend;gone=nowhere.at_all:X"
+    monkeypatch.setenv("QUANTBENCH_BACKENDS", plugins)
+    methods = plan_methods()
+    assert "mine" in methods and "rtn" in methods
+    assert "bare" not in methods and "gone" not in methods
+    with pytest.raises(QuantbenchError, match="method 'bare' describes no storage layout, so the planner cannot price"):
+        weight_format("bare")
