@@ -180,7 +180,7 @@ CASES = [
          lambda s: s.run("--method", "rtn:group_size=128"), found="worker"),
     Case("method-unknown", "unknown method", "unknown method 'gptq-turbo'; valid methods: …",
          lambda s: s.run("--method", "gptq-turbo")),
-    Case("param-unknown", "unknown method parameter", "method 'baseline': colour: unknown parameter (valid: dtype)",
+    Case("param-unknown", "unknown method parameter", "method 'baseline': colour: unknown parameter (valid: compute_dtype)",
          lambda s: s.run("--method", "baseline:colour=red")),
     Case("param-type", "parameter of the wrong type", "method 'baseline': dtype: Input should be …",
          lambda s: s.run("--method", "baseline:dtype=int4")),
