@@ -271,11 +271,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in backend_names():
         backend = get_backend(name)
         cpu = backend.check("cpu")
-        params = ", ".join(f"{k}={f.default}" for k, f in backend.Params.model_fields.items())
+        params = [f"{k}={f.default}: {f.description}" for k, f in backend.Params.model_fields.items()]
         where = "available on cpu" if cpu.ok else f"not available on cpu: {cpu.reason}"
         version = backend.library_version() or "not installed"
         print(f"{name:10s} {backend.library or '-'} {version}\n           {where}\n           {method_facts(backend)}")
-        print(f"           params: {params or '-'}")
+        print("\n".join(f"           {line}" for line in params or ["no parameters"]))
     return 0
 
 

@@ -1,7 +1,7 @@
 """`quantbench plan`: will this model, quantized this way, fit this GPU at this context and batch?
 
 Prints the memory breakdown, the catalog GPUs it fits on, and with `--gpu` the largest context
-and batch that fit that card. Needs no torch for presets, paths and cached hub ids.
+and batch that fit that card. Each method's bytes come from its backend's storage layout.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantbench.backends.registry import backend_names
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import NOTHING_MEASURED, compare, error_by_method
 from quantbench.planner.estimate import ATTENTION, DEVICES, KV_BYTES, Estimate, Workload, fits
-from quantbench.planner.formats import DTYPE_BYTES
+from quantbench.planner.formats import DTYPES
 from quantbench.planner.gpus import GIB
 from quantbench.planner.plan import make_plan
 from quantbench.planner.presets import PRESETS
@@ -37,20 +38,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--method",
         default="baseline",
-        help="method[:key=value,...], e.g. gptq, bnb:quant_type=fp4,double_quant=true, torchao:packing=intx "
-        "(methods: baseline rtn bnb gptq awq hqq quanto torchao triton)",
+        help="method[:key=value,...] with the method's own parameters (`quantbench methods`), e.g. gptq, "
+        f"bnb:quant_type=fp4,double_quant=true, quanto:weights=int4 (methods: {' '.join(backend_names())})",
     )
     parser.add_argument("--bits", type=int, help="bits per weight code (default: the method's own)")
-    parser.add_argument("--group-size", type=int, help="weights per scale group; -1 = per row (gptq/awq/hqq)")
-    parser.add_argument(
-        "--dtype", choices=tuple(DTYPE_BYTES), help="compute dtype of unquantized tensors (default bfloat16)"
-    )
+    parser.add_argument("--group-size", type=int, help="weights per scale group; -1 = per row (rtn/triton/gptq/awq)")
+    parser.add_argument("--dtype", choices=DTYPES, help="compute dtype of unquantized tensors (default bfloat16)")
     parser.add_argument("--context", type=int, default=4096, help="tokens per sequence in the KV cache")
     parser.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     parser.add_argument("--kv-dtype", choices=tuple(KV_BYTES), default="fp16", help="KV-cache element type")
     parser.add_argument("--prefill-chunk", type=int, help="tokens per prefill forward (default: whole context)")
     parser.add_argument("--attention", choices=ATTENTION, default="sdpa", help="eager materializes scores")
-    parser.add_argument("--device", choices=DEVICES, default="cuda", help="runtime overhead to add")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cuda",
+        help="runtime overhead to add, and the layout a method picks there (torchao 4-bit)",
+    )
     parser.add_argument("--gpu", help='a catalog GPU, e.g. "RTX 4090": largest context and batch that fit it')
     parser.add_argument(
         "--calibrate",
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         raise QuantbenchError("plan needs --model (a preset, a model directory, or a hub id), or --calibrate STORE")
     spec = MethodSpec.parse(args.method)
     params = dict(spec.params)
-    for key, value in (("bits", args.bits), ("group_size", args.group_size), ("dtype", args.dtype)):
+    for key, value in (("bits", args.bits), ("group_size", args.group_size), ("compute_dtype", args.dtype)):
         if value is not None:
             params[key] = value
     work = Workload(

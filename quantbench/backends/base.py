@@ -13,24 +13,32 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from quantbench.errors import QuantbenchError
 
 if TYPE_CHECKING:
+    from quantbench.backends.layout import Layout
     from quantbench.corpora import Corpus
     from quantbench.kernels.format import PackedWeight
     from quantbench.models import ResolvedModel
 
 
 class MethodParams(BaseModel):
-    """Base for adapter parameters: unknown keys are errors, values are immutable."""
+    """Base for adapter parameters: unknown keys are errors, values are immutable. Dumps use each
+    field's stored spelling (`stored_as`), so trial keys and labels do not change with a rename."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+
+def stored_as(name: str, stored: str, default: Any, **kwargs: Any) -> Any:
+    """A field declared under its shared `name` that stores already written spell `stored`: both
+    spellings are accepted, and dumps (trial keys, labels, params_json) keep writing `stored`."""
+    return Field(default, validation_alias=AliasChoices(name, stored), serialization_alias=stored, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class Backend:
     # model (save_pretrained -> from_pretrained: same logits, same weight bytes). The checkpoint
     # eval measures only these.
     is_serializable: ClassVar[bool] = False
+    # Settings the planner prices when a plan does not give them, where people deploy the method
+    # differently from the defaults `Params` picks for the embedded model.
+    plan_defaults: ClassVar[dict[str, Any]] = {}
 
     def library_version(self) -> str | None:
         if self.library is None:
@@ -147,6 +158,10 @@ class Backend:
         parameters keep the method's defaults; `calibration` is the corpus its default names,
         when already read. QuantbenchError where the method cannot give codes in that format."""
         raise QuantbenchError(f"{self.name} cannot give its codes in the packed format")
+
+    def layout(self, params: MethodParams, device: str) -> Layout:
+        """How `params` store the weights on `device`: what the planner prices."""
+        raise QuantbenchError(f"method {self.name!r} describes no storage layout, so the planner cannot price it")
 
 
 def older_than(distribution: str, installed: str, minimum: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from quantbench import models
 from quantbench.backends.base import (
@@ -18,20 +18,24 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
+from quantbench.backends.layout import Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
 FOUR_BIT_ONLY = ("quant_type", "double_quant")
+BLOCK = 64  # 4-bit blocksize transformers' BitsAndBytesConfig uses
+NESTED_BLOCK = 256  # double quant: absmax values are quantized again in blocks of 256
 
 
 class BnbParams(MethodParams):
-    bits: int_choice(4, 8) = 4
-    quant_type: Literal["nf4", "fp4"] = "nf4"  # 4-bit only
-    double_quant: bool = False  # 4-bit only: quantize the per-block scales too
-    threshold: float = 6.0  # 8-bit only: activations above it take the fp16 outlier path
-    # Dtype of the matmuls and of the layers left unquantized. bf16 by default: with fp32
-    # inputs the int8 path casts to fp16 anyway, and 4-bit dequantizes fastest to bf16.
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    bits: int_choice(4, 8) = Field(4, description="bits per weight: 8 = LLM.int8, 4 = nf4/fp4 code book")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit only: code book, nf4 (normal float) or fp4")
+    double_quant: bool = Field(False, description="4-bit only: quantize the per-block scales too")
+    threshold: float = Field(6.0, description="8-bit only: activations above it take the fp16 outlier path")
+    # bf16 by default: with fp32 inputs the int8 path casts to fp16 anyway, and 4-bit dequantizes fastest to bf16.
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls and of the layers left unquantized"
+    )
 
     @model_validator(mode="after")
     def _options_match_bits(self) -> BnbParams:
@@ -50,6 +54,19 @@ class BnbBackend(Backend):
     Params = BnbParams
     headline = ("bits",)
     is_serializable = True
+
+    def layout(self, params: BnbParams, device: str) -> Layout:
+        if params.bits == 8:
+            return Layout(self.name, "bnb 8-bit", 8, params.compute_dtype, _int8_bytes)
+        extra = " + double quant" if params.double_quant else ""
+        return Layout(
+            self.name,
+            f"bnb 4-bit {params.quant_type}{extra}",
+            4,
+            params.compute_dtype,
+            lambda rows, cols: _four_bit_bytes(rows * cols, params.double_quant),
+            dequantizes_weights=True,
+        )
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
@@ -89,6 +106,22 @@ class BnbBackend(Backend):
             # stored format, so the first eval's memory peak is the model's, as every later one is.
             quantized.logits(torch.zeros((1, 1), dtype=torch.long))
         return quantized
+
+
+def _int8_bytes(rows: int, cols: int) -> int:
+    return rows * cols + rows * 4 + 1  # int8 codes, fp32 SCB per row, uint8 `weight_format` buffer
+
+
+def _four_bit_bytes(n: int, double_quant: bool) -> int:
+    """Codes two per uint8 and the 16 fp32 values of the code book, with fp32 absmax per block of 64;
+    double quant: uint8 absmax per block, fp32 per 256 blocks and a 256-entry fp32 nested code map."""
+    blocks = -(-n // BLOCK)
+    meta = 16 * 4
+    if double_quant:
+        meta += blocks + -(-blocks // NESTED_BLOCK) * 4 + 256 * 4
+    else:
+        meta += blocks * 4
+    return -(-n // 2) + meta
 
 
 def _repacks_on_first_forward(params: BnbParams, device: str) -> bool:

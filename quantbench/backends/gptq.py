@@ -9,10 +9,10 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from quantbench import models
 from quantbench.backends.base import (
@@ -25,10 +25,13 @@ from quantbench.backends.base import (
     check_group_size,
     int_choice,
     meta_model,
+    stored_as,
     weight_count,
 )
+from quantbench.backends.layout import Layout, grouping, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
+from quantbench.kernels.format import int32_words
 from quantbench.kernels.gptq import convert_gptq
 from quantbench.models import ResolvedModel
 
@@ -36,18 +39,21 @@ from quantbench.models import ResolvedModel
 class GptqModelParams(MethodParams):
     """What GPTQ and AWQ share: groups, calibration size, and the dtype the kernels compute in."""
 
-    # 64, not the customary 128: it divides the widths of the default model (SmolLM2-135M: 576)
-    # as well as every multiple of 128. -1: one group per output row.
-    group_size: int = 64
+    # 64, not the customary 128 (which plans price: `plan_defaults`): it divides the widths of the
+    # default model (SmolLM2-135M: 576) as well as every multiple of 128.
+    group_size: int = Field(64, description="weights sharing one scale and zero; -1 = one group per output row")
     # 32 windows of 256 tokens (the GPTQ paper used 128 × 2048): on a busy 2-core CPU GPTQModel
     # spent ~1.5 min per SmolLM2 layer on 128 windows, most of an hour for the default model.
-    n_samples: PositiveInt = 32
-    seq_len: PositiveInt = 256
-    # The text the windows are drawn from, named as the perplexity eval's corpus is: builtin,
-    # wikitext2[:split], or a .txt/.jsonl/.parquet file. The runner reads it before any trial starts.
-    calibration: str = "builtin"
-    # GPTQModel's CPU kernels (ATen int4pack, AWQ) compute in half precision
-    compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    n_samples: PositiveInt = Field(32, description="calibration windows")
+    seq_len: PositiveInt = Field(256, description="tokens per calibration window")
+    # The runner reads the corpus before any trial starts.
+    calibration: str = Field(
+        "builtin",
+        description="text the calibration windows come from: builtin, wikitext2[:split], or a .txt/.jsonl/.parquet",
+    )
+    compute_dtype: Literal["bfloat16", "float16"] = Field(
+        "bfloat16", description="dtype the kernels compute in (GPTQModel's CPU kernels need half precision)"
+    )
 
     @field_validator("group_size")
     @classmethod
@@ -58,10 +64,10 @@ class GptqModelParams(MethodParams):
 
 
 class GptqParams(GptqModelParams):
-    bits: int_choice(2, 3, 4, 8) = 4
-    desc_act: bool = False  # quantize columns in order of decreasing activation size
-    sym: bool = True
-    damp: float = 0.05  # fraction of the Hessian's mean diagonal added for stability
+    bits: int_choice(2, 3, 4, 8) = Field(4, description="bits per weight code")
+    desc_act: bool = Field(False, description="quantize columns in order of decreasing activation size")
+    symmetric: bool = stored_as("symmetric", "sym", True, description="symmetric range around zero, no zero point")
+    damp: float = Field(0.05, description="fraction of the Hessian's mean diagonal added for stability")
 
     @field_validator("damp")
     @classmethod
@@ -79,6 +85,7 @@ class GptqModelBackend(Backend):
     is_serializable = True
     headline = ("bits", "group_size")
     checkpoint_formats: ClassVar[tuple[str, ...]]  # the `checkpoint_format`s `layer_codes` reads
+    plan_defaults: ClassVar[dict[str, Any]] = {"group_size": 128}
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
@@ -221,13 +228,22 @@ class GptqBackend(GptqModelBackend):
     checkpoint_formats = ("gptq", "gptq_v2")
 
     def codes_params(self, bits: int, group_size: int, symmetric: bool) -> GptqParams:
-        return GptqParams(bits=bits, group_size=group_size, sym=symmetric)
+        return GptqParams(bits=bits, group_size=group_size, symmetric=symmetric)
 
     def layer_codes(self, tensors: dict[str, torch.Tensor], params: GptqParams, layout: str) -> LayerCodes:
         packed, perm = convert_gptq(
             tensors["qweight"], tensors["qzeros"], tensors["scales"], params.bits, tensors["g_idx"], layout == "gptq"
         )
         return LayerCodes(packed, tensors["bias"], perm)
+
+    def layout(self, params: GptqParams, device: str) -> Layout:
+        return Layout(
+            self.name,
+            f"gptq {params.bits}-bit {grouping(params.group_size)}",
+            params.bits,
+            params.compute_dtype,
+            lambda rows, cols: _linear_bytes(rows, cols, params.bits, params.group_size),
+        )
 
     def gptqmodel_config(self, params: GptqParams) -> object:
         from gptqmodel import GPTQConfig
@@ -237,6 +253,13 @@ class GptqBackend(GptqModelBackend):
             group_size=params.group_size,
             desc_act=params.desc_act,
             act_group_aware=not params.desc_act,  # GPTQModel's default; it excludes desc_act
-            sym=params.sym,
+            sym=params.symmetric,
             damp_percent=params.damp,
         )
+
+
+def _linear_bytes(rows: int, cols: int, bits: int, group_size: int) -> int:
+    """GPTQModel's checkpoint: qweight (cols·bits/32, rows) int32, qzeros (groups, rows·bits/32) int32,
+    scales (groups, rows) fp16, g_idx (cols,) int32 (kept even without act-order)."""
+    groups = groups_per_row(group_size, cols)
+    return (rows * int32_words(cols, bits) + groups * int32_words(rows, bits)) * 4 + groups * rows * 2 + cols * 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
 from quantbench import models
@@ -17,8 +17,10 @@ from quantbench.backends.base import (
     check_group_size,
     int_choice,
     meta_model,
+    stored_as,
     weight_count,
 )
+from quantbench.backends.layout import DTYPE_BYTES, Layout, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.hqq import convert_hqq
@@ -26,10 +28,14 @@ from quantbench.models import ResolvedModel
 
 
 class HqqParams(MethodParams):
-    nbits: int_choice(1, 2, 3, 4, 5, 6, 8) = 4  # hqq 0.2 stores 5 and 6 bits in whole bytes
-    group_size: PositiveInt = 64
-    axis: int_choice(0, 1) = 1  # 1: groups run along the input dimension (what fused kernels expect)
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    bits: int_choice(1, 2, 3, 4, 5, 6, 8) = stored_as(
+        "bits", "nbits", 4, description="bits per weight code (hqq 0.2 stores 5 and 6 bits in whole bytes)"
+    )
+    group_size: PositiveInt = Field(64, description="weights sharing one scale and zero; a multiple of 8")
+    axis: int_choice(0, 1) = Field(1, description="1: groups run along the input dimension (what fused kernels expect)")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls and of the layers left unquantized"
+    )
 
     @field_validator("group_size")
     @classmethod
@@ -43,10 +49,20 @@ class HqqBackend(Backend):
     name = "hqq"
     library = "hqq"
     Params = HqqParams
-    headline = ("nbits", "group_size")
+    headline = ("bits", "group_size")
     # hqq quantizes the module in place: save_pretrained writes no quantization_config, and the
     # file reloads as a different model (hqq's own AutoHQQHFModel.save_quantized is another format).
     is_serializable = False
+
+    def layout(self, params: HqqParams, device: str) -> Layout:
+        return Layout(
+            self.name,
+            f"hqq {params.bits}-bit group {params.group_size}",
+            params.bits,
+            params.compute_dtype,
+            lambda rows, cols: _linear_bytes(rows, cols, params),
+            dequantizes_weights=True,
+        )
 
     def quantize(
         self, model: ResolvedModel, params: HqqParams, device: str, calibration: Corpus | None = None
@@ -57,7 +73,7 @@ class HqqBackend(Backend):
         check_group_size(meta_model(model), params.group_size)
         module = models.load(model, dtype=params.compute_dtype, device=device)
         count = weight_count(module)
-        config = BaseQuantizeConfig(nbits=params.nbits, group_size=params.group_size, axis=params.axis)
+        config = BaseQuantizeConfig(nbits=params.bits, group_size=params.group_size, axis=params.axis)
         AutoHQQHFModel.quantize_model(
             module, quant_config=config, compute_dtype=models.DTYPES[params.compute_dtype], device=device
         )
@@ -92,3 +108,18 @@ class HqqBackend(Backend):
             bias = quantized.bias.detach().clone() if quantized.bias is not None else None
             codes[name] = LayerCodes(convert_hqq(quantized), bias)
         return codes
+
+
+def _linear_bytes(rows: int, cols: int, params: HqqParams) -> int:
+    """hqq views the weight as (n/g, g) and packs along the first axis: 8/bits groups per uint8
+    row, 10 per int32 row at 3 bits, one uint8 per code at 5 and 6 bits (hqq 0.2 has no packing
+    for them); a scale and a zero per group in the compute dtype."""
+    groups = rows * groups_per_row(params.group_size, cols)
+    g = params.group_size
+    if params.bits == 3:
+        codes = -(-groups // 10) * g * 4
+    elif params.bits in (5, 6):
+        codes = groups * g
+    else:
+        codes = -(-groups * params.bits // 8) * g
+    return codes + groups * 2 * DTYPE_BYTES[params.compute_dtype]

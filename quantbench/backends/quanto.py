@@ -9,7 +9,7 @@ import shutil
 from typing import Literal
 
 import torch
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from quantbench import models
 from quantbench.backends.base import (
@@ -20,19 +20,36 @@ from quantbench.backends.base import (
     calibration_windows,
     weight_count,
 )
+from quantbench.backends.layout import DTYPE_BYTES, Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
 CALIBRATION_ONLY = ("calibration_samples", "seq_len", "calibration")
+WEIGHT_BITS = {"int8": 8, "float8": 8, "int4": 4, "int2": 2}
+GROUP = 128  # optimum-quanto's fixed group size for int4/int2 weights
 
 
 class QuantoParams(MethodParams):
-    weights: Literal["int8", "int4", "int2", "float8"] = "int8"
-    activations: Literal["none", "int8"] = "none"
-    calibration_samples: PositiveInt = 16  # activations=int8 only: windows that set activation scales
-    seq_len: PositiveInt = 256  # activations=int8 only
-    calibration: str = "builtin"  # activations=int8 only: the corpus the windows come from (as gptq's)
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # A quanto type name rather than a width: float8 and int8 are both 8 bits (see `bits`).
+    weights: Literal["int8", "int4", "int2", "float8"] = Field("int8", description="weight type")
+    activations: Literal["none", "int8"] = Field(
+        "none", description="int8: quantize activations too, with scales calibrated on text"
+    )
+    calibration_samples: PositiveInt = Field(
+        16, description="activations=int8 only: windows that set activation scales"
+    )
+    seq_len: PositiveInt = Field(256, description="activations=int8 only: tokens per calibration window")
+    calibration: str = Field(
+        "builtin", description="activations=int8 only: the corpus the windows come from (as gptq's)"
+    )
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls and of the layers left unquantized"
+    )
+
+    @property
+    def bits(self) -> int:
+        """Bits per weight code."""
+        return WEIGHT_BITS[self.weights]
 
     @model_validator(mode="after")
     def _calibration_needs_activations(self) -> QuantoParams:
@@ -49,6 +66,17 @@ class QuantoBackend(Backend):
     library = "optimum-quanto"
     Params = QuantoParams
     headline = ("weights",)
+
+    def layout(self, params: QuantoParams, device: str) -> Layout:
+        grouped = "" if params.bits == 8 else f" group {GROUP}"
+        return Layout(
+            self.name,
+            f"quanto {params.bits}-bit{grouped}",
+            params.bits,
+            params.compute_dtype,
+            lambda rows, cols: _linear_bytes(rows, cols, params.bits, DTYPE_BYTES[params.compute_dtype]),
+            dequantizes_weights=True,
+        )
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
@@ -86,6 +114,18 @@ class QuantoBackend(Backend):
         return QuantizedModel.measured(
             module, tokenizer, device, "; ".join(sorted({_kernel(layer, params) for layer in layers})), weights=count
         )
+
+
+def _linear_bytes(rows: int, cols: int, bits: int, dtype_bytes: int) -> int:
+    """8 bits (int8 and float8): a byte per weight and a scale per row; 4 and 2 bits: codes packed
+    with a scale and a shift per group. Every QLinear also keeps input_scale and output_scale."""
+    n = rows * cols
+    scalars = 2 * dtype_bytes
+    if bits == 8:
+        return n + rows * dtype_bytes + scalars
+    # quanto shrinks the group to the largest divisor of in_features up to 128 (576 -> 96)
+    group = max(d for d in range(1, GROUP + 1) if cols % d == 0)
+    return -(-n * bits // 8) + n // group * 2 * dtype_bytes + scalars
 
 
 def _outside_inference_mode(forward):

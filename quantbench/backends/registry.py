@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
+from typing import Any
 
-from quantbench.backends.base import Backend
+from quantbench.backends.base import Backend, MethodParams
 from quantbench.errors import QuantbenchError
-from quantbench.spec import MethodSpec
+from quantbench.spec import MethodSpec, validate_params
 
 BACKENDS: dict[str, str] = {
     "baseline": "quantbench.backends.baseline:BaselineBackend",
@@ -51,9 +53,18 @@ def get_backend(name: str) -> Backend:
 
 def method_label(method: MethodSpec) -> str:
     """`name:key=value,...` with the method's headline parameters always shown (defaults filled in)
-    and the others only where they differ from their defaults, as the trial key counts them."""
+    and the others only where they differ from their defaults, as the trial key counts them, each
+    under its stored spelling (hqq's `bits` shows as `nbits`). Parameters that do not validate
+    (a form being filled in) show as given."""
     backend = get_backend(method.name)
-    shown = {k: backend.Params.model_fields[k].default for k in backend.headline} | dict(method.params)
+    fields = backend.Params.model_fields
+    try:
+        given = validate_params(backend.Params, method.params, f"method {method.name!r}")
+    except QuantbenchError:
+        changed = dict(method.params)
+    else:
+        changed = given.model_dump(mode="json", exclude_defaults=True)
+    shown = {(fields[k].serialization_alias or k): fields[k].default for k in backend.headline} | changed
     return MethodSpec(method.name, shown).label
 
 
@@ -62,3 +73,13 @@ def method_facts(backend: Backend) -> str:
     calibration = "calibrates on text (calibration=...)" if backend.requires_calibration else "no calibration text"
     saves = "saves its quantized checkpoint" if backend.is_serializable else "cannot save its quantized model"
     return f"{calibration}; {saves}"
+
+
+def stored_params(name: str, params: Mapping[str, Any]) -> MethodParams:
+    """The parameters of a stored trial of method `name` (`params_json`, which records every field,
+    defaults too). Defaults are dropped before validating: a cross-field check rejects options the
+    user did not give (bnb's 4-bit `quant_type` under bits=8)."""
+    backend = get_backend(name)
+    defaults = backend.Params().model_dump(mode="json")
+    changed = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
+    return validate_params(backend.Params, changed, f"method {name!r}")

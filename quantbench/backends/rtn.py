@@ -23,18 +23,14 @@ from quantbench.backends.base import (
     QuantizedModel,
     check_group_size,
     meta_model,
+    stored_as,
     weight_bytes,
     weight_count,
 )
+from quantbench.backends.layout import Layout, grouping
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
-from quantbench.kernels.format import (
-    STORAGE_DTYPE,
-    dequantize_codes,
-    pack_linear_weight,
-    quantize_rtn,
-    resolve_group_size,
-)
+from quantbench.kernels.format import dequantize_codes, pack_linear_weight, packed_bytes, quantize_rtn
 from quantbench.models import ResolvedModel
 
 
@@ -48,6 +44,12 @@ def _split_names(value: object) -> object:
 ModuleNames = Annotated[tuple[str, ...], BeforeValidator(_split_names)]
 
 
+GROUP_SIZE_HELP = (
+    "weights sharing one scale along the input dimension; -1 = one group per output row; "
+    "must divide every quantized layer's width (576 for the embedded model)"
+)
+
+
 def check_group_size_value(value: int) -> int:
     if value != -1 and (value < 16 or value & (value - 1)):
         raise ValueError(f"must be -1 (per channel) or a power of two ≥ 16, got {value}")
@@ -55,11 +57,13 @@ def check_group_size_value(value: int) -> int:
 
 
 class RtnParams(MethodParams):
-    bits: int = Field(4, ge=2, le=8)
-    group_size: int = 64  # -1 = one group per output channel; 64 divides the default model's 576
-    symmetric: bool = False  # False: per-group zero point (asymmetric range)
-    skip: ModuleNames = ("lm_head",)  # exact module names kept in float, joined with '+'
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # load dtype of the model
+    bits: int = Field(4, ge=2, le=8, description="bits per weight code")
+    group_size: int = Field(64, description=GROUP_SIZE_HELP)
+    symmetric: bool = Field(False, description="symmetric range around zero, no zero point (false: one per group)")
+    skip: ModuleNames = Field(("lm_head",), description="exact module names kept in float, joined with '+'")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = stored_as(
+        "compute_dtype", "dtype", "float32", description="dtype the model is loaded in and computes in"
+    )
 
     _group_size = field_validator("group_size")(check_group_size_value)
 
@@ -74,11 +78,10 @@ def quantizable_linears(module: nn.Module, skip: tuple[str, ...]) -> dict[str, n
     return {name: m for name, m in linears.items() if name not in skip}
 
 
-def packed_bytes(n_out: int, k_in: int, bits: int, group_size: int, symmetric: bool) -> int:
-    """Bytes of one (n_out, k_in) weight in the packed format: codes + fp16 scales (+ fp16 zeros)."""
-    groups = k_in // resolve_group_size(group_size, k_in)
-    per_group_values = 1 if symmetric else 2
-    return -(-n_out * k_in * bits // 8) + groups * n_out * per_group_values * STORAGE_DTYPE.itemsize
+def project_layout(method: str, bits: int, group_size: int, symmetric: bool, dtype: str) -> Layout:
+    """The project's packed format (kernels/format.py), which rtn prices and triton stores."""
+    label = f"{method} {bits}-bit {grouping(group_size)}" + (" symmetric" if symmetric else "")
+    return Layout(method, label, bits, dtype, lambda rows, cols: packed_bytes(rows, cols, bits, group_size, symmetric))
 
 
 class RtnBackend(Backend):
@@ -87,6 +90,9 @@ class RtnBackend(Backend):
     Params = RtnParams
     headline = ("bits", "group_size")
 
+    def layout(self, params: RtnParams, device: str) -> Layout:
+        return project_layout(self.name, params.bits, params.group_size, params.symmetric, params.compute_dtype)
+
     def quantize(
         self, model: ResolvedModel, params: RtnParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
@@ -94,7 +100,7 @@ class RtnBackend(Backend):
         skeleton = meta_model(model)
         quantizable_linears(skeleton, params.skip)  # unknown skip names
         check_group_size(skeleton, params.group_size, params.skip)
-        module = models.load(model, dtype=params.dtype, device=device)
+        module = models.load(model, dtype=params.compute_dtype, device=device)
         linears = quantizable_linears(module, params.skip)
         count = weight_count(module)
         packed = 0
@@ -115,7 +121,7 @@ class RtnBackend(Backend):
             module,
             models.load_tokenizer(model),
             device,
-            f"torch {params.dtype} matmul on RTN fake-quant weights ({fmt})",
+            f"torch {params.compute_dtype} matmul on RTN fake-quant weights ({fmt})",
             weights=count,
             size=size,
         )

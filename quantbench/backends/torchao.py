@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from quantbench import models
 from quantbench.backends.base import (
@@ -20,6 +20,7 @@ from quantbench.backends.base import (
     older_than,
     weight_count,
 )
+from quantbench.backends.layout import DTYPE_BYTES, Layout, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
@@ -27,10 +28,16 @@ MIN_TORCH = "2.11"  # older torch: torchao skips loading its C++ ops (torchao/__
 
 
 class TorchaoParams(MethodParams):
-    bits: int_choice(4, 8) = 8
-    activations: Literal["none", "int8"] = "none"  # int8: dynamic per-token activation quantization
-    group_size: int_choice(32, 64, 128, 256) = 32  # 4-bit only; 8-bit scales are per output row
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    bits: int_choice(4, 8) = Field(8, description="bits per weight code")
+    activations: Literal["none", "int8"] = Field(
+        "none", description="int8: quantize activations too (dynamic, per token); 8-bit only"
+    )
+    group_size: int_choice(32, 64, 128, 256) = Field(
+        32, description="4-bit only: weights sharing one scale (8-bit scales are per output row)"
+    )
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls and of the layers left unquantized"
+    )
 
     @model_validator(mode="after")
     def _options_match_bits(self) -> TorchaoParams:
@@ -47,6 +54,30 @@ class TorchaoBackend(Backend):
     Params = TorchaoParams
     headline = ("bits",)
     is_serializable = True
+
+    def layout(self, params: TorchaoParams, device: str) -> Layout:
+        dtype = params.compute_dtype
+        if params.bits == 8:  # Int8WeightOnlyConfig: fp32 scale + int8 zero point per row
+            return Layout(self.name, "torchao 8-bit", 8, dtype, lambda rows, cols: rows * cols + rows * (4 + 1))
+        group = params.group_size
+        if device == "cuda":  # Int4WeightOnlyConfig: codes two per byte, bf16 scale and zero per group
+            return Layout(
+                self.name,
+                f"torchao 4-bit int4 group {group}",
+                4,
+                dtype,
+                lambda rows, cols: -(-rows * cols // 2) + rows * groups_per_row(group, cols) * 2 * 2,
+            )
+        # IntxWeightOnlyConfig (what quantize picks off CUDA): int8 codes, a dtype scale, an int8 zero
+        size = DTYPE_BYTES[dtype]
+        return Layout(
+            self.name,
+            f"torchao 4-bit intx group {group}",
+            4,
+            dtype,
+            lambda rows, cols: rows * cols + rows * groups_per_row(group, cols) * (size + 1),
+            dequantizes_weights=True,
+        )
 
     def check(self, device: str) -> Availability:
         base = super().check(device)

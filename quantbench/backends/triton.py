@@ -32,10 +32,18 @@ from quantbench.backends.base import (
     QuantizedModel,
     check_group_size,
     meta_model,
+    stored_as,
     weight_count,
 )
+from quantbench.backends.layout import Layout
 from quantbench.backends.registry import get_backend
-from quantbench.backends.rtn import ModuleNames, check_group_size_value, quantizable_linears
+from quantbench.backends.rtn import (
+    GROUP_SIZE_HELP,
+    ModuleNames,
+    check_group_size_value,
+    project_layout,
+    quantizable_linears,
+)
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PACKABLE_BITS, pack_multiple
@@ -44,13 +52,21 @@ from quantbench.models import ResolvedModel
 
 
 class TritonParams(MethodParams):
-    bits: int = Field(4, ge=2, le=8)  # packable widths only, see the validator
-    group_size: int = 64  # -1 = one group per output channel; 64 divides the default model's 576
-    symmetric: bool = False  # rtn; gptq's sym; awq without zero point; hqq is always asymmetric
-    source: Literal["rtn", "gptq", "awq", "hqq"] = "rtn"  # which method chooses the codes
-    skip: ModuleNames = ("lm_head",)  # exact module names kept in float, joined with '+'
-    # Dtype of activations and unquantized layers; auto = float16 on CUDA, float32 on CPU.
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    bits: int = Field(4, ge=2, le=8, description="bits per weight code (the packed format holds 2, 3, 4 or 8)")
+    group_size: int = Field(64, description=GROUP_SIZE_HELP)
+    symmetric: bool = Field(
+        False, description="symmetric range around zero, no zero point (rtn; gptq's sym; awq without zero point)"
+    )
+    source: Literal["rtn", "gptq", "awq", "hqq"] = Field(
+        "rtn", description="which method chooses the codes that the packed format stores"
+    )
+    skip: ModuleNames = Field(("lm_head",), description="exact module names kept in float, joined with '+'")
+    compute_dtype: Literal["auto", "float16", "bfloat16", "float32"] = stored_as(
+        "compute_dtype",
+        "dtype",
+        "auto",
+        description="dtype of activations and unquantized layers; auto = float16 on CUDA, float32 on CPU",
+    )
 
     _group_size = field_validator("group_size")(check_group_size_value)
 
@@ -76,6 +92,10 @@ class TritonBackend(Backend):
     Params = TritonParams
     headline = ("bits", "group_size", "source")
 
+    def layout(self, params: TritonParams, device: str) -> Layout:
+        dtype = compute_dtype(params, device)
+        return project_layout(self.name, params.bits, params.group_size, params.symmetric, dtype)
+
     def check(self, device: str) -> Availability:
         if device not in self.devices:
             return super().check(device)
@@ -97,7 +117,7 @@ class TritonBackend(Backend):
     def quantize(
         self, model: ResolvedModel, params: TritonParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
-        dtype = params.dtype if params.dtype != "auto" else ("float16" if device == "cuda" else "float32")
+        dtype = compute_dtype(params, device)
         # Shapes from the meta model first: a layout that does not fit fails before any weight is read.
         meta = meta_model(model)
         skeleton = quantizable_linears(meta, params.skip)
@@ -136,6 +156,12 @@ class TritonBackend(Backend):
                 quantized = QuantLinear(layer.weight, layer.bias, layer.in_perm, source=params.source)
                 setattr(module.get_submodule(parent_name), child, quantized.to(device))
         return QuantizedModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
+
+
+def compute_dtype(params: TritonParams, device: str) -> str:
+    if params.compute_dtype != "auto":
+        return params.compute_dtype
+    return "float16" if device == "cuda" else "float32"
 
 
 def kernel_of(module: nn.Module) -> str:

@@ -91,6 +91,20 @@ def resolve_group_size(group_size: int, in_features: int) -> int:
     return group_size
 
 
+def packed_bytes(n_out: int, k_in: int, bits: int, group_size: int, symmetric: bool) -> int:
+    """Bytes of one (n_out, k_in) weight stored as RTN stores it: codes at `bits` each, an fp16 scale
+    per group (and an fp16 zero unless symmetric). A last group that `group_size` leaves partial
+    counts whole, so the planner can price layers a group size does not divide."""
+    groups = 1 if group_size == -1 else -(-k_in // group_size)
+    return -(-n_out * k_in * bits // 8) + n_out * groups * (1 if symmetric else 2) * STORAGE_DTYPE.itemsize
+
+
+def int32_words(values: int, bits: int) -> int:
+    """int32 words that hold `values` codes of `bits` each as one bit stream (GPTQ's and AWQ's
+    qweight/qzeros rows, and this format's columns)."""
+    return -(-values * bits // 32)
+
+
 def quantize_rtn(
     weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

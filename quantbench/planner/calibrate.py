@@ -4,7 +4,7 @@ Input is the tidy frame of `quantbench.results.store.read_results(store_dir)`: o
 metric with columns trial_key, model_ref, method, params_json, device, status, metric, value.
 Three measured metrics have a prediction:
 
-- `weight_bytes` (the backend's exact count) vs the planner's weights — checks formats.py;
+- `weight_bytes` (the backend's exact count) vs the planner's weights — checks the backends' layouts;
 - `cuda_max_allocated_bytes` (the eval's peak of torch's allocator, written by the runner on
   CUDA) vs weights + KV cache + activations (the allocator never sees the CUDA context, so the
   runtime term is left out);
@@ -33,10 +33,12 @@ from typing import Any
 
 import pandas as pd
 
+from quantbench.backends.layout import Layout
+from quantbench.backends.registry import get_backend, stored_params
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
 from quantbench.planner.estimate import CPU_RUNTIME_CODE_BYTES, Workload, estimate, weight_bytes
-from quantbench.planner.formats import format_parameters, weight_format
+from quantbench.planner.formats import weight_format
 from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import weight_groups
 from quantbench.trackers import names
@@ -68,8 +70,6 @@ NEEDED_COLUMNS = ("trial_key", "model_ref", "method", "params_json", "device", "
 # (quanto and torchao, which quantize while loading: 0 MiB). Those bytes are added to the RSS
 # prediction; a deployment of the packed format would not hold them.
 RESIDENT_DENSE = ("rtn",)
-# Backends load CPU models in fp32 and GPU models in bf16 unless their params say otherwise.
-DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 def workload_from_protocol(row: pd.Series) -> Workload | None:
@@ -88,35 +88,16 @@ def _protocol(row: pd.Series) -> dict[str, Any]:
     return json.loads(text) if isinstance(text, str) and text else {}  # NaN where a row has none
 
 
-def planner_params(method: str, params: dict[str, Any], device: str) -> dict[str, Any]:
-    """Translate a backend's stored parameters (backends/*.py names) into formats.py's."""
-    params = dict(params)
-    if "compute_dtype" in params:  # bnb, torchao, hqq, quanto, gptq and awq name their dtype so
-        params["dtype"] = params.pop("compute_dtype")
-    if params.get("dtype") == "auto":  # backends/triton.py: fp16 on CUDA, fp32 on CPU
-        params["dtype"] = "float16" if device == "cuda" else "float32"
-    if method == "hqq" and "nbits" in params:
-        params["bits"] = params.pop("nbits")
-    if method == "quanto" and "weights" in params:
-        # quanto's float8 weights keep the int8 layout: one byte per weight and a scale per row
-        params["bits"] = {"int8": 8, "float8": 8, "int4": 4, "int2": 2}.get(params.pop("weights"), 0)
-    if method == "bnb" and str(params.get("bits")) == "8":  # the backend stores its 4-bit defaults too
-        params.pop("quant_type", None)
-        params.pop("double_quant", None)
-    if method == "torchao" and str(params.get("bits")) == "4":
-        params["packing"] = "int4" if device == "cuda" else "intx"  # what backends/torchao.py picks
-    known = format_parameters(method)
-    params = {k: v for k, v in params.items() if k in known}  # other settings do not change bytes
-    params.setdefault("dtype", DEFAULT_DTYPE[device])
-    return params
+def stored_layout(method: str, params: dict[str, Any], device: str) -> Layout:
+    """The layout a stored trial used: its backend's, for the parameters it recorded."""
+    return get_backend(method).layout(stored_params(method, params), device)
 
 
 def _predict(
     row: pd.Series, arch: Architecture, workload_of: Callable[[pd.Series], Workload | None]
 ) -> tuple[float, str]:
     device = "cuda" if str(row["device"]).startswith("cuda") else "cpu"
-    params = planner_params(row["method"], json.loads(row["params_json"] or "{}"), device)
-    fmt = weight_format(row["method"], params)
+    fmt = stored_layout(row["method"], json.loads(row["params_json"] or "{}"), device)
     if row["metric"] == names.WEIGHT_BYTES:
         return float(weight_bytes(arch, fmt).total), ""
     workload = workload_of(row)
@@ -124,7 +105,7 @@ def _predict(
         return math.nan, "no workload: not a perplexity eval, or its protocol lacks seq_len"
     extra = 0
     if row["method"] in RESIDENT_DENSE:
-        fmt = weight_format("baseline", {"dtype": params["dtype"]})
+        fmt = weight_format("baseline", {"compute_dtype": fmt.dtype}, device)
         if device == "cpu":
             extra = sum(g.numel for g in weight_groups(arch) if g.kind == "linear") * fmt.dtype_bytes
     est = estimate(arch, fmt, workload)

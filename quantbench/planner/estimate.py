@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from quantbench.backends.layout import Layout
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
-from quantbench.planner.formats import WeightFormat
 from quantbench.planner.gpus import CATALOG, Gpu
 from quantbench.planner.weights import KINDS, weight_groups
 
@@ -121,7 +121,7 @@ class Component:
 @dataclass(frozen=True)
 class Estimate:
     arch: Architecture
-    fmt: WeightFormat
+    fmt: Layout
     workload: Workload
     components: tuple[Component, ...]
 
@@ -154,7 +154,7 @@ class WeightBytes:
         return 8 * self.quantized / self.quantized_params if self.quantized_params else 0.0
 
 
-def weight_bytes(arch: Architecture, fmt: WeightFormat) -> WeightBytes:
+def weight_bytes(arch: Architecture, fmt: Layout) -> WeightBytes:
     quantized = kept = q_params = k_params = 0
     for g in weight_groups(arch):
         if fmt.is_quantized and g.kind == "linear":
@@ -192,7 +192,7 @@ def _widest_mlp(arch: Architecture) -> int:
     return max(g.rows for g in weight_groups(arch) if g.name.endswith("up_proj"))
 
 
-def layer_activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) -> int:
+def layer_activation_bytes(arch: Architecture, fmt: Layout, workload: Workload) -> int:
     """Tensors alive at once inside one decoder layer during prefill, in the compute dtype.
 
     Per token (transformers' Llama code): attention holds residual + normed input (2H), q, rotated
@@ -218,7 +218,7 @@ def layer_activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Work
     return layer
 
 
-def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) -> int:
+def activation_bytes(arch: Architecture, fmt: Layout, workload: Workload) -> int:
     """Peak transient memory of the prefill pass.
 
     After the last layer come the logits: for the last position the dtype logits, an fp32 copy
@@ -254,7 +254,7 @@ def activation_bytes(arch: Architecture, fmt: WeightFormat, workload: Workload) 
     return math.ceil(layer * heap) + logits + dequant
 
 
-def estimate(arch: Architecture, fmt: WeightFormat, workload: Workload) -> Estimate:
+def estimate(arch: Architecture, fmt: Layout, workload: Workload) -> Estimate:
     """The breakdown for one model, format and workload; raises QuantbenchError on bad input."""
     workload.validate()
     w = weight_bytes(arch, fmt)
@@ -329,7 +329,7 @@ MAX_SEARCH_CONTEXT = 2**20
 MAX_SEARCH_BATCH = 4096
 
 
-def largest_context(arch: Architecture, fmt: WeightFormat, workload: Workload, gpu: Gpu) -> int:
+def largest_context(arch: Architecture, fmt: Layout, workload: Workload, gpu: Gpu) -> int:
     """Largest context (up to the model's max_position_embeddings) that fits `gpu` at this batch."""
     upper = arch.max_context or MAX_SEARCH_CONTEXT
 
@@ -339,7 +339,7 @@ def largest_context(arch: Architecture, fmt: WeightFormat, workload: Workload, g
     return _largest(fits_at, upper)
 
 
-def largest_batch(arch: Architecture, fmt: WeightFormat, workload: Workload, gpu: Gpu) -> int:
+def largest_batch(arch: Architecture, fmt: Layout, workload: Workload, gpu: Gpu) -> int:
     """Largest batch that fits `gpu` at this context."""
 
     def fits_at(batch: int) -> bool:

@@ -35,7 +35,7 @@ def make_plan(model: str, method: str, params: dict[str, Any], workload: Workloa
     caller has shown anything; the largest context and batch are binary searches, done only
     when a GPU asks for them.
     """
-    fmt = weight_format(method, params)
+    fmt = weight_format(method, params, workload.device)
     arch, source = load_architecture(model)
     workload.validate()
     chosen = find_gpu(gpu) if gpu else None

@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from quantbench.backends.registry import stored_params
 from quantbench.errors import QuantbenchError
 from quantbench.files import atomic_path
 from quantbench.results.store import StoreContents, read_files, result_files
@@ -28,19 +28,16 @@ TRIAL_COLUMNS = ["trial_key", "created_at", "status", "model_ref", "method_label
 # What the UI and exports show besides the display columns: enough to reproduce the trial.
 DETAIL_COLUMNS = ["method", "params_json", "model_fingerprint", "hardware", "hardware_fingerprint", "bits"]
 
-# The nominal bit width of a trial's method. Methods name it differently: `bits` (most),
-# `nbits` (hqq), `weights=int4` (quanto), `dtype=bfloat16` (baseline); the first that holds a
-# number wins, so rtn's `bits=4` beats its load `dtype=float32`.
-BITS_KEYS = ("bits", "nbits", "weights", "dtype")
 
-
-def nominal_bits(params_json: str | None) -> float:
-    params = json.loads(params_json or "{}")
-    for key in BITS_KEYS:
-        digits = re.search(r"\d+", str(params.get(key, "")))
-        if digits:
-            return float(digits.group())
-    return math.nan
+def nominal_bits(method: str, params_json: str | None) -> float:
+    """The `bits` of a trial's method parameters (a field, or a property where the method names its
+    width otherwise: quanto's `weights=int4`, baseline's dtype); NaN where the method has none, or
+    its backend is gone or no longer accepts what was stored."""
+    try:
+        params = stored_params(method, json.loads(params_json or "{}"))
+    except QuantbenchError:
+        return math.nan
+    return float(getattr(params, "bits", math.nan))
 
 
 @dataclass(frozen=True)
@@ -201,5 +198,6 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
 
 def trial_bits(frame: pd.DataFrame) -> pd.Series:
     """Nominal bit width per trial key (NaN where the method names none)."""
-    trials = frame[["trial_key", "params_json"]].drop_duplicates("trial_key")
-    return pd.Series([nominal_bits(p) for p in trials["params_json"]], index=trials["trial_key"], dtype=float)
+    trials = frame[["trial_key", "method", "params_json"]].drop_duplicates("trial_key")
+    bits = [nominal_bits(m, p) for m, p in zip(trials["method"], trials["params_json"], strict=True)]
+    return pd.Series(bits, index=trials["trial_key"], dtype=float)

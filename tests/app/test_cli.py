@@ -91,7 +91,7 @@ def test_a_hanging_worker_is_killed_at_its_timeout(run_args, tmp_path, fault_bac
     assert frame["error"].iloc[0].startswith("timed out after 20 s")
 
 
-def test_methods_lists_the_baseline(capsys):
+def test_methods_lists_each_parameter_with_its_default_and_description(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "dtype=float32" in out
@@ -99,6 +99,8 @@ def test_methods_lists_the_baseline(capsys):
     entries = {block.split()[0]: block.splitlines() for block in re.split(r"\n(?=\S)", out)}
     assert entries["gptq"][2].strip() == "calibrates on text (calibration=...); saves its quantized checkpoint"
     assert entries["rtn"][2].strip() == "no calibration text; cannot save its quantized model"
+    assert "compute_dtype=float32: dtype the model is loaded in and computes in" in out  # baseline
+    assert "bits=4: bits per weight code (hqq 0.2 stores 5 and 6 bits in whole bytes)" in out
 
 
 def evals_of(*argv: str) -> dict[str, dict]:

@@ -75,7 +75,8 @@ def test_group_size_must_divide_in_features(resolved):
         ({"nbits": 7}, "nbits: Input should be 1, 2, 3, 4, 5, 6 or 8"),
         ({"group_size": 60}, "group_size: Value error, hqq needs a multiple of 8"),
         ({"axis": 2}, "axis: Input should be 0 or 1"),
-        ({"bits": 4}, "unknown parameter"),
+        ({"bits": 7}, "bits: Input should be 1, 2, 3, 4, 5, 6 or 8"),  # the shared name of nbits
+        ({"nbit": 4}, "unknown parameter"),
     ],
 )
 def test_invalid_params_fail_in_one_line(raw, needle):

@@ -18,7 +18,7 @@ from quantbench.app.ui.planner_tab import calibration_frames
 from quantbench.app.ui.results_tab import results_frame
 from quantbench.app.ui.run_session import RunSession
 from quantbench.app.ui.run_tab import changed_params, eval_control, eval_label, param_control
-from quantbench.backends.registry import backend_names, get_backend
+from quantbench.backends.registry import backend_names, get_backend, method_label
 from quantbench.errors import QuantbenchError
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.planner.calibrate import NOTHING_MEASURED
@@ -60,7 +60,8 @@ def test_forms_follow_each_params_model():
     bits = param_control("rtn", "bits", rtn["bits"])
     assert isinstance(bits, gr.Number) and (bits.minimum, bits.maximum, bits.precision) == (2, 8, 0)
     assert isinstance(param_control("rtn", "symmetric", rtn["symmetric"]), gr.Checkbox)
-    dtype = param_control("rtn", "dtype", rtn["dtype"])
+    dtype = param_control("rtn", "compute_dtype", rtn["compute_dtype"])
+    assert dtype.info == "dtype the model is loaded in and computes in (default: float32)"  # its description
     assert isinstance(dtype, gr.Dropdown) and [c[1] for c in dtype.choices] == ["float32", "bfloat16", "float16"]
     skip = param_control("rtn", "skip", rtn["skip"])
     assert isinstance(skip, gr.Textbox) and skip.value == "lm_head"
@@ -79,8 +80,9 @@ def test_default_form_values_validate_and_change_nothing(name):
 def test_only_changed_parameters_are_passed():
     fields = get_backend("rtn").Params.model_fields
     values = [8, 64, False, "lm_head", "bfloat16"]
-    assert changed_params(fields, values) == {"bits": 8, "dtype": "bfloat16"}
-    assert MethodSpec("rtn", changed_params(fields, values)).label == "rtn:bits=8,dtype=bfloat16"
+    assert changed_params(fields, values) == {"bits": 8, "compute_dtype": "bfloat16"}
+    # labelled as the same trial typed on the command line is stored: under rtn's stored spelling
+    assert method_label(MethodSpec("rtn", changed_params(fields, values))) == "rtn:bits=8,dtype=bfloat16,group_size=64"
 
 
 @pytest.mark.parametrize("name", list(EVALS))

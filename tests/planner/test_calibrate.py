@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.planner.calibrate import LESS_CODE, compare, error_by_method, planner_params, within
+from quantbench.planner.calibrate import LESS_CODE, compare, error_by_method, stored_layout, within
 from quantbench.planner.estimate import CPU_RUNTIME_BYTES, CPU_RUNTIME_CODE_BYTES, Workload, estimate, weight_bytes
 from quantbench.planner.formats import weight_format
 from quantbench.planner.presets import preset
@@ -46,8 +47,8 @@ def architecture_of(ref):
     return ARCH
 
 
-BNB = weight_format("bnb", {"bits": 4, "dtype": "bfloat16"})
-BASE32 = weight_format("baseline", {"dtype": "float32"})
+BNB = weight_format("bnb", {"bits": 4, "compute_dtype": "bfloat16"})
+BASE32 = weight_format("baseline", {"compute_dtype": "float32"})
 RSS_WORK = Workload(512, batch=2, all_logits=True, use_cache=False, device="cpu")
 PPL = {"eval": "perplexity", "protocol_json": json.dumps({"seq_len": 512, "batch_size": 2, "corpus": "builtin"})}
 
@@ -98,10 +99,7 @@ def test_cpu_rss_prediction_includes_the_measured_runtime(frame):
 
 
 def test_torchao_int4_packing_follows_the_device():
-    weights = {
-        dev: weight_bytes(ARCH, weight_format("torchao", {"bits": 4, "packing": p})).total
-        for dev, p in (("cpu", "intx"), ("cuda", "int4"))
-    }
+    weights = {dev: weight_bytes(ARCH, weight_format("torchao", {"bits": 4}, dev)).total for dev in ("cpu", "cuda")}
     frame = pd.DataFrame(
         [
             row(f"t-{dev}", "torchao", {"bits": 4, "compute_dtype": "bfloat16"}, "weight_bytes", value, device=dev)
@@ -128,27 +126,33 @@ def test_missing_columns_are_named():
 
 
 @pytest.mark.parametrize(
-    ("method", "stored", "device", "expected"),
+    ("method", "stored", "device", "planned"),
     [
         ("hqq", {"nbits": 3, "group_size": 64, "axis": 1, "compute_dtype": "float16"}, "cpu",
-         {"bits": 3, "group_size": 64, "dtype": "float16"}),
+         {"bits": 3, "group_size": 64, "compute_dtype": "float16"}),
         ("quanto", {"weights": "int4", "activations": "none", "compute_dtype": "bfloat16"}, "cpu",
-         {"bits": 4, "dtype": "bfloat16"}),
-        ("quanto", {"weights": "float8"}, "cuda", {"bits": 8, "dtype": "bfloat16"}),
+         {"weights": "int4"}),
+        ("quanto", {"weights": "float8"}, "cuda", {"weights": "float8"}),
         ("triton", {"bits": 4, "group_size": 128, "dtype": "auto"}, "cuda",
-         {"bits": 4, "group_size": 128, "dtype": "float16"}),
-        ("bnb", {"bits": 8, "quant_type": "nf4", "double_quant": False, "threshold": 6.0}, "cpu",
-         {"bits": 8, "dtype": "float32"}),
-        ("torchao", {"bits": 4, "group_size": 32, "activations": "none"}, "cpu",
-         {"bits": 4, "group_size": 32, "packing": "intx", "dtype": "float32"}),
+         {"bits": 4, "group_size": 128, "compute_dtype": "float16"}),
+        # a full record: the 4-bit options it stores at their defaults do not trip bits=8's check
+        ("bnb", {"bits": 8, "quant_type": "nf4", "double_quant": False, "threshold": 6.0}, "cpu", {"bits": 8}),
+        ("torchao", {"bits": 4, "group_size": 32, "activations": "none"}, "cpu", {"bits": 4, "group_size": 32}),
+        ("torchao", {"bits": 4, "group_size": 32, "activations": "none"}, "cuda", {"bits": 4, "group_size": 32}),
+        # the trial's group of 64, not the plan default of 128
         ("gptq", {"bits": 4, "group_size": 64, "desc_act": False, "sym": True, "damp": 0.05}, "cuda",
-         {"bits": 4, "group_size": 64, "dtype": "bfloat16"}),
+         {"bits": 4, "group_size": 64}),
         ("rtn", {"bits": 4, "group_size": 128, "symmetric": True, "skip": ["lm_head"], "dtype": "float32"}, "cpu",
-         {"bits": 4, "group_size": 128, "symmetric": True, "dtype": "float32"}),
+         {"bits": 4, "group_size": 128, "symmetric": True, "compute_dtype": "float32"}),
     ],
 )  # fmt: skip
-def test_backend_parameters_translate_to_planner_parameters(method, stored, device, expected):
-    assert planner_params(method, stored, device) == expected
+def test_a_stored_trial_is_priced_with_its_recorded_parameters(method, stored, device, planned):
+    got, expected = stored_layout(method, stored, device), weight_format(method, planned, device)
+    assert (got.label, got.dtype, got.linear_bytes(1536, 576)) == (
+        expected.label,
+        expected.dtype,
+        expected.linear_bytes(1536, 576),
+    )
 
 
 def test_fake_quant_rss_is_predicted_with_dense_weights_and_the_mapped_source():
@@ -220,3 +224,23 @@ def test_the_cuda_peak_the_runner_writes_is_the_one_compared(tmp_path):
 def test_a_cpu_trial_writes_no_cuda_peak():
     metrics = eval_peak_metrics("perplexity", MemoryPeak(rss_bytes=1, rss_file_bytes=1, rss_code_bytes=1), "cpu")
     assert [m.name for m in metrics] == [names.PEAK_RSS, names.PEAK_RSS_FILE, names.PEAK_RSS_CODE]
+
+
+# The planner's weight bytes for the store-v1 trials (tests/fixtures/store-v1), as the code that
+# wrote the store predicted them from the parameters they recorded (hqq's `nbits`, baseline's `dtype`).
+V1_WEIGHTS = {
+    "efd7746be6aaf520": 538_060_032,  # baseline
+    "1d1d1f8b9a848d69": 173_106_432,  # rtn 4-bit
+    "a929eae65de8ea2c": 156_517_632,  # rtn 3-bit symmetric
+    "1629409813d0091c": 116_426_496,  # bnb nf4
+    "a0be546953c922b6": 163_639_296,  # torchao int8
+    "c346aae653a539db": 163_173_576,  # quanto int8
+    "3a7c6648a26b070b": 116_413_056,  # hqq 4-bit
+}
+
+
+def test_old_store_trials_are_priced_from_their_recorded_parameters():
+    store = Path(__file__).resolve().parents[1] / "fixtures" / "store-v1"
+    out = compare(read_results(store).frame)
+    predicted = out[out["metric"] == "weight_bytes"].set_index("trial_key")["predicted"]
+    assert predicted.to_dict() == V1_WEIGHTS

@@ -68,7 +68,7 @@ def test_bad_input_raises_before_estimating(monkeypatch, workload, gpu, message)
 
 
 def test_bad_method_parameters_and_models_raise():
-    with pytest.raises(QuantbenchError, match="bits must be one of 4, got 8"):
+    with pytest.raises(QuantbenchError, match="method awq: bits: Input should be 4"):
         make_plan("llama-3.1-8b", "awq", {"bits": 8}, Workload(4096), None)
     with pytest.raises(QuantbenchError, match="not a preset"):
         make_plan("llama-3.1-9b", "gptq", GPTQ4, Workload(4096), None)

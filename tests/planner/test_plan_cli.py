@@ -82,7 +82,7 @@ def test_embedded_model_reads_the_resolved_config(tmp_path, monkeypatch, capsys)
         (["--model", "llama-3.1-8b", "--context", "0"], "context must be a positive integer, got 0"),
         (["--model", "llama-3.1-8b", "--batch", "-2"], "batch must be a positive integer, got -2"),
         (["--model", "llama-3.1-8b", "--prefill-chunk", "0"], "prefill_chunk must be a positive integer"),
-        (["--model", "llama-3.1-8b", "--method", "awq", "--bits", "8"], "bits must be one of 4, got 8"),
+        (["--model", "llama-3.1-8b", "--method", "awq", "--bits", "8"], "method awq: bits: Input should be 4"),
         (["--model", "llama-3.1-8b", "--method", "bnb:fast"], "expected key=value"),
         (["--model", "llama-3.1-9b"], "not a preset \\(llama-3.1-8b, "),
         (["--model", "org/not-cached"], "not a hub id whose config.json is in the local Hugging Face cache"),

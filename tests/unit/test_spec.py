@@ -39,7 +39,7 @@ def test_planning_fills_defaults_so_equal_trials_share_a_key():
     [
         ("nosuch", {}, "cpu", "unknown method 'nosuch'; valid methods: "),
         ("baseline:dtype=int3", {}, "cpu", "method 'baseline': dtype: Input should be"),
-        ("baseline:colour=red", {}, "cpu", "colour: unknown parameter (valid: dtype)"),
+        ("baseline:colour=red", {}, "cpu", "colour: unknown parameter (valid: compute_dtype)"),
         ("baseline", {"seq_len": "1"}, "cpu", "eval 'perplexity': seq_len: Input should be greater than or equal to 2"),
         ("baseline", {"seq_len": "8", "stride": "9"}, "cpu", "stride (9) must not exceed seq_len (8)"),
         ("baseline", {}, "tpu", "unknown device 'tpu'"),

@@ -14,7 +14,7 @@ from quantbench.app.ui.common import error_box, guarded, read_trials
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import LESS_CODE, NOTHING_MEASURED, compare, error_by_method
 from quantbench.planner.estimate import ATTENTION, KV_BYTES, MIB, Estimate, Workload, fits
-from quantbench.planner.formats import BITS, DTYPE_BYTES, GROUPED, LAYOUTS
+from quantbench.planner.formats import DTYPES, plan_methods, weight_format
 from quantbench.planner.gpus import CATALOG, GIB
 from quantbench.planner.plan import make_plan
 from quantbench.planner.presets import PRESETS
@@ -31,12 +31,8 @@ METRIC_TITLES = {
 
 
 def _method_info() -> str:
-    parts = []
-    for name in LAYOUTS:
-        bits = f"bits {'/'.join(map(str, BITS[name]))} (default {BITS[name][0]})" if BITS[name] else "no bits"
-        group = f", group {GROUPED[name]}" if name in GROUPED else ""
-        parts.append(f"{name}: {bits}{group}")
-    return "; ".join(parts)
+    """What a plan of each method prices when bits and group size are left at 0."""
+    return "; ".join(f"{name}: {weight_format(name).label}" for name in plan_methods())
 
 
 def breakdown_frame(est: Estimate) -> pd.DataFrame:
@@ -114,7 +110,7 @@ def build(store: Path) -> dict[str, gr.components.Component]:
             elem_id="plan-model",
         )
         method = gr.Dropdown(
-            list(LAYOUTS),
+            plan_methods(),
             value="gptq",
             label="Method",
             info="its storage format sets the weight bytes; bits and group defaults are listed below",
@@ -126,7 +122,7 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         )
         group = gr.Number(0, label="Group size", info="weights per scale; -1 = per row; 0 = default", precision=0)
         dtype = gr.Dropdown(
-            list(DTYPE_BYTES), value="bfloat16", label="Compute dtype", info="of unquantized tensors (default bfloat16)"
+            list(DTYPES), value="bfloat16", label="Compute dtype", info="of unquantized tensors (default bfloat16)"
         )
     with gr.Row():
         context = gr.Number(4096, label="Context (tokens)", info="per sequence, in the KV cache (default 4096)",
@@ -180,7 +176,7 @@ def build(store: Path) -> dict[str, gr.components.Component]:
     ) -> tuple:
         if not model_ref or not str(model_ref).strip():
             raise QuantbenchError("choose a model preset or type a model path")
-        params = {"dtype": dtype_v}
+        params = {"compute_dtype": dtype_v}
         for key, value in (("bits", _optional_int(bits_v, "bits")), ("group_size", _optional_int(group_v, "group"))):
             if value is not None:
                 params[key] = value

@@ -20,33 +20,6 @@ from quantbench.errors import QuantbenchError
 from quantbench.evals.registry import EVALS, get_eval
 from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef, validate_params
 
-# What each adapter parameter means, for the one-line help under its control (the Params models
-# say it in comments, which are not available at run time). Unknown names show only their default.
-PARAM_HELP = {
-    "bits": "bits per weight code",
-    "nbits": "bits per weight code",
-    "group_size": "weights sharing one scale; -1 = one group per output row; must divide the layer width "
-    "(576 for the embedded model)",
-    "symmetric": "symmetric range around zero (no zero point)",
-    "sym": "symmetric range around zero (no zero point)",
-    "zero_point": "asymmetric groups with a zero point",
-    "skip": "module names kept in float, joined with '+'",
-    "dtype": "dtype the model is loaded in and computes in",
-    "compute_dtype": "dtype the matmuls compute in",
-    "source": "which method chooses the codes that the packed format stores",
-    "quant_type": "4-bit code book: nf4 (normal float) or fp4",
-    "double_quant": "4-bit only: quantize the per-block scales too",
-    "threshold": "8-bit only: activations above it take the fp16 outlier path",
-    "weights": "weight type",
-    "activations": "int8: quantize activations too (dynamic, per token)",
-    "calibration_samples": "activations=int8 only: windows that set activation scales",
-    "seq_len": "tokens per calibration window",
-    "n_samples": "calibration windows",
-    "axis": "1: groups along the input dimension (what fused kernels expect)",
-    "desc_act": "quantize columns in order of decreasing activation size",
-    "damp": "fraction of the Hessian's mean diagonal added for stability",
-}
-
 
 def eval_label(name: str) -> str:
     """The checkbox text of an eval: its name and the first line of its Params docstring."""
@@ -85,8 +58,7 @@ def param_control(
     dropdown for a Literal, a checkbox for a bool, a number for an int or float, a text box
     otherwise, holding the field's default as `shown` writes it."""
     default = shown(info.get_default(call_default_factory=True))
-    help_text = default_help(info, shown) if info.description else f"{PARAM_HELP.get(name, name)} (default: {default})"
-    common = {"label": name, "info": help_text, "elem_id": f"{kind}-{method}-{name}"}
+    common = {"label": name, "info": default_help(info, shown), "elem_id": f"{kind}-{method}-{name}"}
     annotation = unwrap_optional(info.annotation)
     choices = _literal_choices(annotation)
     if choices:
