@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, weight_count
+from quantbench.backends.base import Backend, MethodParams, QuantizedModel, TorchModel, weight_count
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
@@ -25,6 +25,6 @@ class BaselineBackend(Backend):
         self, model: ResolvedModel, params: BaselineParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         module = models.load(model, dtype=params.dtype, device=device)
-        return QuantizedModel.measured(
+        return TorchModel.measured(
             module, models.load_tokenizer(model), device, f"torch {params.dtype} matmul", weights=weight_count(module)
         )

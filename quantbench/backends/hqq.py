@@ -12,12 +12,14 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     check_group_size,
     int_choice,
     meta_model,
     weight_count,
 )
 from quantbench.corpora import Corpus
+from quantbench.engines.torch_model import reloads_differently
 from quantbench.models import ResolvedModel
 
 
@@ -57,6 +59,11 @@ class HqqBackend(Backend):
         )
         layer = next(m for m in module.modules() if isinstance(m, HQQLinear))
         path = f"{layer.meta['packing']} unpack + dequantize + {params.compute_dtype} matmul"
-        return QuantizedModel.measured(
-            module, models.load_tokenizer(model), device, f"hqq {layer.backend.name} backend ({path})", weights=count
+        return TorchModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            f"hqq {layer.backend.name} backend ({path})",
+            weights=count,
+            unsavable=reloads_differently("hqq"),
         )

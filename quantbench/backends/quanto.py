@@ -17,10 +17,12 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     calibration_windows,
     weight_count,
 )
 from quantbench.corpora import Corpus
+from quantbench.engines.torch_model import reloads_differently
 from quantbench.models import ResolvedModel
 
 CALIBRATION_ONLY = ("calibration_samples", "seq_len", "calibration")
@@ -79,8 +81,13 @@ class QuantoBackend(Backend):
         for layer in layers:
             if type(layer.weight).__name__ == "WeightQBitsTensor":
                 layer.forward = _outside_inference_mode(layer.forward)
-        return QuantizedModel.measured(
-            module, tokenizer, device, "; ".join(sorted({_kernel(layer, params) for layer in layers})), weights=count
+        return TorchModel.measured(
+            module,
+            tokenizer,
+            device,
+            "; ".join(sorted({_kernel(layer, params) for layer in layers})),
+            weights=count,
+            unsavable=reloads_differently("optimum-quanto"),
         )
 
 

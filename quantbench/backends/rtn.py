@@ -16,7 +16,15 @@ from pydantic import BeforeValidator, Field, field_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, meta_model, weight_bytes, weight_count
+from quantbench.backends.base import (
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    TorchModel,
+    meta_model,
+    weight_bytes,
+    weight_count,
+)
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import STORAGE_DTYPE, dequantize_codes, quantize_rtn, resolve_group_size
@@ -103,11 +111,13 @@ class RtnBackend(Backend):
                 fake_bytes += fake.numel() * fake.element_size()
         size = weight_bytes(module) - fake_bytes + packed
         fmt = f"w{params.bits} g{params.group_size} {'sym' if params.symmetric else 'asym'}"
-        return QuantizedModel.measured(
+        return TorchModel.measured(
             module,
             models.load_tokenizer(model),
             device,
             f"torch {params.dtype} matmul on RTN fake-quant weights ({fmt})",
             weights=count,
             size=size,
+            unsavable="fake quantization: the module holds dense dequantized weights, and the packed format "
+            "it stands for has no on-disk saver",
         )

@@ -27,9 +27,18 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Availability, Backend, MethodParams, QuantizedModel, meta_model, weight_count
+from quantbench.backends.base import (
+    Availability,
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    TorchModel,
+    meta_model,
+    weight_count,
+)
 from quantbench.backends.rtn import ModuleNames, check_group_divides, check_group_size_value, quantizable_linears
 from quantbench.corpora import Corpus
+from quantbench.engines.torch_model import reloads_differently
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PACKABLE_BITS, pack_multiple
 from quantbench.kernels.quant_linear import QuantLinear
@@ -117,7 +126,14 @@ class TritonBackend(Backend):
             for name, layer in layers.items():
                 parent_name, _, child = name.rpartition(".")
                 setattr(module.get_submodule(parent_name), child, layer.to(device))
-        return QuantizedModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
+        return TorchModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            kernel_of(module),
+            weights=count,
+            unsavable=reloads_differently("quantbench QuantLinear"),
+        )
 
 
 def hqq_layer(linear: nn.Linear, params: TritonParams, dtype: str, device: str) -> QuantLinear:
