@@ -87,7 +87,7 @@ class QuantoBackend(Backend):
             device,
             "; ".join(sorted({_kernel(layer, params) for layer in layers})),
             weights=count,
-            unsavable=reloads_differently("optimum-quanto"),
+            unsavable=reloads_differently("optimum"),
         )
 
 
