@@ -55,7 +55,7 @@ def profiler_overhead(model_ref: str, rounds: int) -> dict:
     stamps = latency.TokenStamps(clock)
     start = time.perf_counter()
     for _ in range(10_000):
-        stamps(None, None)
+        stamps()
     stamp_s = (time.perf_counter() - start) / 10_000
     process = psutil.Process()
     start = time.perf_counter()

@@ -19,6 +19,12 @@ import torch
 from packaging.version import InvalidVersion, Version
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
+from quantbench.engines.protocol import QuantizedModel
+
+# Re-exported: every backend builds a TorchModel and measures its module with these.
+from quantbench.engines.torch_model import TorchModel as TorchModel
+from quantbench.engines.torch_model import weight_bytes as weight_bytes
+from quantbench.engines.torch_model import weight_count as weight_count
 from quantbench.errors import QuantbenchError
 
 if TYPE_CHECKING:
@@ -45,37 +51,6 @@ def stored_as(name: str, stored: str, default: Any, **kwargs: Any) -> Any:
 class Availability:
     ok: bool
     reason: str = ""
-
-
-@dataclass
-class QuantizedModel:
-    """A model ready for evaluation, plus the facts its backend knows about it.
-
-    `weight_bytes` counts everything the weights occupy: packed codes, scales, zeros and the
-    layers left unquantized. `bits_per_weight` is 8 × weight_bytes / number of weights.
-    """
-
-    module: torch.nn.Module
-    tokenizer: object
-    device: str
-    weight_bytes: int
-    bits_per_weight: float
-    kernel: str
-
-    @torch.inference_mode()
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (batch, seq, vocab) for a batch of token windows, on the CPU in fp32."""
-        out = self.module(input_ids=input_ids.to(self.device), use_cache=False)
-        return out.logits.float().cpu()
-
-    @classmethod
-    def measured(
-        cls, module: torch.nn.Module, tokenizer: object, device: str, kernel: str, weights: int, size: int | None = None
-    ) -> QuantizedModel:
-        """`module` with its footprint measured: `size` defaults to `weight_bytes(module)`, and
-        `weights` is the number of weights before quantization (packing changes the parameter count)."""
-        size = weight_bytes(module) if size is None else size
-        return cls(module, tokenizer, device, size, 8 * size / weights, kernel)
 
 
 @dataclass(frozen=True)
@@ -175,38 +150,6 @@ def older_than(distribution: str, installed: str, minimum: str) -> str:
         return ""
     hint = f"pip install -U '{distribution}>={minimum}'"
     return f"{distribution} {installed} is older than the {minimum} this adapter needs ({hint})"
-
-
-def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes of everything the module would save (parameters, persistent buffers, quantization
-    state such as scales and zeros), counting tied/shared storage once."""
-    seen: set[int] = set()
-    total = 0
-    for value in module.state_dict().values():
-        if not isinstance(value, torch.Tensor):
-            continue
-        for tensor in _plain_tensors(value):
-            ptr = tensor.untyped_storage().data_ptr()
-            if ptr in seen:
-                continue
-            seen.add(ptr)
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def _plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """The plain tensors that hold a tensor's data. Wrapper subclasses (torchao, quanto) report the
-    logical shape and dtype of the unquantized weight; their packed codes and scales are inside."""
-    if not hasattr(tensor, "__tensor_flatten__"):
-        return [tensor]
-    names, _ = tensor.__tensor_flatten__()
-    inner = (getattr(tensor, name) for name in names)
-    return [plain for t in inner if t is not None for plain in _plain_tensors(t)]
-
-
-def weight_count(module: torch.nn.Module) -> int:
-    """Number of distinct parameters (the model's weights before any quantization packing)."""
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
 def meta_model(model: ResolvedModel) -> torch.nn.Module:

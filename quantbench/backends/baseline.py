@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, stored_as, weight_count
+from quantbench.backends.base import Backend, MethodParams, QuantizedModel, TorchModel, stored_as, weight_count
 from quantbench.backends.layout import DTYPE_BYTES, Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
@@ -40,6 +40,6 @@ class BaselineBackend(Backend):
     ) -> QuantizedModel:
         dtype = params.compute_dtype
         module = models.load(model, dtype=dtype, device=device)
-        return QuantizedModel.measured(
+        return TorchModel.measured(
             module, models.load_tokenizer(model), device, f"torch {dtype} matmul", weights=weight_count(module)
         )

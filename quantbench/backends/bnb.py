@@ -14,6 +14,7 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     int_choice,
     meta_model,
     weight_count,
@@ -96,7 +97,7 @@ class BnbBackend(Backend):
         module = models.load(
             model, dtype=params.compute_dtype, device=device, quantization_config=config, device_map={"": device}
         )
-        quantized = QuantizedModel.measured(
+        quantized = TorchModel.measured(
             module, models.load_tokenizer(model), device, _kernel(params, device), weights=count
         )
         if _repacks_on_first_forward(params, device):

@@ -21,6 +21,7 @@ from quantbench.backends.base import (
     LayerCodes,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     calibration_windows,
     check_group_size,
     int_choice,
@@ -128,7 +129,7 @@ class GptqModelBackend(Backend):
             trust = model.ref.trust_remote_code
             module = GPTQModel.load(tmp, device=device, dtype=dtype, trust_remote_code=trust).model.eval()
         layer = next(m for m in module.modules() if type(m).__module__.startswith("gptqmodel.nn_modules.qlinear"))
-        return QuantizedModel.measured(
+        return TorchModel.measured(
             module,
             models.load_tokenizer(model),
             device,

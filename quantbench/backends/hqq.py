@@ -14,6 +14,7 @@ from quantbench.backends.base import (
     LayerCodes,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     check_group_size,
     int_choice,
     meta_model,
@@ -79,8 +80,12 @@ class HqqBackend(Backend):
         )
         layer = next(m for m in module.modules() if isinstance(m, HQQLinear))
         path = f"{layer.meta['packing']} unpack + dequantize + {params.compute_dtype} matmul"
-        return QuantizedModel.measured(
-            module, models.load_tokenizer(model), device, f"hqq {layer.backend.name} backend ({path})", weights=count
+        return TorchModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            f"hqq {layer.backend.name} backend ({path})",
+            weights=count,
         )
 
     def codes(

@@ -17,6 +17,7 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     calibration_windows,
     weight_count,
 )
@@ -111,8 +112,12 @@ class QuantoBackend(Backend):
         for layer in layers:
             if type(layer.weight).__name__ == "WeightQBitsTensor":
                 layer.forward = _outside_inference_mode(layer.forward)
-        return QuantizedModel.measured(
-            module, tokenizer, device, "; ".join(sorted({_kernel(layer, params) for layer in layers})), weights=count
+        return TorchModel.measured(
+            module,
+            tokenizer,
+            device,
+            "; ".join(sorted({_kernel(layer, params) for layer in layers})),
+            weights=count,
         )
 
 

@@ -21,6 +21,7 @@ from quantbench.backends.base import (
     LayerCodes,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     check_group_size,
     meta_model,
     stored_as,
@@ -117,7 +118,7 @@ class RtnBackend(Backend):
                 fake_bytes += fake.numel() * fake.element_size()
         size = weight_bytes(module) - fake_bytes + packed
         fmt = f"w{params.bits} g{params.group_size} {'sym' if params.symmetric else 'asym'}"
-        return QuantizedModel.measured(
+        return TorchModel.measured(
             module,
             models.load_tokenizer(model),
             device,

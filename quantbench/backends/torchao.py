@@ -14,6 +14,7 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     check_group_size,
     int_choice,
     meta_model,
@@ -102,9 +103,7 @@ class TorchaoBackend(Backend):
             quantization_config=TorchAoConfig(config),
             device_map={"": device},
         )
-        return QuantizedModel.measured(
-            module, models.load_tokenizer(model), device, kernel, weights=weight_count(skeleton)
-        )
+        return TorchModel.measured(module, models.load_tokenizer(model), device, kernel, weights=weight_count(skeleton))
 
 
 def _config(params: TorchaoParams, device: str) -> tuple[object, str]:

@@ -30,6 +30,7 @@ from quantbench.backends.base import (
     Backend,
     MethodParams,
     QuantizedModel,
+    TorchModel,
     check_group_size,
     meta_model,
     stored_as,
@@ -155,7 +156,7 @@ class TritonBackend(Backend):
                 parent_name, _, child = name.rpartition(".")
                 quantized = QuantLinear(layer.weight, layer.bias, layer.in_perm, source=params.source)
                 setattr(module.get_submodule(parent_name), child, quantized.to(device))
-        return QuantizedModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
+        return TorchModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
 
 
 def compute_dtype(params: TritonParams, device: str) -> str:

@@ -8,7 +8,8 @@ token of the perplexity protocol (same windows, see perplexity.py):
 Aggregates: mean, median, p90, p99 and max KL; agreement in %; mean and RMS Δp; the perplexity
 ratio PPL(Q) / PPL(P).
 
-The baseline pass runs the unquantized model (fp32, on the quantized model's device) once per
+The baseline pass runs the unquantized model (fp32, on the quantized model's device, through the
+quantized model's engine: its `reference`, so only quantization differs) once per
 (model fingerprint, token ids, protocol, top_k, tail_samples) and caches, per scored token:
 the top-k log-probabilities with their token ids, `tail_samples` tokens drawn from the rest of
 the distribution with their log-probabilities, the log of the rest's mass and the
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,8 @@ import torch
 from pydantic import Field
 
 from quantbench import models
-from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
+from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import perplexity, progress
 from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
@@ -210,15 +211,11 @@ def write_cache(path: Path, key: dict, dtype: np.dtype, records: Iterator[np.nda
 
 
 def evaluate(
-    logits_fn: Callable[[torch.Tensor], torch.Tensor],
-    tokenizer,
-    corpus: Corpus,
-    params: DivergenceParams,
-    source: ResolvedModel,
-    device: str,
+    model: QuantizedModel, corpus: Corpus, params: DivergenceParams, source: ResolvedModel
 ) -> DivergenceResult:
-    """Compare `logits_fn` (the quantized model) with the unquantized model behind `source`."""
-    ids, _ = tokenize(tokenizer, corpus, params.max_tokens)
+    """Compare `model` with the unquantized model behind `source`."""
+    device = model.device
+    ids, _ = tokenize(model.tokenizer, corpus, params.max_tokens)
     n_tokens = sum(w.end - w.first_target for w in _windows(ids, params))
     key = cache_key(source, ids, params, device)
     path = cache_path(key)
@@ -228,17 +225,13 @@ def evaluate(
     per_pass = perplexity.window_count(len(ids), params.seq_len, params.stride or params.seq_len)
     todo, done = per_pass * (1 if cache_hit else 2), 0
     if base is None:
-        reference = models.load(source, dtype=REFERENCE_DTYPE, device=device)
-        vocab = reference.get_output_embeddings().weight.shape[0]
+        reference = model.reference(source)
+        vocab = reference.vocab_size
         dtype = record_dtype(min(params.top_k, vocab), params.tail_samples, vocab)
-
-        @torch.inference_mode()
-        def reference_logits(batch: torch.Tensor) -> torch.Tensor:
-            return reference(input_ids=batch.to(device), use_cache=False).logits.float().cpu()
 
         def records() -> Iterator[np.ndarray]:
             nonlocal done
-            for s in scored_windows(reference_logits, ids, params):
+            for s in scored_windows(reference.logits, ids, params):
                 yield baseline_records(s.logits, s.targets, dtype, seed=s.window.begin)
                 done += 1
                 progress.report(done, todo)
@@ -249,7 +242,7 @@ def evaluate(
         assert base is not None, f"baseline cache {path} unreadable right after writing"
 
     kld, agree, dp_sum, dp_sq, nll_p, nll_q, at = [], 0, 0.0, 0.0, 0.0, 0.0, 0
-    for scored in scored_windows(logits_fn, ids, params):
+    for scored in scored_windows(model.logits, ids, params):
         n = len(scored.targets)
         stats = compare(base[at : at + n], scored.logits, scored.targets)
         at += n
@@ -293,4 +286,4 @@ def run(
     model: QuantizedModel, params: DivergenceParams, corpus: Corpus, source: ResolvedModel
 ) -> list[tuple[str, float, str]]:
     """The eval-registry entry point: divergence of `model` from the unquantized `source`."""
-    return evaluate(model.logits, model.tokenizer, corpus, params, source, model.device).metrics()
+    return evaluate(model, corpus, params, source).metrics()

@@ -3,7 +3,7 @@
 Protocol, the same for every method:
 - Prompts are random token ids from the tokenizer's vocabulary without special tokens, drawn
   with a fixed seed, so every method sees the same inputs and no prompt ends early.
-- Prompt lengths are capped by the model's `max_position_embeddings` (the cap is stored as
+- Prompt lengths are capped by the model's context length (the cap is stored as
   `prompt_length_cap`); metric names carry the length actually measured.
 - `first_call_seconds` is the eval's very first forward pass, timed on its own and never part
   of any statistic: it holds the one-time costs (lazy initialisation, kernel autotuning or
@@ -11,10 +11,10 @@ Protocol, the same for every method:
   calls until it has both `repeats` samples and `min_seconds` of measured time.
 - Prefill (time to first token) at batch 1: one forward over the prompt with the KV cache on,
   computing the logits of the last position only, as `generate` does.
-- Decode at each batch size: `generate(min_new_tokens=new_tokens, max_new_tokens=new_tokens,
-  do_sample=False)` over `decode_prompt_length`-token prompts, so every method decodes exactly
-  the same number of tokens (EOS is masked until then; the count is checked). The decode loop
-  is timed directly: a logits processor stamps the clock as each token's scores arrive, and
+- Decode at each batch size: the model's greedy `generate` of exactly `new_tokens` tokens over
+  `decode_prompt_length`-token prompts, so every method decodes the same number of tokens (EOS
+  is ignored until then; the count is checked). The decode loop is timed directly: the
+  model calls back as each token's scores arrive, the callback stamps the clock, and
   decode time is the interval from token 1 to token N, i.e. N−1 decode steps without prefill.
   This needs one generate per sample instead of the difference of two (generate N − generate
   1), whose noise can exceed a short decode; on CUDA the stamps are events recorded on the
@@ -38,7 +38,6 @@ store holds floats only); the reason is logged once.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from functools import cache
@@ -47,8 +46,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
+from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.models import ResolvedModel
@@ -100,72 +99,45 @@ def spread(values: Sequence[float]) -> float:
 def prompt_ids(model: QuantizedModel, batch: int, length: int, seed: int = PROMPT_SEED) -> torch.Tensor:
     """(batch, length) token ids drawn with a fixed seed from the vocabulary, special tokens excluded."""
     tokenizer = model.tokenizer
-    n_embeddings = model.module.get_input_embeddings().num_embeddings
     special = set(tokenizer.all_special_ids)
-    allowed = torch.tensor([i for i in range(min(len(tokenizer), n_embeddings)) if i not in special])
+    allowed = torch.tensor([i for i in range(min(len(tokenizer), model.vocab_size)) if i not in special])
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(len(allowed), (batch, length), generator=generator)
     return allowed[picks].to(model.device)
 
 
-def prompt_length_cap(module: torch.nn.Module) -> int | None:
-    return getattr(module.config, "max_position_embeddings", None)
-
-
-def capped_lengths(lengths: Sequence[int], cap: int | None) -> list[int]:
+def capped_lengths(lengths: Sequence[int], cap: int) -> list[int]:
     """Requested prompt lengths limited to the model's context, each measured once."""
-    return sorted({min(n, cap) if cap else n for n in lengths})
+    return sorted({min(n, cap) for n in lengths})
 
 
 def prefill_seconds(model: QuantizedModel, ids: torch.Tensor, clock: Clock) -> float:
-    """One forward over the prompt with the KV cache on: the time to the first token's logits."""
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.module.forward).parameters else {}
-    return time_call(lambda: model.module(input_ids=ids, use_cache=True, **kwargs), clock)
+    """The model's prefill over the prompt: the time to the first token's logits."""
+    return time_call(lambda: model.prefill(ids), clock)
 
 
 class TokenStamps:
-    """A logits processor that stamps the clock each time generate has a new token's scores (once
-    per generated token). A plain callable, so importing this module does not import transformers."""
+    """The `on_token` callback of `generate`: stamps the clock once per generated token."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.marks: list = []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self) -> None:
         self.marks.append(self.clock.mark())
-        return scores
 
 
 def decode(model: QuantizedModel, ids: torch.Tensor, new_tokens: int, clock: Clock) -> tuple[float, torch.Tensor]:
     """Greedy-generate exactly `new_tokens` per row; return the seconds of the N−1 decode steps
     (token 1's scores to token N's) and the generated ids (batch, new_tokens)."""
     stamps = TokenStamps(clock)
-    tokenizer = model.tokenizer
-    out = model.module.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        min_new_tokens=new_tokens,
-        max_new_tokens=new_tokens,
-        do_sample=False,
-        logits_processor=[stamps],
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    generated = out[:, ids.shape[1] :]
-    # Equal work for every method is the point of the protocol; a library that ignores
-    # min_new_tokens must fail the trial rather than report a faster, shorter decode.
+    generated = model.generate(ids, new_tokens, stamps)
+    # Equal work for every method is the point of the protocol; an engine that stops early
+    # must fail the trial rather than report a faster, shorter decode.
     if generated.shape[1] != new_tokens or len(stamps.marks) < new_tokens:
         raise RuntimeError(f"generate produced {generated.shape[1]} tokens per row, expected {new_tokens}")
     # On CUDA generate may run one speculative step past the end (deferred stop check); it is not counted.
     return clock.seconds(stamps.marks[0], stamps.marks[new_tokens - 1]), generated
-
-
-def bytes_read_per_decode_step(model: QuantizedModel) -> int:
-    """The weight bytes one decode step reads: all of them except the input embedding table, of
-    which a step reads one row per sequence (unless it is tied to the output layer, read whole)."""
-    embeddings = model.module.get_input_embeddings().weight
-    output = model.module.get_output_embeddings()
-    tied = output is not None and output.weight.data_ptr() == embeddings.data_ptr()
-    return model.weight_bytes - (0 if tied else embeddings.numel() * embeddings.element_size())
 
 
 def check_inputs(source: ResolvedModel, params: LatencyParams, corpus: Corpus | None) -> None:
@@ -187,11 +159,10 @@ def run(
 ) -> list[tuple[str, float, str]]:
     """The eval-registry entry point: the latency profile of `model` (metric rows, see the module doc)."""
     clock = clock_for(model.device)
-    cap = prompt_length_cap(model.module)
+    cap = model.context_length
     lengths = capped_lengths(params.prompt_lengths, cap)
     rows: list[tuple[str, float, str]] = [("cpu_threads", torch.get_num_threads(), "threads")]
-    if cap is not None:
-        rows.append(("prompt_length_cap", cap, "tokens"))
+    rows.append(("prompt_length_cap", cap, "tokens"))
     energy = energy_meter(model.device)
     if not isinstance(energy, EnergyMeter):
         _log_once(f"energy not measured: {energy.reason}")
@@ -203,9 +174,7 @@ def run(
         for done, length in enumerate(lengths, start=2):
             rows += _prefill_rows(model, params, clock, length)
             progress.report(done, todo)
-        prompt_length = params.decode_prompt_length
-        if cap is not None:
-            prompt_length = min(prompt_length, cap - params.new_tokens)
+        prompt_length = min(params.decode_prompt_length, cap - params.new_tokens)
         for done, batch in enumerate(params.batch_sizes, start=2 + len(lengths)):
             rows += _decode_rows(model, params, clock, energy, batch, prompt_ids(model, batch, prompt_length))
             progress.report(done, todo)
@@ -248,7 +217,7 @@ def _decode_rows(
         (f"decode_spread@batch={batch}", spread(throughput), ""),
         (
             f"decode_weight_bytes_per_second@batch={batch}",
-            bytes_read_per_decode_step(model) * steps / median_seconds,
+            model.decode_weight_bytes * steps / median_seconds,
             "bytes/s",
         ),
     ]

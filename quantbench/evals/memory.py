@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from quantbench.corpora import Corpus
+from quantbench.engines.protocol import QuantizedModel
 from quantbench.models import ResolvedModel
 
 if TYPE_CHECKING:
-    from quantbench.backends.base import Backend, QuantizedModel
+    from quantbench.backends.base import Backend
 
 
 class MemoryParams(BaseModel):
@@ -51,8 +52,8 @@ def not_measurable(method: Backend, params: MemoryParams) -> list[tuple[str, flo
 
 
 def checkpoint_bytes(model: QuantizedModel, directory: Path) -> int:
-    """Write `model` with save_pretrained into `directory` and return the bytes of every file written."""
-    model.module.save_pretrained(directory)
+    """Write `model` with its `save` into `directory` and return the bytes of every file written."""
+    model.save(directory)
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 

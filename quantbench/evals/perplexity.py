@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
+from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.models import ResolvedModel, load_tokenizer

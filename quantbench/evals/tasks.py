@@ -1,7 +1,8 @@
-"""Accuracy on lm-evaluation-harness tasks, run on the already-quantized module (no reload).
+"""Accuracy on lm-evaluation-harness tasks, run on the already-quantized model (no reload).
 
-`lm_eval.simple_evaluate` scores the stock task configs through `HFLM(pretrained=<module>)`, so
-every backend that yields a transformers module is measured by the same prompts and metrics.
+`lm_eval.simple_evaluate` scores the stock task configs through `ProtocolLM` (protocol_lm.py), an
+lm-eval `LM` on the model protocol's `logits` that scores as lm-eval's HFLM does, so every
+backend, whatever engine runs it, is measured by the same prompts and metrics.
 
 Offline data: `task_data` maps a stock task to a local file (`--task-data piqa=valid.jsonl`).
 The file is converted, where its published layout differs from the Hugging Face dataset the
@@ -36,10 +37,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quantbench import models
-from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
+from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
-from quantbench.evals import progress
 from quantbench.models import ResolvedModel
 
 
@@ -314,11 +314,12 @@ def check_inputs(source: ResolvedModel, params: TasksParams, corpus: Corpus | No
 
 
 def evaluate(model: QuantizedModel, params: TasksParams) -> dict:
-    """lm-eval's results dict for `params.tasks` on the quantized module."""
+    """lm-eval's results dict for `params.tasks` on the quantized model."""
     import datasets
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from quantbench.evals.protocol_lm import ProtocolLM  # imports lm_eval's model code, so only when run
 
     datasets.disable_progress_bars()  # one bar per split and map drowns the trial's output
     with tempfile.TemporaryDirectory(prefix="quantbench-tasks-") as tmp:
@@ -331,9 +332,8 @@ def evaluate(model: QuantizedModel, params: TasksParams) -> dict:
             # JSON is YAML; lm-eval resolves `include` and the stock `!function`s relative to the stock file.
             (Path(tmp) / f"{task}.yaml").write_text(json.dumps(task_config(task, data_file)))
         manager = TaskManager(include_path=tmp, include_defaults=False)
-        lm = _reporting(HFLM)(pretrained=model.module, tokenizer=model.tokenizer, batch_size=params.batch_size)
         return simple_evaluate(
-            model=lm,
+            model=ProtocolLM(model, params.batch_size),
             tasks=list(params.tasks),
             task_manager=manager,
             limit=params.limit,
@@ -341,26 +341,6 @@ def evaluate(model: QuantizedModel, params: TasksParams) -> dict:
             log_samples=False,
             bootstrap_iters=1000,
         )
-
-
-PROGRESS_CHUNK = 32  # log-likelihood requests between two progress reports
-
-
-def _reporting(hflm: type) -> type:
-    """HFLM whose log-likelihood requests (what the multiple-choice and lambada tasks send; one
-    document is one request per choice) are scored in chunks, with a progress report after each.
-    Every request is still scored on its own inputs, so the scores do not change; lm-eval's
-    rolling and generation requests report nothing (todo stays unknown)."""
-
-    class ReportingLM(hflm):
-        def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
-            results: list = []
-            for at in range(0, len(requests), PROGRESS_CHUNK):
-                results += super().loglikelihood(requests[at : at + PROGRESS_CHUNK], disable_tqdm=True)
-                progress.report(len(results), len(requests))
-            return results
-
-    return ReportingLM
 
 
 def metric_rows(results: dict) -> list[tuple[str, float, str]]:

@@ -7,8 +7,8 @@ import torch
 from support import WIKITEXT_TEST
 
 from quantbench import models
-from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus, load_corpus
+from quantbench.engines.torch_model import TorchModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import divergence
 from quantbench.evals.divergence import DivergenceParams
@@ -35,13 +35,13 @@ def corpus():
     return load_corpus("builtin")
 
 
-def _quantized(source, noise: float = 0.0) -> QuantizedModel:
+def _quantized(source, noise: float = 0.0) -> TorchModel:
     module = models.load(source)
     torch.manual_seed(1)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(noise * p.std() * torch.randn_like(p))
-    return QuantizedModel(module, models.load_tokenizer(source), "cpu", 0, 32.0, "test")
+    return TorchModel(module, models.load_tokenizer(source), "cpu", 0, 32.0, "test")
 
 
 def _run(model, corpus, source, params=PARAMS) -> dict[str, float]:

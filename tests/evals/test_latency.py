@@ -7,7 +7,7 @@ import torch
 from support import build_tiny_llama
 
 from quantbench.app.cli import main
-from quantbench.backends.base import QuantizedModel, weight_bytes
+from quantbench.engines.torch_model import TorchModel, weight_bytes
 from quantbench.errors import QuantbenchError
 from quantbench.evals import latency
 from quantbench.evals.latency import LatencyParams
@@ -27,14 +27,54 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _tiny(tokenizer, **config) -> QuantizedModel:
+def _tiny(tokenizer, **config) -> TorchModel:
     module = build_tiny_llama(vocab_size=len(tokenizer), **config)
-    return QuantizedModel(module, tokenizer, "cpu", weight_bytes(module), 32.0, "torch float32 matmul")
+    return TorchModel(module, tokenizer, "cpu", weight_bytes(module), 32.0, "torch float32 matmul")
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_tokenizer) -> QuantizedModel:
+def tiny(tiny_tokenizer) -> TorchModel:
     return _tiny(tiny_tokenizer)
+
+
+class TickClock:
+    """A clock that advances one second per reading: a timed span then counts the readings between
+    its ends, so what the eval times is checked exactly, whatever this machine's speed."""
+
+    cuda = False
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def mark(self) -> float:
+        self.ticks += 1
+        return float(self.ticks)
+
+    def seconds(self, start: float, end: float) -> float:
+        return end - start
+
+
+class Recorder:
+    """The model protocol around a model, recording each prefill and generate call and how many
+    times each generate called back."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.prefills: list[tuple[int, int]] = []
+        self.generates: list[tuple[tuple[int, int], int, int]] = []  # (ids shape, n_new, callbacks)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def prefill(self, ids):
+        self.prefills.append(tuple(ids.shape))
+        return self.model.prefill(ids)
+
+    def generate(self, ids, n_new, on_token):
+        calls = []
+        out = self.model.generate(ids, n_new, lambda: calls.append(on_token()))
+        self.generates.append((tuple(ids.shape), n_new, len(calls)))
+        return out
 
 
 @pytest.mark.parametrize(
@@ -75,19 +115,39 @@ def test_decode_produces_exactly_new_tokens_even_when_eos_is_the_likely_token(ti
     free = model.module.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert free.shape[1] == ids.shape[1] + 1  # the control: without the protocol, generation stops at once
 
-    seconds, generated = latency.decode(model, ids, 6, latency.Clock())
+    seconds, generated = latency.decode(model, ids, 6, TickClock())
     assert generated.shape == (2, 6)
     assert not set(generated.flatten().tolist()) & set(likely.tolist())
-    assert seconds > 0
+    assert seconds == 5  # one clock reading per token: the 5 decode steps between token 1 and token 6
 
 
-def test_decode_fails_when_the_library_generates_fewer_tokens(tiny, monkeypatch):
+def test_decode_fails_when_the_engine_generates_fewer_tokens(tiny, monkeypatch):
     ids = latency.prompt_ids(tiny, 1, 8)
-    monkeypatch.setattr(
-        tiny.module, "generate", lambda input_ids, **kwargs: torch.cat([input_ids, input_ids[:, :1]], 1)
-    )
+    monkeypatch.setattr(tiny, "generate", lambda ids, n_new, on_token: on_token() or ids[:, :1])
     with pytest.raises(RuntimeError, match="produced 1 tokens per row, expected 4"):
         latency.decode(tiny, ids, 4, latency.Clock())
+
+
+def test_run_prefills_and_decodes_exactly_the_protocols_calls(tiny):
+    model = Recorder(tiny)
+    params = LatencyParams(**{**SMALL, "warmup": 1, "repeats": 2, "decode_prompt_length": 10})
+    latency.run(model, params, None, None)
+    # the first call (shortest prompt), then per length one warm-up and two timed calls, all at batch 1
+    assert model.prefills == [(1, 8)] + [(1, 8)] * 3 + [(1, 16)] * 3
+    # per batch size one warm-up and two timed decodes; each generate calls back once per new token
+    assert model.generates == [((1, 10), 4, 4)] * 3 + [((2, 10), 4, 4)] * 3
+
+
+def test_decode_throughput_counts_every_row_and_n_minus_one_steps(tiny, monkeypatch):
+    monkeypatch.setattr(latency, "clock_for", lambda device: TickClock())
+    params = LatencyParams(**{**SMALL, "prompt_lengths": (8,), "batch_sizes": (2,), "new_tokens": 5})
+    values = {name: value for name, value, _ in latency.run(tiny, params, None, None)}
+    # each decode's 5 callbacks are 5 clock readings: token 1 to token 5 spans 4 ticks (seconds)
+    assert values["decode_ms_per_token@batch=2"] == 1e3
+    assert values["decode_tokens_per_second@batch=2"] == 2 * 4 / 4
+    assert values["decode_spread@batch=2"] == 0
+    assert values["decode_weight_bytes_per_second@batch=2"] == tiny.decode_weight_bytes
+    assert values["prefill_seconds@len=8"] == 1  # two readings around each prefill
 
 
 def _expected_names(lengths, batches):
@@ -140,8 +200,10 @@ def test_run_reports_every_metric_with_its_unit(tiny):
 def test_prompt_lengths_are_capped_by_the_models_context(tiny_tokenizer, monkeypatch):
     model = _tiny(tiny_tokenizer, max_position_embeddings=64)
     shapes = []
-    generate = model.module.generate
-    monkeypatch.setattr(model.module, "generate", lambda **kw: shapes.append(kw["input_ids"].shape) or generate(**kw))
+    generate = model.generate
+    monkeypatch.setattr(
+        model, "generate", lambda ids, n, on_token: shapes.append(ids.shape) or generate(ids, n, on_token)
+    )
     params = LatencyParams(**{**SMALL, "prompt_lengths": (16, 64, 100, 2048), "decode_prompt_length": 128})
     values = {name: value for name, value, _ in latency.run(model, params, None, None)}
     assert values["prompt_length_cap"] == 64
@@ -154,7 +216,7 @@ def test_prompt_lengths_are_capped_by_the_models_context(tiny_tokenizer, monkeyp
 
 @pytest.mark.parametrize(
     ("lengths", "cap", "expected"),
-    [((128, 512, 2048), None, [128, 512, 2048]), ((128, 512, 2048), 512, [128, 512]), ((64, 32), 16, [16])],
+    [((128, 512, 2048), 8192, [128, 512, 2048]), ((128, 512, 2048), 512, [128, 512]), ((64, 32), 16, [16])],
 )
 def test_capped_lengths(lengths, cap, expected):
     assert latency.capped_lengths(lengths, cap) == expected

@@ -1,13 +1,13 @@
-import json
 import math
 
 import pytest
+import torch
 from pydantic import ValidationError
 from support import SHARED_DATA, WIKITEXT_TEST
 
 from quantbench import models
-from quantbench.backends.base import QuantizedModel
 from quantbench.corpora import Corpus
+from quantbench.engines.torch_model import TorchModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import tasks
 from quantbench.evals.perplexity import PerplexityParams, evaluate
@@ -25,7 +25,7 @@ LOCAL = {
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     source = models.resolve(ModelRef(str(tiny_model_dir)))
-    return QuantizedModel(models.load(source), models.load_tokenizer(source), "cpu", 0, 32.0, "test")
+    return TorchModel(models.load(source), models.load_tokenizer(source), "cpu", 0, 32.0, "test")
 
 
 @pytest.mark.parametrize(
@@ -221,12 +221,106 @@ def test_the_cross_check_holds_on_the_real_model():
 @pytest.mark.slow
 def test_tasks_on_the_real_model_beat_chance_on_average(tmp_path):
     source = models.resolve(ModelRef("embedded:smollm2-135m"))
-    model = QuantizedModel(models.load(source), models.load_tokenizer(source), "cpu", 0, 32.0, "test")
+    model = TorchModel(models.load(source), models.load_tokenizer(source), "cpu", 0, 32.0, "test")
     params = tasks.TasksParams(
         tasks="lambada_openai,piqa", task_data=[f"{t}={LOCAL[t]}" for t in ("lambada_openai", "piqa")], limit=20
     )
-    rows = {name: value for name, value, _ in tasks.run(model, params, None, None)}
+    rows = tasks.run(model, params, None, None)
+    assert {name for name, _, _ in rows} == {
+        f"task:{task}:{metric}"
+        for task, metrics in (("lambada_openai", ("perplexity", "acc")), ("piqa", ("acc", "acc_norm")))
+        for metric in (*metrics, *(f"{m}_stderr" for m in metrics), "samples")
+    }
+    assert all(type(value) is float for _, value, _ in rows)  # plain floats, ready for the store
+    values = {name: value for name, value, _ in rows}
     # SmolLM2-135M: lambada_openai ~0.4, piqa ~0.65 on the full sets; 20 documents leave wide margins.
-    assert rows["task:lambada_openai:acc"] >= 0.1 and rows["task:piqa:acc"] >= 0.45
-    assert math.isfinite(rows["task:lambada_openai:perplexity"])
-    assert json.dumps(rows)  # plain floats, ready for the store
+    assert values["task:lambada_openai:acc"] >= 0.1 and values["task:piqa:acc"] >= 0.45
+    for accuracy in ("task:lambada_openai:acc", "task:piqa:acc", "task:piqa:acc_norm"):
+        assert 20 * values[accuracy] == round(20 * values[accuracy])  # a count of right documents out of 20
+    assert math.isfinite(values["task:lambada_openai:perplexity"])
+    assert values["task:piqa:samples"] == values["task:lambada_openai:samples"] == 20
+
+
+def _requests(tokenizer) -> list:
+    """Log-likelihood requests of every shape lm-eval sends: plain, a context ending in spaces (moved
+    to the continuation), an empty context (the prefix token stands in), one-token continuations
+    sharing a context (scored from one forward), and one too long for the tiny model's 512 positions
+    (left-truncated)."""
+    from lm_eval.api.instance import Instance
+
+    long_context = " ".join(["The quick brown fox jumps over the lazy dog."] * 80)
+    assert len(tokenizer(long_context)["input_ids"]) > 512
+    pairs = [
+        ("The function returns", " a list of values."),
+        ("A module is a file containing  ", "Python definitions."),
+        ("", "Hello world"),
+        ("Exceptions are raised by the", " raise"),
+        ("Exceptions are raised by the", " try"),
+        ("Exceptions are raised by the", " statement and caught"),
+        (long_context, " The end."),
+    ]
+    return [Instance("loglikelihood", {}, pair, idx) for idx, pair in enumerate(pairs)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: HFLM's log-softmax runs in bf16
+def test_the_protocol_lm_scores_exactly_as_lm_evals_hflm(tiny_model_dir, batch_size, dtype):
+    from lm_eval.models.huggingface import HFLM
+
+    from quantbench.evals.protocol_lm import ProtocolLM
+
+    source = models.resolve(ModelRef(str(tiny_model_dir)))
+    model = TorchModel(models.load(source, dtype=dtype), models.load_tokenizer(source), "cpu", 0, 32.0, "test")
+    assert model.logits_dtype == models.DTYPES[dtype]
+    requests = _requests(model.tokenizer)
+    ours = ProtocolLM(model, batch_size).loglikelihood(requests)
+    theirs = HFLM(pretrained=model.module, tokenizer=model.tokenizer, batch_size=batch_size).loglikelihood(requests)
+    assert ours == theirs  # the same floats, not merely close
+    assert len(ours) == len(requests) and all(logprob < 0 for logprob, _ in ours)
+
+
+def test_the_protocol_lm_rolling_loglikelihood_equals_hflms(tiny):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from quantbench.evals.protocol_lm import ProtocolLM
+
+    documents = [_document(800), _document(3000)]  # the second spans several 512-token windows
+    requests = [Instance("loglikelihood_rolling", {}, (doc,), i) for i, doc in enumerate(documents)]
+    ours = ProtocolLM(tiny, 2).loglikelihood_rolling(requests)
+    theirs = HFLM(pretrained=tiny.module, tokenizer=tiny.tokenizer, batch_size=2).loglikelihood_rolling(requests)
+    assert ours == theirs
+
+
+def test_generation_tasks_are_refused_in_one_line(tiny):
+    from quantbench.evals.protocol_lm import ProtocolLM
+
+    with pytest.raises(QuantbenchError, match="scores log-likelihood tasks only"):
+        ProtocolLM(tiny, 1).generate_until([])
+
+
+def _choice_logprob(module, tokenizer, context: str, continuation: str) -> float:
+    """log P(continuation | context) straight from the module: the whole text tokenized once, the
+    continuation being the tokens after the context's."""
+    context_ids = tokenizer(context)["input_ids"]
+    ids = torch.tensor([tokenizer(context + continuation)["input_ids"]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(module(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, len(context_ids) :]
+    return logprobs[len(context_ids) - 1 :].gather(1, targets[:, None]).sum().item()
+
+
+def test_piqa_accuracy_equals_the_hand_computed_choices(tiny, tmp_path):
+    """piqa's stock prompt is "Question: <goal>\nAnswer:" and the choices follow after a space: a
+    document is right when its labelled solution has the higher log-likelihood."""
+    rows = tasks.local_rows("piqa", str(LOCAL["piqa"]))[:8]
+    right = 0
+    for row in rows:
+        context = f"Question: {row['goal']}\nAnswer:"
+        scores = [_choice_logprob(tiny.module, tiny.tokenizer, context, " " + row[s]) for s in ("sol1", "sol2")]
+        right += scores.index(max(scores)) == row["label"]
+    params = tasks.TasksParams(tasks="piqa", task_data=[f"piqa={LOCAL['piqa']}"], limit=8)
+    values = {name: value for name, value, _ in tasks.run(tiny, params, None, None)}
+    assert 0 < right < 8  # the case tells right from wrong
+    assert values["task:piqa:acc"] == right / 8
+    assert values["task:piqa:samples"] == 8

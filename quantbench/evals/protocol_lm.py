@@ -1,0 +1,112 @@
+"""lm-evaluation-harness's `LM` interface on the model protocol's `logits`, for any engine.
+
+It scores exactly as lm-eval's `HFLM` (0.4.x, `lm_eval/models/huggingface.py`) scores a causal
+transformers module, so task numbers do not depend on which of the two ran them:
+- tokenization: `TemplateLM` splits context and continuation (trailing context spaces move to
+  the continuation; both encoded whole, then split) with `tok_encode` below, HFLM's: the
+  tokenizer's own special tokens, none when the text already starts with the prefix token;
+- left truncation of context + continuation to `context_length` + 1 tokens, the last dropped;
+- the same request order and batches (lm-eval's `Collator`, longest first, one forward per
+  group of one-token continuations sharing a context), right-padded with token 0;
+- log-softmax in the dtype the engine computes logits in (HFLM's `softmax_dtype=None`): the
+  protocol's fp32 logits are an exact upcast, so casting back loses nothing.
+Rolling log-likelihoods (perplexity-style tasks) use lm-eval's own rolling windows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import Collator
+from lm_eval.models.utils_hf import pad_and_concat
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from quantbench.engines.protocol import QuantizedModel
+from quantbench.errors import QuantbenchError
+from quantbench.evals import progress
+
+PROGRESS_CHUNK = 32  # log-likelihood requests between two progress reports
+
+Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (strings, context ids, continuation ids)
+
+
+class ProtocolLM(TemplateLM):
+    def __init__(self, model: QuantizedModel, batch_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.batch_size = batch_size
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self.model.context_length
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        special = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+        if add_special_tokens is None and string.startswith(self.tokenizer.decode(self.prefix_token_id)):
+            special["add_special_tokens"] = False
+        return self.tokenizer.encode(string, **special)
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Scored in chunks, with a progress report after each (one document is one request per
+        choice). Chunking is part of the protocol: batches form within a chunk."""
+        results: list[tuple[float, bool]] = []
+        for at in range(0, len(requests), PROGRESS_CHUNK):
+            results += super().loglikelihood(requests[at : at + PROGRESS_CHUNK], disable_tqdm=True)
+            progress.report(len(results), len(requests))
+        return results
+
+    def _loglikelihood_tokens(self, requests: list[Request], **kwargs) -> list[tuple[float, bool]]:
+        def longest_first(req: Request) -> tuple:
+            tokens = req[1] + req[2]
+            return -len(tokens), tuple(tokens)
+
+        order = Collator(requests, sort_fn=longest_first, group_by="contexts", group_fn=lambda r: r[-2] + r[-1][:-1])
+        results = []
+        for chunk in order.get_batched(n=self.batch_size):
+            inputs = [
+                torch.tensor((context + continuation)[-(self.max_length + 1) :][:-1], dtype=torch.long)
+                for _, context, continuation in chunk
+            ]
+            lengths = [len(i) for i in inputs]
+            padded = pad_and_concat(max(lengths), inputs, padding_side="right")  # pads `inputs` in place
+            logprobs = F.log_softmax(self.model.logits(padded).to(self.model.logits_dtype), dim=-1)
+            for (strings, context, continuation), row, length in zip(chunk, logprobs, lengths, strict=True):
+                scored = row[length - len(continuation) : length][None]  # (1, continuation, vocab)
+                greedy = scored.argmax(dim=-1)
+                for strings_, continuation_, scored_ in order.get_cache(
+                    req_str=strings, cxt_toks=context, cont_toks=continuation, logits=scored
+                ):
+                    target = torch.tensor(continuation_, dtype=torch.long)[None]
+                    exact = bool((greedy[:, -target.shape[1] :] == target).all())
+                    answer = (float(torch.gather(scored_, 2, target[..., None]).sum()), exact)
+                    results.append(answer)
+                    if strings_ is not None:
+                        self.cache_hook.add_partial("loglikelihood", strings_, answer)
+        return order.get_original(results)
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+        """Each document's log-likelihood over lm-eval's disjoint rolling windows, `batch_size` windows per call."""
+        windows: list[tuple[int, Request]] = []
+        for index, (text,) in enumerate(req.args for req in requests):
+            pairs = get_rolling_token_windows(self.tok_encode(text), self.prefix_token_id, self.max_length, 1)
+            windows += [(index, (None, *make_disjoint_window(pair))) for pair in pairs]
+        totals = [0.0] * len(requests)
+        for at in range(0, len(windows), self.batch_size):
+            batch = windows[at : at + self.batch_size]
+            for (index, _), (logprob, _) in zip(batch, self._loglikelihood_tokens([w for _, w in batch]), strict=True):
+                totals[index] += logprob
+        return totals
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        raise QuantbenchError("the tasks eval scores log-likelihood tasks only; generation tasks are not supported")
