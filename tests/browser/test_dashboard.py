@@ -174,7 +174,7 @@ def test_cancel_stops_the_running_trial(page, artifacts):
     open_tab(page, "Run")
     page.locator("#run-clear").click()
     choose(page, "run-method", "baseline")
-    choose(page, "param-baseline-dtype", "bfloat16")
+    choose(page, "param-baseline-compute_dtype", "bfloat16")
     page.locator("#run-add").click()
     page.locator("#run-queue").get_by_text("baseline:dtype=bfloat16").wait_for()
     page.locator("#run-start").click()
@@ -202,7 +202,7 @@ def test_planner(page, artifacts):
     page.locator("#plan-breakdown").get_by_text("prefill of 1 × 1024 tokens").wait_for()
     page.locator("#plan-bits input").fill("5")
     page.locator("#plan-run").click()
-    assert "bits must be one of" in error_text(page, "plan-error")
+    assert "bits: Input should be 2, 3, 4 or 8" in error_text(page, "plan-error")
 
 
 @pytest.mark.slow  # needs the trials of the embedded model run above
