@@ -140,3 +140,13 @@ def test_an_old_store_without_series_or_stderr_still_compares():
     assert paired_name("perplexity") not in text.index and "ppl ±" not in text.index
     assert paired_metric(frame, keys[0], keys[1], "perplexity") is None
     assert not display_table(wide(frame))["ppl"].str.contains("±").any()
+
+
+def test_the_compare_tab_leaves_a_within_noise_difference_uncoloured(store):
+    from quantbench.app.ui.compare_tab import comparison_html
+
+    page = comparison_html(compare(read_results(store).frame, ["twin0000", "worse000"]))
+    ppl_row = next(r for r in page.split("<tr>") if r.startswith("<th>ppl</th>"))
+    cells = ppl_row.split("<td")[1:]
+    assert 'class=""' in cells[1] and 'class="qb-worse"' in cells[2]
+    assert "within noise" in page
