@@ -6,7 +6,10 @@ token of the perplexity protocol (same windows, see perplexity.py):
 - top-1 agreement: both models give the same token the highest probability;
 - Δp = q(correct token) − p(correct token).
 Aggregates: mean, median, p90, p99 and max KL; agreement in %; mean and RMS Δp; the perplexity
-ratio PPL(Q) / PPL(P).
+ratio PPL(Q) / PPL(P). Mean KL and agreement carry their standard errors over tokens as
+llama-perplexity reports them (evals/stats.py); per-window sums of KL and of agreeing tokens
+(`window_kld_sum`, `window_top1_agree`, `window_tokens` series rows) let results/compare.py test
+two methods against each other, paired on the same windows.
 
 The baseline pass runs the unquantized model (fp32, on the quantized model's device, through the
 quantized model's engine: its `reference`, so only quantization differs) once per
@@ -47,6 +50,7 @@ from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import perplexity, progress
 from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
+from quantbench.evals.stats import mean_stderr, proportion_stderr
 from quantbench.files import atomic_path
 from quantbench.models import ResolvedModel
 
@@ -68,6 +72,7 @@ Params = DivergenceParams
 @dataclass(frozen=True)
 class DivergenceResult:
     kld: np.ndarray  # per scored token, nats
+    kld_sq_sum: float
     top1_agree: int
     delta_p_sum: float
     delta_p_sq_sum: float
@@ -75,22 +80,31 @@ class DivergenceResult:
     nll_quant_sum: float
     cache_hit: bool
     cache_bytes_per_token: float
+    window_kld_sums: tuple[float, ...]  # per window, in window order: what paired comparisons need
+    window_top1_agree: tuple[int, ...]
+    window_tokens: tuple[int, ...]
 
-    def metrics(self) -> list[tuple[str, float, str]]:
+    def metrics(self) -> list[tuple]:
+        """(name, value, unit[, note, series]) rows for the results store."""
         n = len(self.kld)
         return [
             ("kld_mean", float(self.kld.mean()), "nats"),
+            ("kld_mean_stderr", mean_stderr(sum(self.window_kld_sums), self.kld_sq_sum, n), "nats"),
             ("kld_median", float(np.median(self.kld)), "nats"),
             ("kld_p90", float(np.percentile(self.kld, 90)), "nats"),
             ("kld_p99", float(np.percentile(self.kld, 99)), "nats"),
             ("kld_max", float(self.kld.max()), "nats"),
             ("top1_agreement", 100.0 * self.top1_agree / n, "%"),
+            ("top1_agreement_stderr", 100.0 * proportion_stderr(self.top1_agree, n), "%"),
             ("delta_p_mean", self.delta_p_sum / n, ""),
             ("delta_p_rms", (self.delta_p_sq_sum / n) ** 0.5, ""),
             ("ppl_ratio", float(np.exp((self.nll_quant_sum - self.nll_base_sum) / n)), ""),
             ("kld_tokens", n, "tokens"),
             ("baseline_cache_hit", float(self.cache_hit), ""),
             ("baseline_cache_bytes_per_token", self.cache_bytes_per_token, "bytes/token"),
+            ("window_kld_sum", sum(self.window_kld_sums), "nats", "", self.window_kld_sums),
+            ("window_top1_agree", self.top1_agree, "tokens", "", self.window_top1_agree),
+            ("window_tokens", n, "tokens", "", self.window_tokens),
         ]
 
 
@@ -242,12 +256,18 @@ def evaluate(
         assert base is not None, f"baseline cache {path} unreadable right after writing"
 
     kld, agree, dp_sum, dp_sq, nll_p, nll_q, at = [], 0, 0.0, 0.0, 0.0, 0.0, 0
+    kld_sq, window_kld, window_agree, window_tokens = 0.0, [], [], []
     for scored in scored_windows(model.logits, ids, params):
         n = len(scored.targets)
         stats = compare(base[at : at + n], scored.logits, scored.targets)
         at += n
         kld.append(stats.kld.numpy())
-        agree += int(stats.top1_agree.sum())
+        kld64 = stats.kld.double()
+        window_kld.append(kld64.sum().item())
+        kld_sq += kld64.square().sum().item()
+        window_agree.append(int(stats.top1_agree.sum()))
+        window_tokens.append(n)
+        agree += window_agree[-1]
         dp_sum += stats.delta_p.double().sum().item()
         dp_sq += stats.delta_p.double().square().sum().item()
         nll_p += stats.nll_base.double().sum().item()
@@ -256,6 +276,7 @@ def evaluate(
         progress.report(done, todo)
     return DivergenceResult(
         kld=np.concatenate(kld),
+        kld_sq_sum=kld_sq,
         top1_agree=agree,
         delta_p_sum=dp_sum,
         delta_p_sq_sum=dp_sq,
@@ -263,6 +284,9 @@ def evaluate(
         nll_quant_sum=nll_q,
         cache_hit=cache_hit,
         cache_bytes_per_token=path.stat().st_size / n_tokens,
+        window_kld_sums=tuple(window_kld),
+        window_top1_agree=tuple(window_agree),
+        window_tokens=tuple(window_tokens),
     )
 
 
@@ -282,8 +306,6 @@ def check_inputs(source: ResolvedModel, params: DivergenceParams, corpus: Corpus
     perplexity.check_inputs(source, params, corpus)
 
 
-def run(
-    model: QuantizedModel, params: DivergenceParams, corpus: Corpus, source: ResolvedModel
-) -> list[tuple[str, float, str]]:
+def run(model: QuantizedModel, params: DivergenceParams, corpus: Corpus, source: ResolvedModel) -> list[tuple]:
     """The eval-registry entry point: divergence of `model` from the unquantized `source`."""
     return evaluate(model, corpus, params, source).metrics()

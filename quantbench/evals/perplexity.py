@@ -11,8 +11,15 @@ Tokenizer-independent figures, so models with different tokenizers compare:
 - bits per byte = total NLL / ln 2 / UTF-8 bytes of the text the scored tokens cover;
 - word perplexity = exp(total NLL / whitespace-separated words in that text).
 
-Evaluation streams window by window: only the scalars of each window are kept, so memory does
-not grow with the corpus (beyond the token ids themselves).
+Uncertainty, as llama-perplexity prints it (`PPL = 23.53 +/- 0.58`): the standard error of the
+mean NLL over tokens, sqrt((E[nll²] − E[nll]²) / (n − 1)), carried to perplexity by the delta
+method (d exp(x) = exp(x) dx, so stderr(PPL) = PPL · stderr(mean NLL)). It treats tokens as
+independent, which neighbouring tokens are not, so it is a lower bound on the true spread; paired
+comparisons between methods (results/compare.py) use windows as the independent units instead,
+from the per-window NLL sums stored as `window_nll_sum` (series) with `window_tokens`.
+
+Evaluation streams window by window: only running sums and one number per window are kept, so
+memory does not grow with the corpus (beyond the token ids themselves).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from quantbench.corpora import Corpus
 from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
+from quantbench.evals.stats import mean_stderr
 from quantbench.models import ResolvedModel, load_tokenizer
 
 
@@ -60,23 +68,30 @@ class PerplexityParams(BaseModel):
 class PerplexityResult:
     perplexity: float
     nll_mean: float  # nats per predicted token
+    nll_mean_stderr: float  # standard error of nll_mean over tokens (see the module docstring)
     bits_per_byte: float
     word_perplexity: float
     tokens_scored: int
     windows: int
     seconds: float  # wall time of the whole evaluation, tokenization included
     forward_seconds: float  # time inside the model's forward passes
+    window_nll_sums: tuple[float, ...]  # per window, in window order: what paired comparisons need
+    window_tokens: tuple[int, ...]
 
-    def metrics(self) -> list[tuple[str, float, str]]:
-        """(name, value, unit) rows for the results store."""
+    def metrics(self) -> list[tuple]:
+        """(name, value, unit[, note, series]) rows for the results store."""
         return [
             ("perplexity", self.perplexity, ""),
+            ("perplexity_stderr", self.perplexity * self.nll_mean_stderr, ""),
             ("nll_mean", self.nll_mean, "nats/token"),
+            ("nll_mean_stderr", self.nll_mean_stderr, "nats/token"),
             ("bits_per_byte", self.bits_per_byte, "bits/byte"),
             ("word_perplexity", self.word_perplexity, ""),
             ("tokens_scored", self.tokens_scored, "tokens"),
             ("eval_seconds", self.seconds, "s"),
             ("eval_tokens_per_second", self.tokens_scored / self.seconds, "tokens/s"),
+            ("window_nll_sum", sum(self.window_nll_sums), "nats", "", self.window_nll_sums),
+            ("window_tokens", self.tokens_scored, "tokens", "", self.window_tokens),
         ]
 
 
@@ -144,11 +159,19 @@ def evaluate(
 
     forward = _TimedCalls(logits_fn)
     todo = window_count(len(ids), params.seq_len, params.stride or params.seq_len)
-    nll_sum, tokens, n_bytes, words, n_windows = 0.0, 0, 0, 0, 0
+    nll_sum, nll_sq_sum, tokens, n_bytes, words, n_windows = 0.0, 0.0, 0, 0, 0, 0
+    window_sums, window_tokens = [], []
     for scored in scored_windows(forward, ids, params):
         w = scored.window
-        nll_sum += F.cross_entropy(scored.logits, scored.targets, reduction="sum").item()
+        # nll_loss of log_softmax is what cross_entropy computes, so the sum is the one it returned
+        logp = F.log_softmax(scored.logits, dim=-1)
+        window_sum = F.nll_loss(logp, scored.targets, reduction="sum").item()
+        nll_sq_sum += logp.gather(1, scored.targets[:, None]).double().square().sum().item()
+        del logp
+        nll_sum += window_sum
         tokens += len(scored.targets)
+        window_sums.append(window_sum)
+        window_tokens.append(len(scored.targets))
         covered = text[offsets[w.first_target, 0] : offsets[w.end - 1, 1]]
         n_bytes += len(covered.encode())
         words += len(covered.split())
@@ -159,12 +182,15 @@ def evaluate(
     return PerplexityResult(
         perplexity=math.exp(nll_mean),
         nll_mean=nll_mean,
+        nll_mean_stderr=mean_stderr(nll_sum, nll_sq_sum, tokens),
         bits_per_byte=nll_sum / math.log(2) / max(n_bytes, 1),
         word_perplexity=math.exp(nll_sum / max(words, 1)),
         tokens_scored=tokens,
         windows=n_windows,
         seconds=time.perf_counter() - start,
         forward_seconds=forward.seconds,
+        window_nll_sums=tuple(window_sums),
+        window_tokens=tuple(window_tokens),
     )
 
 
@@ -210,8 +236,6 @@ def _check_length(n_tokens: int, corpus: Corpus, params: PerplexityParams) -> No
         )
 
 
-def run(
-    model: QuantizedModel, params: PerplexityParams, corpus: Corpus, source: ResolvedModel
-) -> list[tuple[str, float, str]]:
+def run(model: QuantizedModel, params: PerplexityParams, corpus: Corpus, source: ResolvedModel) -> list[tuple]:
     """The eval-registry entry point: perplexity of `model` on `corpus`."""
     return evaluate(model.logits, model.tokenizer, corpus, params).metrics()

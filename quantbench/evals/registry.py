@@ -5,7 +5,8 @@
 - `check_inputs(source, params, corpus)`: raise QuantbenchError for bad input, before any work.
 - `run(model, params, corpus, source) -> list[(metric, value, unit)]`: measure a QuantizedModel;
   `source` is the ResolvedModel it came from (to load the unquantized reference, for example).
-  A row may carry a fourth element, a note: why the metric has no value (NaN) on this model.
+  A row may carry a fourth element, a note: why the metric has no value (NaN) on this model, and a
+  fifth, a series: the per-window parts of the value (a sum), for paired comparisons.
 - optional `not_measurable(method, params) -> rows`: the rows this eval cannot measure for a method
   (a `Backend`; e.g. a checkpoint of one that is not serializable), each with NaN and its note.
   When it returns rows the runner stores them and does not call `run`.

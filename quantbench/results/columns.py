@@ -5,7 +5,8 @@ the same title and unit everywhere. The store keeps SI units (bytes, seconds); c
 MiB happens only here, for display.
 
 Metric names produced by evals that this catalogue relies on (agreed with their authors):
-- divergence: `kld_mean` (nats), `top1_agreement` (percent);
+- perplexity: `perplexity`, its standard error `perplexity_stderr`;
+- divergence: `kld_mean` (nats), `top1_agreement` (percent), each with `<metric>_stderr`;
 - tasks: `task:<task>:<measure>` and its standard error `task:<task>:<measure>_stderr`, a
   non-default lm-eval filter appended as `@<filter>`, e.g. `task:hellaswag:acc`,
   `task:hellaswag:acc_stderr`; `task:<task>:samples` counts the examples;
@@ -74,6 +75,9 @@ def column(metric: str) -> Column:
         if known.metric == metric:
             return known
         return Column(metric, f"{known.title} {metric.split('@', 1)[1]}", known.render, known.better)
+    base = COLUMNS.get(metric.removesuffix("_stderr"))
+    if base is not None and metric.endswith("_stderr"):
+        return Column(metric, f"{base.title} ±", base.render)
     if metric.startswith("task:"):
         measure = metric.split("@")[0].rsplit(":", 1)[-1]
         if measure.endswith("_stderr") or measure == "samples":
@@ -113,7 +117,11 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         }
     )
     for spec in headline(table):
-        shown[spec.title] = [spec.show(v) for v in table[spec.metric]]
+        cells = [spec.show(v) for v in table[spec.metric]]
+        if stderr_of(spec.metric) in table:
+            errors = [spec.show(v) for v in table[stderr_of(spec.metric)]]
+            cells = [f"{c} ± {e}" if c and e else c for c, e in zip(cells, errors, strict=True)]
+        shown[spec.title] = cells
     return shown.reset_index(drop=True)
 
 

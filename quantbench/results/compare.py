@@ -4,6 +4,17 @@ Two trials compare only when they measured the same model (fingerprint, not just
 and every eval they share ran on the same corpus content (hash) with the same protocol. Mixing
 them is refused with the field that differs; charts instead draw each comparability group on
 its own (`comparability_groups`).
+
+Paired tests (`paired_difference`): two trials that compare were scored on the same tokens, so
+their difference is judged on paired data, which cancels the variation of the text itself (a
+hard passage is hard for both) and detects far smaller differences than two independent
+standard errors would. The units are windows, not tokens: the store keeps each window's sum
+(of NLL, KL, agreeing tokens) and token count, and sums per window cannot give the per-token
+paired variance, while windows are also closer to independent than neighbouring tokens. The
+difference of the per-token means is D = Σ(a_w − b_w) / Σ n_w; its standard error is the
+ratio estimator's across windows, sqrt(W / (W − 1) · Σ (a_w − b_w − D n_w)²) / Σ n_w, and it is
+significant when |D| exceeds the two-sided 95% quantile of Student's t with W − 1 degrees of
+freedom times that error (the t, not the normal, because a short run has few windows).
 """
 
 from __future__ import annotations
@@ -12,9 +23,11 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from quantbench.errors import QuantbenchError
 from quantbench.results.columns import column, headline, stderr_of
@@ -27,6 +40,77 @@ RATIOS = {
     "decode_tokens_per_second": "speed-up ×",
     "prefill_seconds": "prefill speed-up ×",
 }
+
+
+# Headline metric -> (eval, series metric of per-window sums, scale of a per-token mean to the
+# unit shown, that unit). Perplexity is tested on the mean NLL, of which it is exp.
+PAIRED = {
+    "perplexity": ("perplexity", "window_nll_sum", 1.0, "mean NLL, nats"),
+    "kld_mean": ("divergence", "window_kld_sum", 1.0, "nats"),
+    "top1_agreement": ("divergence", "window_top1_agree", 100.0, "points"),
+}
+CONFIDENCE = 0.95
+
+
+class WindowSums(NamedTuple):
+    sums: np.ndarray  # per window: the sum of a per-token quantity
+    tokens: np.ndarray  # per window: tokens scored
+
+
+class PairedDifference(NamedTuple):
+    mean_diff: float  # per-token mean of a minus that of b
+    stderr: float
+    significant: bool
+
+
+def paired_difference(a: WindowSums, b: WindowSums) -> PairedDifference:
+    """Whether a's per-token mean differs from b's on the same windows (see the module docstring)."""
+    if len(a.tokens) != len(b.tokens) or not np.array_equal(a.tokens, b.tokens):
+        raise QuantbenchError(
+            f"paired comparison needs the same windows: {len(a.tokens)} vs {len(b.tokens)} windows "
+            f"of {int(np.sum(a.tokens))} vs {int(np.sum(b.tokens))} tokens"
+        )
+    windows, total = len(a.tokens), float(np.sum(a.tokens))
+    diff = np.asarray(a.sums, dtype=float) - np.asarray(b.sums, dtype=float)
+    mean = float(diff.sum()) / total
+    if windows < 2:
+        return PairedDifference(mean, math.nan, False)
+    residual = diff - mean * np.asarray(a.tokens, dtype=float)
+    stderr = math.sqrt(windows / (windows - 1) * float(np.sum(residual**2))) / total
+    critical = float(stats.t.ppf(0.5 + CONFIDENCE / 2, windows - 1))
+    return PairedDifference(mean, stderr, bool(abs(mean) > critical * stderr))
+
+
+def window_sums(frame: pd.DataFrame, key: str, eval_name: str, metric: str) -> WindowSums | None:
+    """The per-window sums a trial stored for `metric` of `eval_name`, or None (an older store, or
+    an eval that did not run)."""
+    if "series" not in frame:
+        return None
+    rows = frame[(frame["trial_key"] == key) & (frame["eval"] == eval_name)].set_index("metric")["series"]
+    sums, tokens = rows.get(metric), rows.get("window_tokens")
+    if sums is None or tokens is None or not len(sums):
+        return None
+    return WindowSums(np.asarray(sums, dtype=float), np.asarray(tokens, dtype=float))
+
+
+def paired_metric(frame: pd.DataFrame, a: str, b: str, metric: str) -> PairedDifference | None:
+    """Trial a minus trial b on a headline metric of PAIRED, in that metric's unit (mean NLL in
+    nats for perplexity), or None when either trial lacks the per-window sums."""
+    eval_name, series, scale, _ = PAIRED[metric]
+    sums_a, sums_b = window_sums(frame, a, eval_name, series), window_sums(frame, b, eval_name, series)
+    if sums_a is None or sums_b is None:
+        return None
+    diff = paired_difference(sums_a, sums_b)
+    return PairedDifference(diff.mean_diff * scale, diff.stderr * scale, diff.significant)
+
+
+def render_paired(diff: PairedDifference) -> str:
+    """ "within noise", or the difference with its standard error where it is beyond the noise."""
+    if math.isnan(diff.stderr):
+        return "untested (one window)"
+    if not diff.significant:
+        return "within noise"
+    return f"{diff.mean_diff:+.4g} ± {diff.stderr:.2g}"
 
 
 def resolve_keys(frame: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -113,6 +197,11 @@ class Comparison:
         return shown.set_index("trial").rename(columns=lambda name: column(name).title).T
 
 
+def paired_name(metric: str) -> str:
+    """The comparison row of a paired test against the reference, e.g. "ppl: paired Δ (mean NLL, nats)"."""
+    return f"{column(metric).title}: paired Δ ({PAIRED[metric][3]})"
+
+
 def _show(render: Callable[[Any], str], value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -161,6 +250,15 @@ def compare(frame: pd.DataFrame, keys: list[str], reference: str | None = None) 
             beyond = [None if math.isnan(s) else bool(abs(d) > s) for d, s in zip(values - base, sigma, strict=True)]
             out[f"{metric} Δ beyond stderr"] = beyond
             renderers[f"{metric} Δ beyond stderr"] = lambda v: "yes" if v else "no"
+        if metric in PAIRED:
+            paired = [None] + [paired_metric(frame, k, ref, metric) for k in order[1:]]
+            if any(p is not None for p in paired):
+                name = paired_name(metric)
+                out[name] = paired
+                renderers[name] = render_paired
+        if not metric.startswith("task:") and stderr_of(metric) in table:
+            out[stderr_of(metric)] = table[stderr_of(metric)].to_numpy(dtype=float)
+            renderers[stderr_of(metric)] = spec.render
         if root in RATIOS:
             name = RATIOS[root] + (f" @{variant}" if variant else "")
             out[name] = base / values if column(root).better == "lower" else values / base

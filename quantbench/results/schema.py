@@ -6,8 +6,9 @@ on its own still says where it came from. A failed trial is stored too: one row 
 "failed", the error text and no metric.
 
 Versions: 1, the first; 2 adds `note`, why a metric row has no value (e.g. `checkpoint_bytes` of
-a method whose model cannot be saved). Readers take files of every version (missing columns
-read as null).
+a method whose model cannot be saved); 3 adds `series`, the per-window parts of a metric whose
+value is their sum (e.g. `window_nll_sum`), so two trials can be compared window by window
+without their logits. Readers take files of every version (missing columns read as null).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = pa.schema(
     [
@@ -48,6 +49,7 @@ SCHEMA = pa.schema(
         ("value", pa.float64()),
         ("unit", pa.string()),
         ("note", pa.string()),  # why `value` is missing, when it is (version 2)
+        ("series", pa.list_(pa.float64())),  # per-window parts of `value`, in window order (version 3)
     ]
 )
 
@@ -65,6 +67,7 @@ class Metric:
     corpus: str = ""
     corpus_hash: str = ""
     note: str = ""  # why value is NaN, when it is
+    series: tuple[float, ...] = ()  # per-window parts of value, for the metrics that have them
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def trial_table(header: TrialHeader, metrics: list[Metric], error: str | None = 
     }
     if error:
         rows = [{**common, "eval": "", "protocol_json": "{}", "corpus": "", "corpus_hash": "", "metric": "",
-                 "value": None, "unit": "", "note": ""}]  # fmt: skip
+                 "value": None, "unit": "", "note": "", "series": None}]  # fmt: skip
     else:
         rows = [
             {
@@ -121,6 +124,7 @@ def trial_table(header: TrialHeader, metrics: list[Metric], error: str | None = 
                 "value": None if math.isnan(m.value) else float(m.value),  # null, not NaN: SQL averages skip it
                 "unit": m.unit,
                 "note": m.note,
+                "series": [float(v) for v in m.series] or None,
             }
             for m in metrics
         ]

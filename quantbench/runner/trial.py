@@ -181,10 +181,16 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         tags = {"protocol": ev.params.model_dump(mode="json")}
         if ev.corpus is not None:
             tags.update(corpus=ev.corpus.name, corpus_hash=ev.corpus.content_hash)
-        # A row is (name, value, unit) or (name, value, unit, note); see evals/registry.py.
-        metrics += [Metric(ev.name, name, value, unit, **tags, note="".join(note)) for name, value, unit, *note in rows]
+        metrics += [eval_metric(ev.name, row, tags) for row in rows]
         metrics += eval_peak_metrics(ev.name, eval_memory.peak, spec.device, **tags)
     return metrics, model.kernel
+
+
+def eval_metric(eval_name: str, row: tuple, tags: dict[str, Any]) -> Metric:
+    """A row of an eval, (name, value, unit[, note[, series]]) (see evals/registry.py), as a stored Metric."""
+    name, value, unit, *extra = row
+    note, series = (*extra, "", ())[:2]
+    return Metric(eval_name, name, value, unit, **tags, note=note, series=tuple(series))
 
 
 def eval_peak_metrics(eval_name: str, peak: MemoryPeak, device: str, **tags: Any) -> list[Metric]:

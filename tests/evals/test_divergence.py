@@ -45,7 +45,7 @@ def _quantized(source, noise: float = 0.0) -> TorchModel:
 
 
 def _run(model, corpus, source, params=PARAMS) -> dict[str, float]:
-    return {name: value for name, value, _ in divergence.run(model, params, corpus, source)}
+    return {name: value for name, value, *_ in divergence.run(model, params, corpus, source)}
 
 
 def _exact_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

@@ -99,3 +99,13 @@ def test_unwritable_store_is_one_line(tmp_path):
 def test_schema_matches_rows():
     table = trial_table(header(created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)), METRICS)
     assert table.schema == SCHEMA
+
+
+def test_a_version_2_file_without_series_reads_beside_one_with_series(tmp_path):
+    old = trial_table(header("old"), [Metric("perplexity", "window_nll_sum", 3.0)])
+    old = old.drop_columns(["series"]).set_column(0, "schema_version", pa.array([2], pa.int32()))
+    pq.write_table(old, tmp_path / "old.parquet")
+    new = trial_table(header("new"), [Metric("perplexity", "window_nll_sum", 3.0, series=(1.0, 2.0))])
+    write_trial(tmp_path, "new", new)
+    frame = read_results(tmp_path).frame.set_index("trial_key")
+    assert frame.loc["old", "series"] is None and list(frame.loc["new", "series"]) == [1.0, 2.0]

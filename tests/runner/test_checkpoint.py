@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from quantbench.results.schema import Metric, TrialHeader, trial_table
+from quantbench.results.schema import SCHEMA_VERSION, Metric, TrialHeader, trial_table
 from quantbench.results.store import read_results
 from quantbench.runner.trial import execute, plan_trial, prepare_trial
 from quantbench.spec import EvalSpec, MethodSpec, ModelRef
@@ -53,4 +53,4 @@ def test_version_1_files_without_a_note_column_still_read(tmp_path):
     pq.write_table(new, tmp_path / "new.parquet")
     frame = read_results(tmp_path).frame.set_index("trial_key")
     assert frame.loc["old", "value"] == 12.5 and pd_isna(frame.loc["old", "note"])
-    assert frame.loc["new", "note"] == "n" and frame.loc["new", "schema_version"] == 2
+    assert frame.loc["new", "note"] == "n" and frame.loc["new", "schema_version"] == SCHEMA_VERSION

@@ -13,7 +13,7 @@ import gradio as gr
 from quantbench.app.ui.common import error_box, guarded, read_trials, trial_choices
 from quantbench.errors import QuantbenchError
 from quantbench.results.columns import column
-from quantbench.results.compare import RATIOS, Comparison, compare
+from quantbench.results.compare import PAIRED, RATIOS, Comparison, compare, paired_name
 
 AUTO = ""  # the reference choice that lets compare() pick the model's baseline
 AUTO_CHOICE = ("automatic: the model's baseline trial", AUTO)
@@ -51,11 +51,21 @@ def comparison_html(comparison: Comparison) -> str:
     for name in names:
         better, render = direction(name), comparison.renderers[name]
         values = table[name].tolist()
+        # A paired test that finds no difference outranks how the numbers look: within noise stays plain.
+        paired = table[paired_name(name)].tolist() if name in PAIRED and paired_name(name) in table else None
         cells = []
         for i, value in enumerate(values):
             css = ""
+            within_noise = paired is not None and paired[i] is not None and not paired[i].significant
             # Colour only differences that show: equal-looking values stay plain.
-            if i > 0 and better and _has(value) and _has(values[0]) and not isinstance(value, bool):
+            if (
+                i > 0
+                and better
+                and not within_noise
+                and _has(value)
+                and _has(values[0])
+                and not isinstance(value, bool)
+            ):
                 neutral = _neutral(name, values[0])
                 gain = 0.0 if render(value) == render(neutral) else value - neutral
                 gain = -gain if better == "lower" else gain

@@ -1,0 +1,117 @@
+"""Standard errors and per-window sums of perplexity and divergence, checked against a direct
+computation from the per-token values of a tiny random Llama (built from a config in conftest)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quantbench import models
+from quantbench.corpora import load_corpus
+from quantbench.engines.torch_model import TorchModel
+from quantbench.evals import divergence, perplexity
+from quantbench.evals.divergence import DivergenceParams
+from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
+from quantbench.evals.stats import mean_stderr, proportion_stderr
+from quantbench.spec import ModelRef
+
+PARAMS = PerplexityParams(seq_len=64, max_tokens=400, batch_size=2)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def source(tiny_model_dir):
+    return models.resolve(ModelRef(str(tiny_model_dir)))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus("builtin")
+
+
+def _model(source, noise: float = 0.0) -> TorchModel:
+    module = models.load(source)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(noise * p.std() * torch.randn_like(p))
+    return TorchModel(module, models.load_tokenizer(source), "cpu", 0, 32.0, "test")
+
+
+def _rows(rows) -> dict[str, tuple]:
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_perplexity_stderr_and_window_sums_match_the_per_token_nll(source, corpus, tiny_tokenizer):
+    model = _model(source)
+    rows = _rows(perplexity.run(model, PARAMS, corpus, source))
+    ids, _ = tokenize(tiny_tokenizer, corpus, PARAMS.max_tokens)
+    per_window = [F.cross_entropy(s.logits, s.targets, reduction="none").double()
+                  for s in scored_windows(model.logits, ids, PARAMS)]  # fmt: skip
+    nll = torch.cat(per_window).numpy()
+    ppl = math.exp(nll.mean())
+    # the standard error of a mean, written the textbook way (sample std / sqrt n)
+    expected = ppl * nll.std(ddof=1) / math.sqrt(len(nll))
+    assert rows["perplexity"][0] == pytest.approx(ppl, rel=1e-5)
+    assert rows["perplexity_stderr"][0] == pytest.approx(expected, rel=1e-4)
+    assert rows["nll_mean_stderr"][0] == pytest.approx(nll.std(ddof=1) / math.sqrt(len(nll)), rel=1e-4)
+    value, unit, note, series = rows["window_nll_sum"]
+    assert series == pytest.approx([w.sum().item() for w in per_window], rel=1e-5)
+    assert value == pytest.approx(nll.sum(), rel=1e-5) and unit == "nats" and note == ""
+    assert rows["window_tokens"][3] == (63,) * 6 and rows["window_tokens"][0] == len(nll) == 6 * 63
+
+
+def test_the_stored_perplexity_is_exactly_the_cross_entropy_sum(source, corpus, tiny_tokenizer):
+    """The stderr pass must not move the headline number: the same sum as F.cross_entropy's."""
+    model = _model(source, noise=0.2)
+    result = perplexity.evaluate(model.logits, tiny_tokenizer, corpus, PARAMS)
+    ids, _ = tokenize(tiny_tokenizer, corpus, PARAMS.max_tokens)
+    total = sum(F.cross_entropy(s.logits, s.targets, reduction="sum").item()
+                for s in scored_windows(model.logits, ids, PARAMS))  # fmt: skip
+    assert result.perplexity == math.exp(total / result.tokens_scored)
+
+
+def test_kld_and_top1_stderr_match_the_per_token_values(source, corpus, tiny_tokenizer):
+    base, quant = _model(source), _model(source, noise=0.5)
+    params = DivergenceParams(**PARAMS.model_dump(), top_k=10_000)  # > vocabulary: the exact KL
+    rows = _rows(divergence.run(quant, params, corpus, source))
+    ids, _ = tokenize(tiny_tokenizer, corpus, params.max_tokens)
+    kl, agree = [], []
+    for p, q in zip(scored_windows(base.logits, ids, params), scored_windows(quant.logits, ids, params), strict=True):
+        logp, logq = p.logits.log_softmax(-1), q.logits.log_softmax(-1)
+        kl.append((logp.exp() * (logp - logq)).sum(-1).double().numpy())
+        agree.append((p.logits.argmax(-1) == q.logits.argmax(-1)).numpy())
+    every_kl, every_agree = np.concatenate(kl), np.concatenate(agree)
+    n, share = len(every_kl), every_agree.mean()
+    assert 0 < share < 1  # both outcomes occur, so the binomial error is not zero
+    assert rows["kld_mean_stderr"][0] == pytest.approx(every_kl.std(ddof=1) / math.sqrt(n), rel=1e-4)
+    assert rows["top1_agreement_stderr"][0] == pytest.approx(100 * math.sqrt(share * (1 - share) / (n - 1)), rel=1e-9)
+    assert rows["window_kld_sum"][3] == pytest.approx([w.sum() for w in kl], rel=1e-4, abs=1e-6)
+    assert rows["window_top1_agree"][3] == tuple(int(w.sum()) for w in agree)
+    assert rows["window_tokens"][3] == (63,) * 6
+
+
+def test_a_model_against_itself_has_zero_kld_stderr(source, corpus):
+    rows = _rows(divergence.run(_model(source), DivergenceParams(**PARAMS.model_dump()), corpus, source))
+    assert rows["kld_mean_stderr"][0] == pytest.approx(0, abs=1e-7)
+    assert rows["top1_agreement_stderr"][0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("total", "sq_total", "n", "expected"),
+    [(6.0, 14.0, 3, math.sqrt((14 / 3 - 4) / 2)), (5.0, 25.0, 1, math.nan), (2.0, 2.0 - 1e-15, 2, 0.0)],
+)
+def test_mean_stderr_edge_cases(total, sq_total, n, expected):
+    got = mean_stderr(total, sq_total, n)
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
+
+
+def test_proportion_stderr_of_all_or_nothing_is_zero():
+    assert proportion_stderr(10, 10) == proportion_stderr(0, 10) == 0.0
+    assert math.isnan(proportion_stderr(1, 1))
