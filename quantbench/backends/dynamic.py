@@ -63,7 +63,8 @@ class DynamicBackend(Backend):
     Params = DynamicParams
     devices = ("cpu",)  # the quantized engines are CPU kernels
     headline = ("engine",)
-    # save_pretrained cannot write the packed weights (transformers reads them as a dtype and fails).
+    # save_pretrained fails: the state_dict holds the packed weights in a tuple beside a torch.dtype,
+    # where transformers expects tensors.
     is_serializable = False
     note = "torch.ao.quantization is deprecated upstream (use torchao)"
 
