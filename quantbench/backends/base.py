@@ -84,6 +84,9 @@ class Backend:
     # Settings the planner prices when a plan does not give them, where people deploy the method
     # differently from the defaults `Params` picks for the embedded model.
     plan_defaults: ClassVar[dict[str, Any]] = {}
+    # What a user should know before picking the method that no other fact says (its library
+    # deprecated the API it calls), shown beside the facts by the CLI and the dashboard.
+    note: ClassVar[str] = ""
 
     def library_version(self) -> str | None:
         if self.library is None:

@@ -1,31 +1,38 @@
-"""Every quantization method, by name. Imported lazily, so listing methods never imports a library.
+"""Every quantization method, by name. Listing methods never imports a library: a built-in method is
+a module of this package, found by its file name, and imported only when `get_backend` asks for it.
 
-Your own adapter plugs in without editing this file: set
-`QUANTBENCH_BACKENDS="mine=my_package.module:MyBackend"` (several separated by `;`).
+A new built-in method is one file, `quantbench/backends/<name>.py`, defining one `Backend` subclass
+whose `name` is `<name>`; nothing here changes. Your own adapter plugs in without editing this package:
+set `QUANTBENCH_BACKENDS="mine=my_package.module:MyBackend"` (several separated by `;`).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from quantbench.backends.base import Backend, MethodParams
 from quantbench.errors import QuantbenchError
 from quantbench.spec import MethodSpec, validate_params
 
-BACKENDS: dict[str, str] = {
-    "baseline": "quantbench.backends.baseline:BaselineBackend",
-    "rtn": "quantbench.backends.rtn:RtnBackend",
-    "triton": "quantbench.backends.triton:TritonBackend",
-    "bnb": "quantbench.backends.bnb:BnbBackend",
-    "torchao": "quantbench.backends.torchao:TorchaoBackend",
-    "quanto": "quantbench.backends.quanto:QuantoBackend",
-    "hqq": "quantbench.backends.hqq:HqqBackend",
-    "gptq": "quantbench.backends.gptq:GptqBackend",
-    "awq": "quantbench.backends.awq:AwqBackend",
-}
+# The modules of this package that hold the contract, not a method. A helper module shared by
+# several methods goes here too.
+CONTRACT_MODULES = frozenset({"base", "layout", "registry"})
+
+
+def builtin_backends() -> dict[str, str]:
+    """Method name -> module, for every module of this package outside the contract: the baseline
+    first (the reference the others are read against), then by name."""
+    package = Path(__file__).parent
+    names = [m.name for m in pkgutil.iter_modules([str(package)]) if m.name not in CONTRACT_MODULES]
+    return {name: f"{__package__}.{name}" for name in sorted(names, key=lambda name: (name != "baseline", name))}
+
+
+BACKENDS: dict[str, str] = builtin_backends()
 
 
 def backend_names() -> dict[str, str]:
@@ -40,15 +47,31 @@ def backend_names() -> dict[str, str]:
 
 
 def get_backend(name: str) -> Backend:
+    """The adapter called `name`: a built-in module's `Backend` subclass of that name, or the class a
+    $QUANTBENCH_BACKENDS entry names."""
     names = backend_names()
     target = names.get(name)
     if target is None:
         raise QuantbenchError(f"unknown method {name!r}; valid methods: {', '.join(sorted(names))}")
     module_name, _, class_name = target.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), class_name)()
+        module = importlib.import_module(module_name)
+        return (getattr(module, class_name) if class_name else _backend_class(module, name))()
     except (ImportError, AttributeError) as exc:
         raise QuantbenchError(f"method {name!r}: cannot import {target} ({exc})") from None
+
+
+def _backend_class(module: Any, name: str) -> type[Backend]:
+    """The `Backend` subclass defined in `module` whose `name` is `name`."""
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, Backend)
+            and value.__module__ == module.__name__
+            and getattr(value, "name", None) == name
+        ):
+            return value
+    raise AttributeError(f"{module.__name__} defines no Backend subclass with name = {name!r}")
 
 
 def method_label(method: MethodSpec) -> str:
@@ -69,10 +92,10 @@ def method_label(method: MethodSpec) -> str:
 
 
 def method_facts(backend: Backend) -> str:
-    """The contract flags a user picks a method by, as the CLI and the dashboard list them."""
+    """The contract flags a user picks a method by, and its note, as the CLI and the dashboard list them."""
     calibration = "calibrates on text (calibration=...)" if backend.requires_calibration else "no calibration text"
     saves = "saves its quantized checkpoint" if backend.is_serializable else "cannot save its quantized model"
-    return f"{calibration}; {saves}"
+    return f"{calibration}; {saves}" + (f"; {backend.note}" if backend.note else "")
 
 
 def stored_params(name: str, params: Mapping[str, Any]) -> MethodParams:

@@ -95,8 +95,9 @@ class TorchModel:
     @property
     def decode_weight_bytes(self) -> int:
         embeddings = self.module.get_input_embeddings().weight
-        output = self.module.get_output_embeddings()
-        tied = output is not None and output.weight.data_ptr() == embeddings.data_ptr()
+        output = getattr(self.module.get_output_embeddings(), "weight", None)
+        # A quantized output layer may keep its weight packed, behind a method: then it shares nothing.
+        tied = isinstance(output, torch.Tensor) and output.data_ptr() == embeddings.data_ptr()
         return self.weight_bytes - (0 if tied else embeddings.numel() * embeddings.element_size())
 
     def save(self, directory: Path) -> None:
