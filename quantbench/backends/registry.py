@@ -25,6 +25,7 @@ BACKENDS: dict[str, str] = {
     "hqq": "quantbench.backends.hqq:HqqBackend",
     "gptq": "quantbench.backends.gptq:GptqBackend",
     "awq": "quantbench.backends.awq:AwqBackend",
+    "gguf": "quantbench.backends.gguf:GgufBackend",
 }
 
 
