@@ -152,7 +152,9 @@ def write_f32(source: Path, target: Path) -> None:
 def quantize_file(source: Path, target: Path, quant_type: str) -> None:
     """`llama_model_quantize` from `source` into `target` (written beside it, then renamed)."""
     import llama_cpp
+    from llama_cpp import _logger
 
+    _logger.set_verbose(False)  # one log line per tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
     params.nthread = torch.get_num_threads()

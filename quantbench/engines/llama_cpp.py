@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,18 +69,24 @@ class LlamaCppModel:
 
     def __init__(self, path: Path, tokenizer: object, label: str, threads: int) -> None:
         import llama_cpp
-        from llama_cpp import _internals
+        from llama_cpp import _internals, _logger
+
+        _logger.set_verbose(False)  # llama.cpp logs every graph it reserves otherwise
 
         self.path = path
         self.tokenizer = tokenizer
         self.threads = threads
         self.facts = GgufFacts.read(path)
         model_params = llama_cpp.llama_model_default_params()
-        model_params.use_mmap = False  # weights in the process's own memory, as the memory eval measures
+        # ggml's AMX matmul (an "extra buffer type") segfaults on the AMX Xeon this was built and
+        # tested on; without extra buffers the weights stay in plain CPU buffers (no AMX, no repacking).
+        model_params.use_extra_bufts = not has_amx()
         try:
             self._model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         except ValueError as exc:
             raise QuantbenchError(f"llama.cpp cannot load {path}: {exc}") from None
+        # llama.cpp's defaults otherwise, as llama-cli and llama-perplexity run: an f16 KV cache and
+        # flash attention where the CPU build has it (both round K and V to f16; logits move ~1e-3).
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self._model.n_ctx_train()
         params.n_batch = params.n_ubatch = BATCH
@@ -88,21 +95,16 @@ class LlamaCppModel:
         params.n_threads = params.n_threads_batch = threads
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = llama_cpp.llama_batch_init(BATCH, 0, MAX_SEQUENCES)
+        weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
         self.context_length = self._ctx.n_ctx()
         self.vocab_size = self._model.n_vocab()
         types = " ".join(f"{name}×{n}" for name, n in self.facts.types.most_common())
-        self.kernel = f"{label} (llama.cpp CPU, {threads} threads; tensors {types})"
+        buffers = "" if model_params.use_extra_bufts else ", no AMX/repacking"
+        self.kernel = f"{label} (llama.cpp CPU, {threads} threads{buffers}, f16 KV cache; tensors {types})"
 
     @classmethod
     def open(cls, path: Path, tokenizer: object, kernel: str, threads: int | None = None) -> LlamaCppModel:
         return cls(path, tokenizer, kernel, threads or torch.get_num_threads())
-
-    def __del__(self) -> None:
-        import llama_cpp
-
-        batch, self._batch = getattr(self, "_batch", None), None
-        if batch is not None:
-            llama_cpp.llama_batch_free(batch)
 
     @property
     def weight_bytes(self) -> int:
@@ -127,9 +129,11 @@ class LlamaCppModel:
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code} (context {self.context_length} tokens)")
 
-    def _logits_row(self, i: int) -> np.ndarray:
-        pointer = self._llama().llama_get_logits_ith(self._ctx.ctx, i)
-        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (self.vocab_size,))
+    def _outputs(self, n: int) -> np.ndarray:
+        """The last decode's logits, (n, vocab) for the n tokens it asked for in batch order: a view of
+        llama.cpp's buffer, valid until the next decode."""
+        pointer = self._llama().llama_get_logits(self._ctx.ctx)
+        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (n, self.vocab_size))
 
     @staticmethod
     def _llama():
@@ -137,23 +141,25 @@ class LlamaCppModel:
 
         return llama_cpp
 
-    def _feed(self, rows: list[list[int]], all_logits: bool, start: int = 0) -> list[np.ndarray]:
-        """Decode each row as its own sequence from position `start`, BATCH tokens per call; return
-        each call's logits (one row per token asked for, copied)."""
-        entries = [(token, start + pos, seq, all_logits or pos == len(row) - 1)
+    def _feed(self, rows: list[list[int]], all_logits: bool) -> np.ndarray:
+        """Decode each row as its own sequence from position 0, BATCH tokens per call; return the
+        logits (tokens asked for, vocab), copied: every token's, or each row's last."""
+        entries = [(token, pos, seq, all_logits or pos == len(row) - 1)
                    for seq, row in enumerate(rows) for pos, token in enumerate(row)]  # fmt: skip
         out = []
         for begin in range(0, len(entries), BATCH):
             chunk = entries[begin : begin + BATCH]
             self._decode(chunk)
-            out += [self._logits_row(i).copy() for i, entry in enumerate(chunk) if entry[3]]
-        return out
+            wanted = sum(entry[3] for entry in chunk)
+            if wanted:
+                out.append(self._outputs(wanted))
+        return np.concatenate(out) if out else np.empty((0, self.vocab_size), np.float32)
 
     def logits(self, windows: torch.Tensor) -> torch.Tensor:
         out = []
         for row in windows.tolist():
             self._ctx.kv_cache_clear()
-            out.append(np.stack(self._feed([row], all_logits=True)))
+            out.append(self._feed([row], all_logits=True))
         return torch.from_numpy(np.stack(out))
 
     def prefill(self, ids: torch.Tensor) -> None:
@@ -172,13 +178,13 @@ class LlamaCppModel:
         scores = self._feed(ids.tolist(), all_logits=False)
         out = []
         for step in range(n_new):
-            tokens = [int(np.argmax(row)) for row in scores]
+            tokens = scores.argmax(axis=-1).tolist()
             on_token()
             out.append(tokens)
             if step + 1 < n_new:
                 position = ids.shape[1] + step
                 self._decode([(token, position, seq, True) for seq, token in enumerate(tokens)])
-                scores = [self._logits_row(i) for i in range(len(tokens))]
+                scores = self._outputs(len(tokens))
         return torch.tensor(out, dtype=torch.long).T.contiguous()
 
     def _check_rows(self, ids: torch.Tensor) -> None:
@@ -186,9 +192,17 @@ class LlamaCppModel:
             raise QuantbenchError(f"llama.cpp engine decodes at most {MAX_SEQUENCES} rows at once, got {len(ids)}")
 
     def save(self, directory: Path) -> None:
+        """The GGUF file itself: it holds the tokenizer too, and reloads with `open` as this model."""
         directory.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path, directory / self.path.name)
-        self.tokenizer.save_pretrained(directory)
 
     def reference(self, source: ResolvedModel) -> TorchModel:
         return reference_model(source, self.tokenizer, self.device)
+
+
+def has_amx() -> bool:
+    """Whether the CPU has AMX tiles (Linux: /proc/cpuinfo's flags)."""
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False

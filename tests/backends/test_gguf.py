@@ -80,19 +80,25 @@ def test_f32_conversion_keeps_every_tensor_and_key(tiny):
     assert unquantized_gguf(tiny).stat().st_mtime_ns == f32.stat().st_mtime_ns  # converted once
 
 
-@pytest.mark.parametrize("quant_type", ["Q8_0", "Q2_K"])
-def test_tiny_model_quantizes_and_is_measured(tiny, quant_type):
+def _quantized(tiny, quant_type: str):
     params = validate_params(GgufBackend.Params, {"quant_type": quant_type}, "gguf")
     model = BACKEND.quantize(tiny, params, "cpu")
-    base = TYPES[quant_type][0]
-    # Every 2-D tensor has 256-wide rows: all take the type asked for (Q2_K keeps a few wider ones).
-    assert model.facts.types[base] >= 8 and f"{base}×" in model.kernel
     reader = gguf.GGUFReader(model.path)
     assert model.weight_bytes == sum(int(t.n_bytes) for t in reader.tensors)
-    assert model.weight_bytes < model.path.stat().st_size < model.weight_bytes + 100_000
-    rows = _divergence(model, tiny)
-    # Measured on this model: Q8_0 ~1e-5 nats, Q2_K ~1e-2 (random weights, near-uniform outputs).
-    assert rows["kld_mean"] < (1e-4 if quant_type == "Q8_0" else 0.5) and rows["kld_mean"] > 0
+    assert model.weight_bytes < model.path.stat().st_size < model.weight_bytes + 100_000  # + header, padding
+    # Every 2-D tensor has 256-wide rows, so the type asked for is the one written (Q2_K's mix
+    # gives some tensors Q3_K/Q6_K); the kernel names what the file holds.
+    base = TYPES[quant_type][0]
+    assert model.facts.types[base] >= 8 and f"{base}×" in model.kernel
+    return model
+
+
+def test_tiny_model_quantizes_to_two_types_and_is_measured(tiny):
+    q8, q2 = (_divergence(_quantized(tiny, t), tiny) for t in ("Q8_0", "Q2_K"))
+    # Measured on this model (random weights, builtin corpus, 512 tokens): Q8_0 2.1e-4 nats and 95%
+    # top-1 agreement; Q2_K 0.145 nats and 20% (near-uniform outputs flip their top token easily).
+    assert 5e-5 < q8["kld_mean"] < 1e-3 and q8["top1_agreement"] > 85
+    assert 0.05 < q2["kld_mean"] < 0.5 and q2["top1_agreement"] < q8["top1_agreement"]
 
 
 def test_the_f32_file_through_llama_cpp_matches_the_torch_reference(tiny):
@@ -100,7 +106,8 @@ def test_the_f32_file_through_llama_cpp_matches_the_torch_reference(tiny):
 
     model = LlamaCppModel.open(unquantized_gguf(tiny), models.load_tokenizer(tiny), "llama.cpp F32")
     rows = _divergence(model, tiny)
-    assert rows["kld_mean"] < 1e-6 and rows["top1_agreement"] == 100.0
+    # Measured: -8e-7 (the tail estimate can dip below zero) and 100% agreement.
+    assert abs(rows["kld_mean"]) < 1e-5 and rows["top1_agreement"] == 100.0
 
 
 @pytest.mark.slow
