@@ -46,8 +46,9 @@ TYPES = {
     "Q3_K_S": ("Q3_K", 3),
     "Q2_K": ("Q2_K", 2),
 }
-# The type llama.cpp writes instead when a row width is not a multiple of the type's block.
-FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# The type llama.cpp writes instead when a row width is not a multiple of the type's block, as
+# observed with the llama.cpp of llama-cpp-python 0.3.36 on SmolLM2 (older ones wrote IQ4_NL for Q2_K/Q3_K).
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 class GgufParams(MethodParams):

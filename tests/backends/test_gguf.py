@@ -26,7 +26,7 @@ def test_an_unknown_type_is_refused_with_the_valid_ones():
 @pytest.mark.parametrize(("quant_type", "cols", "expected"), [
     ("Q4_K_M", 512, 2 * 144),  # two 256-weight super-blocks of 144 bytes per row
     ("Q4_K_M", 576, 18 * 22),  # 576 is no multiple of 256: Q5_0, 18 blocks of 32 in 22 bytes
-    ("Q2_K", 576, 18 * 18),  # IQ4_NL, 18 bytes per 32 weights
+    ("Q2_K", 576, 18 * 18),  # Q4_0, 18 bytes per 32 weights
     ("Q8_0", 576, 18 * 34),
 ])  # fmt: skip
 def test_layout_prices_the_type_llama_cpp_writes(quant_type, cols, expected):

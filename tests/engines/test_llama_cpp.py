@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from tiny_gguf import write_tiny_gguf
@@ -106,4 +105,6 @@ def test_embedded_model_tokenizer_matches_its_gguf_vocabulary():
     engine = LlamaCppModel.open(models.gguf_file(source), tokenizer, "llama.cpp Q4_1")
     text = Path(gguf.__file__).read_text()[:4000] + " Ünïcödé — 東京 🙂"
     assert engine._model.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text).input_ids
-    assert np.isclose(engine.bits_per_weight, 4.5, atol=0.6)
+    assert engine.facts.weights == sum(p.numel() for p in models.load(source).parameters())
+    # Q4_1 blocks (5 bits per weight with their scale and minimum), a Q8_0 embedding, F32 norms.
+    assert 5.7 < engine.bits_per_weight < 5.8 and engine.facts.types == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
