@@ -11,7 +11,7 @@ from quantbench import models
 from quantbench.backends.gguf import TYPES, GgufBackend, tensor_bytes, unquantized_gguf
 from quantbench.corpora import load_corpus
 from quantbench.errors import QuantbenchError
-from quantbench.evals import divergence, perplexity
+from quantbench.evals import divergence, latency, perplexity
 from quantbench.spec import ModelRef, validate_params
 
 BACKEND = GgufBackend()
@@ -127,7 +127,10 @@ def test_a_q4_k_m_trial_of_the_embedded_model(tmp_path, capsys):
     assert "Q5_0×" in frame["kernel"].iloc[0]
 
 
-def test_perplexity_check_inputs_work_for_a_gguf_source(tiny):
+def test_the_evals_check_a_gguf_source_before_quantizing(tiny):
     params = perplexity.PerplexityParams(seq_len=128, max_tokens=512)
     divergence.check_inputs(tiny, divergence.DivergenceParams(seq_len=128), load_corpus("builtin"))
     perplexity.check_inputs(tiny, params, load_corpus("builtin"))
+    latency.check_inputs(tiny, latency.LatencyParams(new_tokens=16), None)
+    with pytest.raises(QuantbenchError, match="does not fit the model's context of 512"):
+        latency.check_inputs(tiny, latency.LatencyParams(new_tokens=512), None)

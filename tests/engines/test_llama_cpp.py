@@ -108,3 +108,12 @@ def test_embedded_model_tokenizer_matches_its_gguf_vocabulary():
     assert engine.facts.weights == sum(p.numel() for p in models.load(source).parameters())
     # Q4_1 blocks (5 bits per weight with their scale and minimum), a Q8_0 embedding, F32 norms.
     assert 5.7 < engine.bits_per_weight < 5.8 and engine.facts.types == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
+
+
+def test_latency_eval_runs_through_llama_cpp(engine, tiny):
+    from quantbench.evals import latency
+
+    params = latency.LatencyParams(prompt_lengths=(32,), batch_sizes=(1, 3), new_tokens=4, repeats=1, min_seconds=0)
+    rows = {name: value for name, value, *_ in latency.run(engine, params, None, tiny[1])}
+    assert rows["prefill_seconds@len=32"] > 0
+    assert rows["decode_tokens_per_second@batch=3"] > 0 and rows["decode_tokens_per_second@batch=1"] > 0
