@@ -75,10 +75,14 @@ class GgufBackend(Backend):
         base = super().check(device)
         if base.ok or device != "cuda":
             return base
-        return Availability(False, "gguf runs on the CPU here: llama.cpp on CUDA needs llama-cpp-python built with "
-                            "CMAKE_ARGS=-DGGML_CUDA=on")  # fmt: skip
+        reason = (
+            "gguf runs llama.cpp's CPU build; on CUDA it needs llama-cpp-python built with CMAKE_ARGS=-DGGML_CUDA=on"
+        )
+        return Availability(False, reason)
 
     def layout(self, params: GgufParams, device: str) -> Layout:
+        # The planner keeps embeddings in the layout's dtype; llama.cpp quantizes them too (Q4_K_M:
+        # Q6_K or its fallback), so the plan overstates a GGUF model by about that table's savings.
         base, bits = TYPES[params.quant_type]
         return Layout(
             self.name, f"gguf {params.quant_type}", bits, "float32", lambda rows, cols: tensor_bytes(base, rows, cols)
@@ -92,7 +96,7 @@ class GgufBackend(Backend):
         source = unquantized_gguf(model)
         target = models.cache_dir() / "gguf" / f"{source.stem.removesuffix('-F32')}-{params.quant_type}.gguf"
         quantize_file(source, target, params.quant_type)
-        return LlamaCppModel.open(target, models.load_tokenizer(model), kernel=f"llama.cpp {params.quant_type}")
+        return LlamaCppModel.open(target, models.load_tokenizer(model), f"llama.cpp {params.quant_type}")
 
 
 def tensor_bytes(type_name: str, rows: int, cols: int) -> int:

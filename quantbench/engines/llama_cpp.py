@@ -73,6 +73,7 @@ class LlamaCppModel:
 
         _logger.set_verbose(False)  # llama.cpp logs every graph it reserves otherwise
 
+        self._lib = llama_cpp
         self.path = path
         self.tokenizer = tokenizer
         self.threads = threads
@@ -103,8 +104,10 @@ class LlamaCppModel:
         self.kernel = f"{label} (llama.cpp CPU, {threads} threads{buffers}, f16 KV cache; tensors {types})"
 
     @classmethod
-    def open(cls, path: Path, tokenizer: object, kernel: str, threads: int | None = None) -> LlamaCppModel:
-        return cls(path, tokenizer, kernel, threads or torch.get_num_threads())
+    def open(cls, path: Path, tokenizer: object, label: str, threads: int | None = None) -> LlamaCppModel:
+        """`path` on `threads` CPU threads (default: torch's, as the torch methods run); `label` opens
+        the kernel string."""
+        return cls(path, tokenizer, label, threads or torch.get_num_threads())
 
     @property
     def weight_bytes(self) -> int:
@@ -125,21 +128,15 @@ class LlamaCppModel:
         for i, (token, pos, seq, wants) in enumerate(tokens):
             batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wants
             batch.seq_id[i][0] = seq
-        code = self._llama().llama_decode(self._ctx.ctx, batch)
+        code = self._lib.llama_decode(self._ctx.ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code} (context {self.context_length} tokens)")
 
     def _outputs(self, n: int) -> np.ndarray:
         """The last decode's logits, (n, vocab) for the n tokens it asked for in batch order: a view of
         llama.cpp's buffer, valid until the next decode."""
-        pointer = self._llama().llama_get_logits(self._ctx.ctx)
+        pointer = self._lib.llama_get_logits(self._ctx.ctx)
         return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (n, self.vocab_size))
-
-    @staticmethod
-    def _llama():
-        import llama_cpp
-
-        return llama_cpp
 
     def _feed(self, rows: list[list[int]], all_logits: bool) -> np.ndarray:
         """Decode each row as its own sequence from position 0, BATCH tokens per call; return the

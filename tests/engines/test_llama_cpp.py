@@ -71,7 +71,7 @@ def test_generate_decodes_a_batch_greedily_as_full_forwards_would(engine):
     assert torch.equal(full[:, 19:-1].argmax(-1), out)
 
 
-def test_prefill_and_generate_refuse_what_the_context_cannot_hold(engine):
+def test_generate_refuses_rows_the_context_cannot_hold(engine):
     with pytest.raises(QuantbenchError, match=r"exceed llama\.cpp's context"):
         engine.generate(torch.zeros((4, 120), dtype=torch.long), 10, lambda: None)
 
