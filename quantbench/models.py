@@ -123,6 +123,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def gguf_file(resolved: ResolvedModel) -> Path | None:
+    """The GGUF file `resolved` was read from (its `path` is the dequantized directory), or None
+    for a transformers checkpoint."""
+    text = resolved.ref.ref.strip()
+    if resolved.source == "embedded":
+        return _embedded_gguf(text.removeprefix("embedded:"))
+    if resolved.source == "gguf":
+        return Path(text).expanduser()
+    return None
+
+
 def _embedded_gguf(name: str) -> Path:
     if name not in EMBEDDED:
         raise QuantbenchError(f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED)}")

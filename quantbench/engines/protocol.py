@@ -63,6 +63,8 @@ class QuantizedModel(Protocol):
         ...
 
     def reference(self, source: ResolvedModel) -> QuantizedModel:
-        """The unquantized model behind `source` run by this engine in fp32: the baseline that
-        divergence compares against (same engine, so only quantization differs)."""
+        """The unquantized model behind `source` in fp32: the baseline that divergence compares
+        against, run by this engine so only quantization differs, or by transformers where this
+        engine's own fp32 run agrees with it (llama.cpp: mean KL ~1e-6), so every method shares one
+        reference and its cached pass (the cache key does not name an engine)."""
         ...

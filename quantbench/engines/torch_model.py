@@ -104,8 +104,14 @@ class TorchModel:
         self.module.save_pretrained(directory)
 
     def reference(self, source: ResolvedModel) -> TorchModel:
-        module = models.load(source, dtype="float32", device=self.device)
-        return TorchModel.measured(module, self.tokenizer, self.device, "torch float32 matmul", weight_count(module))
+        return reference_model(source, self.tokenizer, self.device)
+
+
+def reference_model(source: ResolvedModel, tokenizer: object, device: str) -> TorchModel:
+    """The unquantized model behind `source` in fp32 through transformers: the reference divergence
+    compares every method with, whichever engine runs the method."""
+    module = models.load(source, dtype="float32", device=device)
+    return TorchModel.measured(module, tokenizer, device, "torch float32 matmul", weight_count(module))
 
 
 class _OnScores:

@@ -76,7 +76,7 @@ def frame():
             row("t4", "baseline", {}, "peak_rss_bytes", 1e9, eval="perplexity", protocol_json="{}"),  # no seq_len
             row("t5", "baseline", {}, "weight_bytes", 1e9, status="failed"),  # failed trials are skipped
             row("t6", "baseline", {}, "weight_bytes", 1e9, model="org/unknown"),
-            row("t7", "gguf", {}, "weight_bytes", 1e9),
+            row("t7", "exl2", {}, "weight_bytes", 1e9),
         ]
     )
 
@@ -89,7 +89,7 @@ def test_compare_errors_per_trial(frame):
     assert out.loc["t3", "error_pct"] == pytest.approx(100 * (1 / 0.9 - 1))
     assert math.isnan(out.loc["t4", "predicted"]) and "no workload" in out.loc["t4", "note"]
     assert "not found" in out.loc["t6", "note"]
-    assert "unknown method 'gguf'" in out.loc["t7", "note"]
+    assert "unknown method 'exl2'" in out.loc["t7", "note"]
 
 
 def test_cpu_rss_prediction_includes_the_measured_runtime(frame):

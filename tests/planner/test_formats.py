@@ -130,7 +130,7 @@ def test_which_methods_dequantize_a_whole_weight(method, fused):
 @pytest.mark.parametrize(
     ("method", "params", "message"),
     [
-        ("gguf", {}, "unknown method 'gguf'; valid methods: awq, baseline, bnb"),
+        ("exl2", {}, "unknown method 'exl2'; valid methods: awq, baseline, bnb"),
         ("baseline", {"bits": 4}, r"method baseline: bits: unknown parameter \(valid: compute_dtype\)"),
         ("bnb", {"group_size": 64}, r"group_size: unknown parameter \(valid: bits, quant_type, double_quant"),
         ("awq", {"bits": 3}, "method awq: bits: Input should be 4"),

@@ -1,0 +1,205 @@
+"""The llama.cpp engine: a GGUF file run by llama.cpp's own kernels behind the model protocol.
+
+Token ids come from the source model's Hugging Face tokenizer, so every method is scored on the
+same ids; the GGUF holds the same vocabulary (tests/engines/test_llama_cpp.py checks that both
+tokenize alike). The context is llama.cpp's: one KV cache of the model's training context,
+shared by up to `MAX_SEQUENCES` sequences, so `generate` decodes a batch in lock step as
+one llama_batch per step.
+
+The divergence reference is the torch fp32 model, the one every other method is compared with
+(one cached baseline pass, one reference for the whole table). llama.cpp's own F32 run of the
+same weights differs from it by a mean KL of about 1e-6 nats (measured in the tests).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantbench.engines.torch_model import TorchModel, reference_model
+from quantbench.errors import QuantbenchError
+from quantbench.models import ResolvedModel
+
+MAX_SEQUENCES = 64  # rows one generate may decode together (llama.cpp allows up to 256)
+BATCH = 512  # tokens per llama_decode call (llama.cpp's default n_batch)
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    """What the file holds: tensor bytes and weights, the type of each tensor, tied embeddings."""
+
+    weight_bytes: int
+    weights: int
+    embedding_bytes: int
+    tied: bool
+    types: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def read(cls, path: Path) -> GgufFacts:
+        import gguf
+
+        try:
+            tensors = gguf.GGUFReader(path).tensors
+        except (ValueError, OSError) as exc:
+            raise QuantbenchError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0][:200]}") from None
+        names = {t.name: t for t in tensors}
+        embedding = names.get("token_embd.weight")
+        return cls(
+            weight_bytes=sum(int(t.n_bytes) for t in tensors),
+            weights=sum(int(t.n_elements) for t in tensors),
+            embedding_bytes=int(embedding.n_bytes) if embedding is not None else 0,
+            tied="output.weight" not in names,
+            types=Counter(t.tensor_type.name for t in tensors),
+        )
+
+
+class LlamaCppModel:
+    """A GGUF file loaded by llama.cpp (CPU) for evaluation."""
+
+    device = "cpu"
+    logits_dtype = torch.float32  # llama.cpp's output layer writes fp32 logits
+
+    def __init__(self, path: Path, tokenizer: object, label: str, threads: int) -> None:
+        import llama_cpp
+        from llama_cpp import _internals, _logger
+
+        _logger.set_verbose(False)  # llama.cpp logs every graph it reserves otherwise
+
+        self._lib = llama_cpp
+        self.path = path
+        self.tokenizer = tokenizer
+        self.threads = threads
+        self.facts = GgufFacts.read(path)
+        model_params = llama_cpp.llama_model_default_params()
+        # ggml's AMX matmul (an "extra buffer type") segfaults on the AMX Xeon this was built and
+        # tested on; without extra buffers the weights stay in plain CPU buffers (no AMX, no repacking).
+        model_params.use_extra_bufts = not has_amx()
+        try:
+            self._model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+        except ValueError as exc:
+            raise QuantbenchError(f"llama.cpp cannot load {path}: {exc}") from None
+        # llama.cpp's defaults otherwise, as llama-cli and llama-perplexity run: an f16 KV cache and
+        # flash attention where the CPU build has it (both round K and V to f16; logits move ~1e-3).
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self._model.n_ctx_train()
+        params.n_batch = params.n_ubatch = BATCH
+        params.n_seq_max = MAX_SEQUENCES
+        params.kv_unified = True  # all sequences share the n_ctx cells, as one batch of prompts needs
+        params.n_threads = params.n_threads_batch = threads
+        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(BATCH, 0, MAX_SEQUENCES)
+        weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
+        self.context_length = self._ctx.n_ctx()
+        self.vocab_size = self._model.n_vocab()
+        types = " ".join(f"{name}×{n}" for name, n in self.facts.types.most_common())
+        buffers = "" if model_params.use_extra_bufts else ", no AMX/repacking"
+        self.kernel = f"{label} (llama.cpp CPU, {threads} threads{buffers}, f16 KV cache; tensors {types})"
+
+    @classmethod
+    def open(cls, path: Path, tokenizer: object, label: str, threads: int | None = None) -> LlamaCppModel:
+        """`path` on `threads` CPU threads (default: torch's, as the torch methods run); `label` opens
+        the kernel string."""
+        return cls(path, tokenizer, label, threads or torch.get_num_threads())
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.facts.weight_bytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.facts.weight_bytes / self.facts.weights
+
+    @property
+    def decode_weight_bytes(self) -> int:
+        return self.facts.weight_bytes - (0 if self.facts.tied else self.facts.embedding_bytes)
+
+    def _decode(self, tokens: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, wants logits) entries."""
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for i, (token, pos, seq, wants) in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wants
+            batch.seq_id[i][0] = seq
+        code = self._lib.llama_decode(self._ctx.ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code} (context {self.context_length} tokens)")
+
+    def _outputs(self, n: int) -> np.ndarray:
+        """The last decode's logits, (n, vocab) for the n tokens it asked for in batch order: a view of
+        llama.cpp's buffer, valid until the next decode."""
+        pointer = self._lib.llama_get_logits(self._ctx.ctx)
+        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (n, self.vocab_size))
+
+    def _feed(self, rows: list[list[int]], all_logits: bool) -> np.ndarray:
+        """Decode each row as its own sequence from position 0, BATCH tokens per call; return the
+        logits (tokens asked for, vocab), copied: every token's, or each row's last."""
+        entries = [(token, pos, seq, all_logits or pos == len(row) - 1)
+                   for seq, row in enumerate(rows) for pos, token in enumerate(row)]  # fmt: skip
+        out = []
+        for begin in range(0, len(entries), BATCH):
+            chunk = entries[begin : begin + BATCH]
+            self._decode(chunk)
+            wanted = sum(entry[3] for entry in chunk)
+            if wanted:
+                out.append(self._outputs(wanted))
+        return np.concatenate(out) if out else np.empty((0, self.vocab_size), np.float32)
+
+    def logits(self, windows: torch.Tensor) -> torch.Tensor:
+        out = []
+        for row in windows.tolist():
+            self._ctx.kv_cache_clear()
+            out.append(self._feed([row], all_logits=True))
+        return torch.from_numpy(np.stack(out))
+
+    def prefill(self, ids: torch.Tensor) -> None:
+        self._check_rows(ids)
+        self._ctx.kv_cache_clear()
+        self._feed(ids.tolist(), all_logits=False)
+
+    def generate(self, ids: torch.Tensor, n_new: int, on_token: Callable[[], None]) -> torch.Tensor:
+        self._check_rows(ids)
+        if ids.numel() + len(ids) * n_new > self.context_length:
+            raise QuantbenchError(
+                f"{len(ids)} rows of {ids.shape[1]} + {n_new} tokens exceed llama.cpp's context of "
+                f"{self.context_length} cells"
+            )
+        self._ctx.kv_cache_clear()
+        scores = self._feed(ids.tolist(), all_logits=False)
+        out = []
+        for step in range(n_new):
+            tokens = scores.argmax(axis=-1).tolist()
+            on_token()
+            out.append(tokens)
+            if step + 1 < n_new:
+                position = ids.shape[1] + step
+                self._decode([(token, position, seq, True) for seq, token in enumerate(tokens)])
+                scores = self._outputs(len(tokens))
+        return torch.tensor(out, dtype=torch.long).T.contiguous()
+
+    def _check_rows(self, ids: torch.Tensor) -> None:
+        if len(ids) > MAX_SEQUENCES:
+            raise QuantbenchError(f"llama.cpp engine decodes at most {MAX_SEQUENCES} rows at once, got {len(ids)}")
+
+    def save(self, directory: Path) -> None:
+        """The GGUF file itself: it holds the tokenizer too, and reloads with `open` as this model."""
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path, directory / self.path.name)
+
+    def reference(self, source: ResolvedModel) -> TorchModel:
+        return reference_model(source, self.tokenizer, self.device)
+
+
+def has_amx() -> bool:
+    """Whether the CPU has AMX tiles (Linux: /proc/cpuinfo's flags)."""
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False

@@ -1,0 +1,149 @@
+"""The gguf method: F32 conversion, llama.cpp's k-quants, measured by the evals on the same tokens."""
+
+import math
+
+import gguf
+import pytest
+from support import WIKITEXT_TEST
+from tiny_gguf import write_tiny_gguf
+
+from quantbench import models
+from quantbench.backends.gguf import TYPES, GgufBackend, tensor_bytes, unquantized_gguf
+from quantbench.corpora import load_corpus
+from quantbench.errors import QuantbenchError
+from quantbench.evals import divergence, latency, perplexity
+from quantbench.spec import ModelRef, validate_params
+
+BACKEND = GgufBackend()
+
+
+def test_an_unknown_type_is_refused_with_the_valid_ones():
+    with pytest.raises(QuantbenchError, match="Q4_K_M") as error:
+        validate_params(GgufBackend.Params, {"quant_type": "Q4_K_X"}, "method 'gguf'")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("quant_type", "cols", "expected"), [
+    ("Q4_K_M", 512, 2 * 144),  # two 256-weight super-blocks of 144 bytes per row
+    ("Q4_K_M", 576, 18 * 22),  # 576 is no multiple of 256: Q5_0, 18 blocks of 32 in 22 bytes
+    ("Q2_K", 576, 18 * 18),  # Q4_0, 18 bytes per 32 weights
+    ("Q8_0", 576, 18 * 34),
+])  # fmt: skip
+def test_layout_prices_the_type_llama_cpp_writes(quant_type, cols, expected):
+    layout = BACKEND.layout(validate_params(GgufBackend.Params, {"quant_type": quant_type}, "gguf"), "cpu")
+    assert layout.linear_bytes(3, cols) == 3 * expected
+    assert layout.bits == TYPES[quant_type][1]
+
+
+def test_every_type_has_a_llama_cpp_file_type_and_a_block_size():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for name, (base, _) in TYPES.items():
+        assert hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+        assert gguf.GGMLQuantizationType[base] in gguf.GGML_QUANT_SIZES
+    assert tensor_bytes("Q6_K", 1, 256) == 210
+
+
+def test_cuda_is_refused_with_the_reason():
+    reason = BACKEND.check("cuda").reason
+    assert not BACKEND.check("cuda").ok and ("CUDA" in reason or "cuda" in reason)
+
+
+def test_a_transformers_directory_is_refused_in_one_line(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path))
+    with pytest.raises(QuantbenchError, match="needs a GGUF source"):
+        unquantized_gguf(models.resolve(ModelRef(str(tiny_model_dir))))
+    assert not any(tmp_path.rglob("*.gguf"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizer):
+    """A tiny random Llama GGUF, resolved, in a private cache (set for the module's tests)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'quantbench[gguf]')")
+    root = tmp_path_factory.mktemp("gguf-backend")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUANTBENCH_CACHE", str(root / "cache"))
+        path = write_tiny_gguf(root / "tiny.gguf", tiny_tokenizer)
+        yield models.resolve(ModelRef(str(path)))
+
+
+def _divergence(model, source) -> dict[str, float]:
+    params = divergence.DivergenceParams(seq_len=128, max_tokens=512)
+    return dict((name, value) for name, value, _ in divergence.run(model, params, load_corpus("builtin"), source))
+
+
+def test_f32_conversion_keeps_every_tensor_and_key(tiny):
+    f32 = unquantized_gguf(tiny)
+    before, after = gguf.GGUFReader(models.gguf_file(tiny)), gguf.GGUFReader(f32)
+    assert [t.name for t in after.tensors] == [t.name for t in before.tensors]
+    assert {t.tensor_type.name for t in after.tensors} == {"F32"}
+    assert set(after.fields) == set(before.fields)
+    assert unquantized_gguf(tiny).stat().st_mtime_ns == f32.stat().st_mtime_ns  # converted once
+
+
+def _quantized(tiny, quant_type: str):
+    params = validate_params(GgufBackend.Params, {"quant_type": quant_type}, "gguf")
+    model = BACKEND.quantize(tiny, params, "cpu")
+    reader = gguf.GGUFReader(model.path)
+    assert model.weight_bytes == sum(int(t.n_bytes) for t in reader.tensors)
+    assert model.weight_bytes < model.path.stat().st_size < model.weight_bytes + 100_000  # + header, padding
+    # Every 2-D tensor has 256-wide rows, so the type asked for is the one written (Q2_K's mix
+    # gives some tensors Q3_K/Q6_K); the kernel names what the file holds.
+    base = TYPES[quant_type][0]
+    assert model.facts.types[base] >= 8 and f"{base}×" in model.kernel
+    return model
+
+
+def test_tiny_model_quantizes_to_two_types_and_is_measured(tiny):
+    q8, q2 = (_divergence(_quantized(tiny, t), tiny) for t in ("Q8_0", "Q2_K"))
+    # Measured on this model (random weights, builtin corpus, 512 tokens): Q8_0 2.1e-4 nats and 95%
+    # top-1 agreement; Q2_K 0.145 nats and 20% (near-uniform outputs flip their top token easily).
+    assert 5e-5 < q8["kld_mean"] < 1e-3 and q8["top1_agreement"] > 85
+    assert 0.05 < q2["kld_mean"] < 0.5 and q2["top1_agreement"] < q8["top1_agreement"]
+
+
+def test_the_f32_file_through_llama_cpp_matches_the_torch_reference(tiny):
+    from quantbench.engines.llama_cpp import LlamaCppModel
+
+    model = LlamaCppModel.open(unquantized_gguf(tiny), models.load_tokenizer(tiny), "llama.cpp F32")
+    rows = _divergence(model, tiny)
+    # Measured: -8e-7 (the tail estimate can dip below zero) and 100% agreement.
+    assert abs(rows["kld_mean"]) < 1e-5 and rows["top1_agreement"] == 100.0
+
+
+@pytest.mark.slow
+def test_a_q4_k_m_trial_of_the_embedded_model(tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    from quantbench.app.cli import main
+    from quantbench.results.store import read_results
+
+    args = ["run", "--model", "embedded:smollm2-135m", "--corpus", str(WIKITEXT_TEST), "--seq-len", "128"]
+    args += ["--max-tokens", "256", "--store", str(tmp_path), "--method", "gguf:quant_type=Q4_K_M"]
+    assert main([*args, "--eval", "perplexity,divergence"]) == 0
+    frame = read_results(tmp_path).frame
+    values = dict(zip(frame["metric"], frame["value"], strict=True))
+    assert math.isfinite(values["perplexity"]) and 5 < values["perplexity"] < 80
+    # Q4_K_M of SmolLM2 (mostly Q5_0 after fallback): KLD ~0.05 nats on WikiText-2 windows of 512.
+    assert 0.005 < values["kld_mean"] < 0.3
+    assert "Q5_0×" in frame["kernel"].iloc[0]
+
+
+def test_the_evals_check_a_gguf_source_before_quantizing(tiny):
+    params = perplexity.PerplexityParams(seq_len=128, max_tokens=512)
+    divergence.check_inputs(tiny, divergence.DivergenceParams(seq_len=128), load_corpus("builtin"))
+    perplexity.check_inputs(tiny, params, load_corpus("builtin"))
+    latency.check_inputs(tiny, latency.LatencyParams(new_tokens=16), None)
+    with pytest.raises(QuantbenchError, match="does not fit the model's context of 512"):
+        latency.check_inputs(tiny, latency.LatencyParams(new_tokens=512), None)
+
+
+@pytest.mark.slow
+def test_the_embedded_models_f32_gguf_through_llama_cpp_matches_transformers_fp32():
+    pytest.importorskip("llama_cpp")
+    from quantbench.engines.llama_cpp import LlamaCppModel
+
+    source = models.resolve(ModelRef("embedded:smollm2-135m"))
+    model = LlamaCppModel.open(unquantized_gguf(source), models.load_tokenizer(source), "llama.cpp F32")
+    params = divergence.DivergenceParams(seq_len=128, max_tokens=512)
+    rows = {name: value for name, value, _ in divergence.run(model, params, load_corpus(str(WIKITEXT_TEST)), source)}
+    # Measured: |mean KL| < 5e-6 nats (2048 tokens in 512-token windows: 99.9% top-1 agreement).
+    assert abs(rows["kld_mean"]) <= 1e-4 and rows["top1_agreement"] > 99
