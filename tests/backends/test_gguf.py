@@ -68,7 +68,7 @@ def tiny(tmp_path_factory, tiny_tokenizer):
 
 def _divergence(model, source) -> dict[str, float]:
     params = divergence.DivergenceParams(seq_len=128, max_tokens=512)
-    return dict((name, value) for name, value, _ in divergence.run(model, params, load_corpus("builtin"), source))
+    return dict((name, value) for name, value, *_ in divergence.run(model, params, load_corpus("builtin"), source))
 
 
 def test_f32_conversion_keeps_every_tensor_and_key(tiny):
@@ -144,6 +144,6 @@ def test_the_embedded_models_f32_gguf_through_llama_cpp_matches_transformers_fp3
     source = models.resolve(ModelRef("embedded:smollm2-135m"))
     model = LlamaCppModel.open(unquantized_gguf(source), models.load_tokenizer(source), "llama.cpp F32")
     params = divergence.DivergenceParams(seq_len=128, max_tokens=512)
-    rows = {name: value for name, value, _ in divergence.run(model, params, load_corpus(str(WIKITEXT_TEST)), source)}
+    rows = {name: value for name, value, *_ in divergence.run(model, params, load_corpus(str(WIKITEXT_TEST)), source)}
     # Measured: |mean KL| < 5e-6 nats (2048 tokens in 512-token windows: 99.9% top-1 agreement).
     assert abs(rows["kld_mean"]) <= 1e-4 and rows["top1_agreement"] > 99
