@@ -53,8 +53,10 @@ def write_trial(store: Path, trial_key: str, table: pa.Table) -> Path:
     check_writable(store)
     final = store / f"{trial_key}.parquet"
     try:
-        with atomic_path(final, durable=True) as tmp:
-            pq.write_table(table, tmp)
+        # Through a Python file, so a failed write raises the OS's own error (errno and its text)
+        # rather than Arrow's wrapping of it.
+        with atomic_path(final, durable=True) as tmp, tmp.open("wb") as f:
+            pq.write_table(table, f)
     except OSError as exc:
         raise QuantbenchError(f"cannot write results to {store}: {exc.strerror or exc}") from None
     return final
