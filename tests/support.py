@@ -111,3 +111,17 @@ def serving_ui(args: list[str], env: dict[str, str], start_timeout_s: float) -> 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def noisy_model(source, noise: float = 0.0):
+    """The tiny model of `source` behind the protocol, every weight moved by `noise` standard
+    deviations of seeded Gaussian noise (0: the model itself), as a stand-in quantized model."""
+    from quantbench import models
+    from quantbench.engines.torch_model import TorchModel
+
+    module = models.load(source)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(noise * p.std() * torch.randn_like(p))
+    return TorchModel(module, models.load_tokenizer(source), "cpu", 0, 32.0, "test")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 from support import WIKITEXT_TEST
+from support import noisy_model as _quantized
 
 from quantbench import models
 from quantbench.corpora import Corpus, load_corpus
-from quantbench.engines.torch_model import TorchModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import divergence
 from quantbench.evals.divergence import DivergenceParams
@@ -23,25 +23,6 @@ def private_cache(request, tmp_path, monkeypatch):
     """Baseline caches go to a fresh dir; the real model keeps the shared cache (its dequantized GGUF)."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def source(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus("builtin")
-
-
-def _quantized(source, noise: float = 0.0) -> TorchModel:
-    module = models.load(source)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(noise * p.std() * torch.randn_like(p))
-    return TorchModel(module, models.load_tokenizer(source), "cpu", 0, 32.0, "test")
 
 
 def _run(model, corpus, source, params=PARAMS) -> dict[str, float]:

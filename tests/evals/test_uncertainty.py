@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import noisy_model as _model
 
-from quantbench import models
-from quantbench.corpora import load_corpus
-from quantbench.engines.torch_model import TorchModel
 from quantbench.evals import divergence, perplexity
 from quantbench.evals.divergence import DivergenceParams
 from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
 from quantbench.evals.stats import mean_stderr, proportion_stderr
-from quantbench.spec import ModelRef
 
 PARAMS = PerplexityParams(seq_len=64, max_tokens=400, batch_size=2)
 
@@ -23,25 +20,6 @@ PARAMS = PerplexityParams(seq_len=64, max_tokens=400, batch_size=2)
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def source(tiny_model_dir):
-    return models.resolve(ModelRef(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus("builtin")
-
-
-def _model(source, noise: float = 0.0) -> TorchModel:
-    module = models.load(source)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(noise * p.std() * torch.randn_like(p))
-    return TorchModel(module, models.load_tokenizer(source), "cpu", 0, 32.0, "test")
 
 
 def _rows(rows) -> dict[str, tuple]:
