@@ -12,7 +12,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantbench.app import plan_cli, results_cli
+from quantbench.app import plan_cli, recommend_cli, results_cli
 from quantbench.app.inputs import (
     DEFAULT_EVALS,
     default_help,
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list quantization methods and whether they run here")
     results_cli.add_parsers(sub)
     plan_cli.add_parser(sub)
+    recommend_cli.add_parser(sub)
 
     ui = sub.add_parser("ui", help="the browser dashboard (Gradio), on 127.0.0.1 unless --public")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this machine)")
@@ -317,6 +318,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods, "ui": cmd_ui}
 COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export, "plan": plan_cli.run}
+COMMANDS |= {"recommend": recommend_cli.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ anything else goes to pydantic as typed. A value left empty keeps the Params def
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +37,19 @@ def int_list(text: str) -> list[int]:
         return [int(part) for part in comma_list(text)]
     except ValueError:
         raise QuantbenchError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def optional_number(text: str | float | None, what: str) -> float | None:
+    """A number typed as text ("0.05", " 1e-2 "); None when left empty."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise QuantbenchError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise QuantbenchError(f"{what} must be a finite number, got {text!r}")
+    return value
 
 
 def unwrap_optional(annotation: object) -> object:

@@ -9,12 +9,10 @@ rtn/triton 4-bit 837.8 (the same packed format), rtn 8-bit 888.4, baseline float
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pytest
 import yaml
-from rows import PROTOCOL, fill
+from recommend_trials import DIVERGENCE, PROTOCOL, fill, store_trials, trial
 
 from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
@@ -22,47 +20,14 @@ from quantbench.planner.calibrate import compare as calibration
 from quantbench.planner.gpus import GIB
 from quantbench.planner.presets import preset
 from quantbench.results.recommend import Bounds, Request, recommend, sweep_yaml
-from quantbench.results.schema import Metric, TrialHeader, trial_table
+from quantbench.results.schema import Metric
 from quantbench.results.store import read_results
 from quantbench.runner.sweep import load_sweep
 
 ARCH = preset("smollm2-135m")
 MIB = 2**20
-T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
-DIVERGENCE = {"corpus": "builtin", "seq_len": 32, "max_tokens": 128}
-
-
-def measured(eval_name: str, metric: str, value: float, series=()) -> Metric:
-    protocol = PROTOCOL if eval_name == "perplexity" else DIVERGENCE
-    return Metric(eval_name, metric, value, "", protocol, "builtin", "hash-builtin", series=tuple(series))
-
-
-def trial(key, method, params, day=0, ppl=None, kld=None, top1=None, error=None, extra=(), series=None):
-    """One trial: perplexity (± 1% of it), divergence (KLD ± 2%, top-1 ± 0.5 points) as given."""
-    label = method + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
-    header = TrialHeader(
-        trial_key=key, model_ref="tiny", model_fingerprint="fp-tiny", method=method, method_label=label,
-        params=params, device="cpu", hardware="cpu: test", hardware_fingerprint="hw", versions={}, git_sha="abc",
-        created_at=T0 + dt.timedelta(days=day),
-    )  # fmt: skip
-    rows = [Metric("quantize", "weight_bytes", 1e6, "bytes")]
-    if ppl is not None:
-        rows += [measured("perplexity", "perplexity", ppl), measured("perplexity", "perplexity_stderr", ppl / 100)]
-    if kld is not None:
-        rows += [measured("divergence", "kld_mean", kld), measured("divergence", "kld_mean_stderr", kld / 50)]
-        rows += [measured("divergence", "top1_agreement", top1), measured("divergence", "top1_agreement_stderr", 0.5)]
-    rows += [measured(eval_name, metric, float(sum(values)), values) for eval_name, metric, values in series or ()]
-    rows += list(extra)
-    return trial_table(header, rows, error=error)
-
-
-BASE = trial("base", "baseline", {"dtype": "float32"}, ppl=10.0, kld=0.0, top1=100.0)
-RTN8 = trial("rtn8", "rtn", {"bits": 8, "group_size": 64}, day=1, ppl=10.05, kld=0.01, top1=98.0)
-RTN4 = trial("rtn4", "rtn", {"bits": 4, "group_size": 64}, day=2, ppl=10.9, kld=0.09, top1=89.0)
-TRITON4 = trial("tri4", "triton", {"bits": 4, "group_size": 64}, day=3, ppl=10.8, kld=0.08, top1=90.0)
-HQQ4 = trial("hqq4", "hqq", {"nbits": 4, "group_size": 64}, day=4, ppl=11.5, kld=0.15, top1=85.0)
-BROKE = trial("bnb4", "bnb", {"bits": 4}, day=5, error="RuntimeError: out of memory\ntraceback")
-STORE = (BASE, RTN8, RTN4, TRITON4, HQQ4, BROKE)
+STORE = store_trials()
+BASE, RTN8, RTN4, TRITON4, HQQ4, BROKE = STORE
 MEASURED = ("baseline:dtype=float32", "rtn:bits=8,group_size=64", "rtn:bits=4,group_size=64")
 
 
