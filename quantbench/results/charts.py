@@ -175,3 +175,21 @@ CHARTS = {
     "prefill": prefill_bars,
     "memory": memory_bars,
 }
+
+
+def add_budget(
+    figure: go.Figure, memory_mib: float, memory_label: str, bound: float | None = None, bound_label: str = ""
+) -> go.Figure:
+    """Draw a memory budget (a vertical line, x in MiB) and a quality bound (a horizontal line) on a
+    quality-vs-memory figure, as line traces spanning the points and the budget, so the legend names them."""
+    xs = [x for trace in figure.data for x in (trace.x or ()) if x is not None]
+    ys = [y for trace in figure.data for y in (trace.y or ()) if y is not None]
+    ys += [] if bound is None else [bound]
+    x_span, y_span = [min([*xs, memory_mib]), max([*xs, memory_mib])], [min(ys, default=0), max(ys, default=1)]
+    style = {"dash": "dash", "color": "#c62828", "width": 2}
+    figure.add_scatter(x=[memory_mib, memory_mib], y=y_span, mode="lines", name=memory_label, line=style,
+                       hoverinfo="name")  # fmt: skip
+    if bound is not None:
+        figure.add_scatter(x=x_span, y=[bound, bound], mode="lines", name=bound_label,
+                           line={**style, "dash": "dot"}, hoverinfo="name")  # fmt: skip
+    return figure

@@ -1,5 +1,6 @@
 """A recommendation as people read it: the same three tables for `quantbench recommend` and the
-dashboard's Recommend tab (ranked, excluded, unmeasured), and the one-line summary above them.
+dashboard's Recommend tab (ranked, excluded, unmeasured), the one-line summary above them, and the
+quality-vs-memory chart with the budget drawn on it.
 
 Memory is shown in GiB (2^30 bytes, as the GPU catalog counts cards); each bound as its value and, in
 brackets, its margin (room left; negative: how far it is broken).
@@ -10,8 +11,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import plotly.graph_objects as go
 
 from quantbench.planner.gpus import GIB
+from quantbench.results.charts import add_budget, quality_vs_size
+from quantbench.results.columns import MIB, column
 from quantbench.results.recommend import Candidate, Check, Recommendation
 
 RANKING = "smallest memory first among those meeting every bound; ties: better quality on the first bound, then name"
@@ -95,3 +99,42 @@ def unmeasured_table(rec: Recommendation) -> pd.DataFrame:
             "needs": [", ".join(c.missing) if c.missing else "a trial" for c in rec.unmeasured],
         }
     )
+
+
+# Bound field -> the metric drawn on the chart's y axis, in the order a chart picks the first given.
+CHART_METRICS = (("max_kld", "kld_mean"), ("min_top1", "top1_agreement"), ("max_ppl_increase_pct", "perplexity"))
+MEMORY_METRIC = "memory_at_context_bytes"
+
+
+def _bound_line(rec: Recommendation, frame: pd.DataFrame) -> tuple[str, float | None, str]:
+    """(y metric, its bound in that metric's unit or None, the bound's name) for the chart."""
+    bounds = rec.request.bounds
+    for field, metric in CHART_METRICS:
+        value = getattr(bounds, field)
+        if value is None:
+            continue
+        if metric == "perplexity":
+            base = frame[(frame["trial_key"] == rec.reference) & (frame["metric"] == "perplexity")]["value"]
+            return metric, float(base.iloc[0]) * (1 + value / 100), f"max ppl +{value:g}% of the baseline"
+        return metric, value, f"{'max' if field.startswith('max') else 'min'} {column(metric).title} {value:g}"
+    return "perplexity", None, ""
+
+
+def budget_chart(rec: Recommendation, frame: pd.DataFrame) -> go.Figure:
+    """Quality against the planner's memory at the request's workload for every measured setting (the
+    Pareto front starred), with the memory budget and the first quality bound drawn on it."""
+    measured = {c.trial_key: c.memory_bytes for c in (*rec.ranked, *rec.excluded, *rec.unmeasured)
+                if c.trial_key and not c.failed}  # fmt: skip
+    rows = frame[frame["trial_key"].isin(list(measured))]
+    planned = rows.drop_duplicates("trial_key").assign(
+        eval="planner", metric=MEMORY_METRIC, protocol_json="{}", corpus="", corpus_hash="", series=None, note=""
+    )
+    planned["value"] = planned["trial_key"].map(measured).astype(float)
+    metric, bound, bound_name = _bound_line(rec, frame)
+    figure = quality_vs_size(pd.concat([rows, planned], ignore_index=True), metric, MEMORY_METRIC)
+    work = rec.workload
+    figure.update_layout(
+        title=f"{column(metric).title} vs estimated memory at context {work.context} × batch {work.batch}",
+        xaxis_title=f"estimated peak memory, {work.device} (MiB)",
+    )
+    return add_budget(figure, rec.budget_bytes / MIB, f"memory budget: {rec.budget_name}", bound, bound_name)

@@ -81,6 +81,6 @@ def page(browser, ui_url: str, requested_urls: list[str]):
     page.locator("input[type=text]").first.fill(USER)
     page.locator("input[type=password]").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
-    page.locator("#run-start").wait_for(timeout=60_000)
+    page.locator("#rec-run").wait_for(timeout=60_000)  # the first tab's button: the app is up
     yield page
     context.close()

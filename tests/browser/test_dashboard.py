@@ -51,6 +51,7 @@ def test_login_is_required(browser, ui_url):
 
 
 def test_invalid_parameter_is_shown(page):
+    open_tab(page, "Run")  # Recommend is the first tab
     choose(page, "run-method", "rtn")
     page.locator("#param-rtn-group_size input").fill("48")
     page.locator("#run-add").click()
@@ -61,6 +62,7 @@ def test_invalid_parameter_is_shown(page):
 
 
 def test_missing_model_path_is_shown(page, artifacts):
+    open_tab(page, "Run")  # Recommend is the first tab
     page.locator("#run-model input, #run-model textarea").first.fill("./no-such-model")
     page.locator("#run-start").click()
     page.locator("#run-error").get_by_text("not found").wait_for()
@@ -72,6 +74,7 @@ def test_missing_model_path_is_shown(page, artifacts):
 def test_run_tab_eval_controls_show_their_params_defaults_and_descriptions(page, artifacts):
     """The chosen evals' forms come from their Params: each control starts at the field's default
     and its help is the field's description; ticking an eval shows its form."""
+    open_tab(page, "Run")
     latency = page.locator("#eval-latency-prompt_lengths")
     assert latency.is_hidden()  # only perplexity is chosen at first
     page.locator("#run-evals").get_by_text("latency:", exact=False).click()
@@ -88,6 +91,7 @@ def test_run_tab_eval_controls_show_their_params_defaults_and_descriptions(page,
 
 @pytest.mark.slow  # needs the trials of the embedded model run above
 def test_run_two_trials(page, artifacts):
+    open_tab(page, "Run")  # Recommend is the first tab
     page.locator("#run-model input, #run-model textarea").first.fill("embedded:smollm2-135m")
     choose(page, "run-method", "rtn")
     page.locator("#param-rtn-bits input").fill("8")

@@ -1,4 +1,4 @@
-"""The browser dashboard (`quantbench ui`): tabs Run, Results, Compare, Charts, Planner, Export.
+"""The browser dashboard (`quantbench ui`): tabs Recommend, Run, Results, Compare, Charts, Planner, Export.
 
 It listens on 127.0.0.1 unless told otherwise (`--public`), sends no analytics, makes no share
 link and loads nothing from the internet (system fonts, no CDN), so it works offline.
@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from quantbench.app.ui import charts_tab, compare_tab, export_tab, planner_tab, results_tab, run_tab
+from quantbench.app.ui import charts_tab, compare_tab, export_tab, planner_tab, recommend_tab, results_tab, run_tab
 from quantbench.app.ui.common import method_updates
 from quantbench.app.ui.run_session import RunSession
 from quantbench.errors import QuantbenchError
@@ -49,12 +49,15 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
     with gr.Blocks(title="quantbench", analytics_enabled=False) as app:
         gr.Markdown(
             "# quantbench\nWhich quantization method, at which bit width, keeps a language model good enough "
-            "while making it small and fast enough? Start trials in **Run**; read them in **Results**, "
-            "**Compare** and **Charts**; size a deployment in **Planner**; download tables in **Export**."
+            "while making it small and fast enough? **Recommend** answers it for your memory and quality bounds; "
+            "start trials in **Run**; read them in **Results**, **Compare** and **Charts**; size a deployment in "
+            "**Planner**; download tables in **Export**."
         )
         with gr.Tabs():
+            with gr.Tab("Recommend", id="recommend"):
+                recommend_parts = recommend_tab.build(store, session, export_dir)
             with gr.Tab("Run", id="run"):
-                loads.append(run_tab.build(session)["load"])
+                run_poll = run_tab.build(session)["load"]
             with gr.Tab("Results", id="results") as results:
                 shown = results_tab.build(store)
             with gr.Tab("Compare", id="compare") as compare:
@@ -66,6 +69,9 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
             with gr.Tab("Export", id="export") as exports:
                 export_parts = export_tab.build(store, export_dir)
         chart = charts_parts["load"]
+        loads += [run_poll, recommend_parts["models"]]
+        # Trials queued from Recommend run in the Run tab's session: start its progress polling.
+        recommend_parts["queued"].then(*run_poll, api_name=False)
         filters = [charts_parts["method"], export_parts["method"]]
         # Tabs over the store read it again when opened: a run may have finished meanwhile.
         results.select(shown["handler"], shown["inputs"], shown["outputs"], api_name=False)

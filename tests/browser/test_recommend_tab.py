@@ -1,0 +1,85 @@
+"""The Recommend tab in a real browser over a synthetic store of the smollm2-135m preset (so the
+planner prices it from its bundled architecture): it opens first, picks a GPU and a KLD bound, shows
+the ranked table and the chart with the budget lines (read through Plotly's own data in the page), and
+shows bad input as a red message."""
+
+from __future__ import annotations
+
+import pytest
+from recommend_trials import fill, store_trials
+
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def ui_store(tmp_path_factory):
+    """Overrides conftest's empty store: the app must start with trials to recommend from."""
+    return fill(tmp_path_factory.mktemp("recommend-store"), *store_trials(MODEL))
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def bound(page, field: str, text: str) -> None:
+    page.locator(f"#rec-{field} input, #rec-{field} textarea").first.fill(text)
+
+
+def test_recommend_is_the_first_tab(page):
+    assert page.get_by_role("tab").first.inner_text().strip() == "Recommend"
+    from playwright.sync_api import expect
+
+    expect(page.locator("#rec-model input")).to_have_value(MODEL)  # the store's model, filled on load
+
+
+def test_gpu_and_kld_bound_give_the_ranked_table_and_the_budget_chart(page, artifacts):
+    choose(page, "rec-gpu", "T4 (16 GiB)")
+    page.locator("#rec-context input").fill("512")
+    bound(page, "max_kld", "0.085")
+    page.locator("#rec-run").click()
+    page.locator("#rec-summary").get_by_text("on T4 (16 GiB), cuda").wait_for()
+    ranked = page.locator("#rec-ranked").inner_text()
+    assert "baseline:dtype=float32" in ranked and "hqq" not in ranked, ranked
+    excluded = page.locator("#rec-excluded").inner_text()
+    assert "max KLD 0.085: 0.15 (-0.065)" in excluded and "RuntimeError: out of memory" in excluded, excluded
+    page.locator("#rec-chart .js-plotly-plot").wait_for()
+    traces = page.evaluate(
+        "() => document.querySelector('#rec-chart .js-plotly-plot').data"
+        ".map(t => ({name: t.name, x: t.x, y: t.y, mode: t.mode}))"
+    )
+    names = [t["name"] for t in traces]
+    # One comparability group: the dominated dots, the Pareto front, then the budget's two lines.
+    assert len(traces) == 4, names
+    assert names[2:] == ["memory budget: T4 (16 GiB)", "max KLD 0.085"], names
+    assert traces[2]["x"] == [16 * 1024, 16 * 1024] and traces[3]["y"] == [0.085, 0.085]
+    assert sum(len(t["x"]) for t in traces[:2]) == 5  # every ok trial is a point
+    assert page.locator("#rec-error").is_hidden()
+    page.screenshot(path=str(artifacts / "recommend.png"), full_page=True)
+
+
+@pytest.mark.parametrize(
+    "field, text, message",
+    [
+        ("max_kld", "small", "Max mean KLD (nats) must be a number, got 'small'"),
+        ("min_top1", "120", "min_top1 is a percentage (0-100), got 120.0"),
+    ],
+)
+def test_a_bound_that_is_not_a_number_is_a_red_message(page, field, text, message):
+    bound(page, field, text)
+    page.locator("#rec-run").click()
+    page.locator("#rec-error").get_by_text(message).wait_for()
+    bound(page, field, "")
+
+
+def test_an_unknown_gpu_and_a_model_without_trials_are_red_messages(page):
+    bound(page, "max_kld", "0.085")
+    page.locator("#rec-gpu input").fill("RTX 9999")
+    page.locator("#rec-gpu input").press("Enter")
+    page.locator("#rec-run").click()
+    page.locator("#rec-error").get_by_text("unknown GPU 'RTX 9999'").wait_for()
+    choose(page, "rec-gpu", "T4 (16 GiB)")
+    page.locator("#rec-model input").fill("llama-3.1-8b")
+    page.locator("#rec-model input").press("Enter")
+    page.locator("#rec-run").click()
+    page.locator("#rec-error").get_by_text("no trials of 'llama-3.1-8b' in the store").wait_for()
