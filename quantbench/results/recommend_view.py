@@ -70,7 +70,9 @@ def ranked_table(rec: Recommendation) -> pd.DataFrame:
             "memory calibration": [c.calibration for c in rec.ranked],
         }
     )
-    return table.rename(columns={b: f"{b}: value (margin)" for b in bounds})
+    headers = {c.bound: "memory GiB (margin)" if c.unit == "bytes" else f"{c.bound}: value (margin)"
+               for c in _bound_checks(rec)}  # fmt: skip
+    return table.rename(columns=headers)
 
 
 def _why(candidate: Candidate) -> str:
