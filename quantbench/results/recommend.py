@@ -346,6 +346,55 @@ def _reference(frame: pd.DataFrame, table: pd.DataFrame, bounds: Bounds) -> str 
     return default_reference(frame, [baselines["trial_key"].iloc[-1]])
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every setting of one request is judged with."""
+
+    frame: pd.DataFrame
+    arch: Architecture
+    work: Workload
+    ratios: dict[str, dict[str, list[float]]]
+    budget: int
+    budget_name: str
+    ref: str | None
+    ref_row: pd.Series | None
+    bounds: Bounds
+
+
+def _stored_setting(method: str, params_json: str | None, trial_key: str) -> tuple[str, str]:
+    """A stored trial's setting; one whose parameters no longer validate stands alone (its trial key)."""
+    try:
+        return _setting_key(method, json.loads(params_json or "{}"))
+    except QuantbenchError:
+        return method, trial_key
+
+
+def _measured(trials: pd.DataFrame, ctx: _Context) -> tuple[str, Candidate]:
+    """Where one stored setting goes (ranked, excluded or unmeasured), judged on its newest comparable
+    ok trial that has every metric the bounds need (else its newest comparable ok trial)."""
+    newest = trials.iloc[0]
+    label, method, params = newest["method_label"], newest["method"], json.loads(newest["params_json"] or "{}")
+    memory, how = _memory(ctx.arch, method, params, label, ctx.work, ctx.ratios)
+    memory_check = Check(f"memory {ctx.budget_name}", memory, ctx.budget - memory, "bytes")
+    base = Candidate(label, method, params, memory, how, (memory_check,), newest["trial_key"])
+    ok = trials[trials["status"] == "ok"]
+    if ok.empty:
+        return "excluded", _replace(base, failed=str(newest["error"] or "failed").splitlines()[0])
+    if ctx.ref is not None:
+        comparable = ok[[incomparability(ctx.frame, ctx.ref, k) is None for k in ok["trial_key"]]]
+        if comparable.empty:
+            why = incomparability(ctx.frame, ctx.ref, ok["trial_key"].iloc[0])
+            failed = f"not comparable with the baseline {ctx.ref[:8]}: {why}"
+            return "excluded", _replace(base, trial_key=ok["trial_key"].iloc[0], failed=failed)
+        ok = comparable
+    scored = [(row, *_checks(ctx.frame, row, ctx.ref_row, ctx.bounds, ctx.work.batch)) for _, row in ok.iterrows()]
+    row, checks, missing = next(((r, c, m) for r, c, m in scored if not m), scored[0])
+    candidate = _replace(base, checks=(memory_check, *checks), trial_key=row["trial_key"], missing=tuple(missing))
+    if candidate.broken:
+        return "excluded", candidate
+    return ("unmeasured" if missing else "ranked"), candidate
+
+
 def recommend(frame: pd.DataFrame, request: Request, arch: Architecture | None = None) -> Recommendation:
     """Rank the settings for `request` from the tidy rows `frame` (see the module docstring). `arch`
     overrides the model's architecture (default: the planner's, from the model reference)."""
@@ -365,42 +414,21 @@ def recommend(frame: pd.DataFrame, request: Request, arch: Architecture | None =
     ref_row = table.set_index("trial_key", drop=False).loc[ref] if ref else None
     ratios = _calibration(frame, arch, work.device)
 
-    ranked, excluded, unmeasured, seen = [], [], [], set()
-    settings = [
-        _setting_key(m, json.loads(p or "{}")) for m, p in zip(table["method"], table["params_json"], strict=True)
-    ]
+    answers: dict[str, list[Candidate]] = {"ranked": [], "excluded": [], "unmeasured": []}
+    settings = [_stored_setting(m, p, k) for m, p, k in zip(table["method"], table["params_json"], table["trial_key"],
+                                                             strict=True)]  # fmt: skip
+    seen = set(settings)
+    context = _Context(frame, arch, work, ratios, budget, budget_name, ref, ref_row, request.bounds)
     for key in dict.fromkeys(settings):  # newest first, each setting once
         trials = table[[s == key for s in settings]]
-        seen.add(key)
-        newest = trials.iloc[0]
-        label, method, params = newest["method_label"], newest["method"], json.loads(newest["params_json"] or "{}")
-        memory, how = _memory(arch, method, params, label, work, ratios)
-        memory_check = Check(f"memory {budget_name}", memory, budget - memory, "bytes")
-        base = Candidate(label, method, params, memory, how)
-        ok = trials[trials["status"] == "ok"]
-        if ok.empty:
-            error = str(newest["error"]).splitlines()[0] if newest["error"] else "failed"
-            excluded.append(_replace(base, checks=(memory_check,), trial_key=newest["trial_key"], failed=error))
-            continue
-        if ref is not None:
-            comparable = ok[[incomparability(frame, ref, k) is None for k in ok["trial_key"]]]
-            if comparable.empty:
-                why = incomparability(frame, ref, ok["trial_key"].iloc[0])
-                failed = f"not comparable with the baseline {ref[:8]}: {why}"
-                excluded.append(
-                    _replace(base, checks=(memory_check,), trial_key=ok["trial_key"].iloc[0], failed=failed)
-                )
-                continue
-            ok = comparable
-        scored = [(row, *_checks(frame, row, ref_row, request.bounds, work.batch)) for _, row in ok.iterrows()]
-        row, checks, missing = next(((r, c, m) for r, c, m in scored if not m), scored[0])
-        candidate = _replace(base, checks=(memory_check, *checks), trial_key=row["trial_key"], missing=tuple(missing))
-        if candidate.broken:
-            excluded.append(candidate)
-        elif missing:
-            unmeasured.append(candidate)
-        else:
-            ranked.append(candidate)
+        try:
+            where, candidate = _measured(trials, context)
+        except QuantbenchError as exc:  # a method this installation cannot price (an adapter not installed)
+            newest, why = trials.iloc[0], f"cannot price: {exc}"
+            where = "excluded"
+            candidate = Candidate(newest["method_label"], newest["method"], {}, 0, "", (), newest["trial_key"], (), why)
+        answers[where].append(candidate)
+    ranked, excluded, unmeasured = answers["ranked"], answers["excluded"], answers["unmeasured"]
 
     for spec in candidates:
         params = dict(spec.params)

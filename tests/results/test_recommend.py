@@ -9,6 +9,8 @@ rtn/triton 4-bit 837.8 (the same packed format), rtn 8-bit 888.4, baseline float
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -203,3 +205,14 @@ def test_a_model_with_no_trials(tmp_path):
 def test_a_relative_bound_needs_a_baseline(tmp_path):
     with pytest.raises(QuantbenchError, match="no ok baseline trial of tiny"):
         run(tmp_path, RTN8, memory_gib=8, max_ppl_increase_pct=5)
+
+
+def test_a_store_written_by_the_first_schema_is_recommended_from():
+    """tests/fixtures/store-v1 (perplexity only, no per-window sums): the embedded model's architecture,
+    memory calibrated by the RSS peaks it measured, noise judged from the stored stderr."""
+    frame = read_results(Path(__file__).resolve().parents[1] / "fixtures" / "store-v1").frame
+    request = Request("embedded:smollm2-135m", Bounds(max_ppl_increase_pct=5), memory_gib=2, context=512)
+    rec = recommend(frame, request)
+    assert labels(rec.ranked) == ["quanto:weights=int8", "torchao:bits=8", "baseline:dtype=float32"]
+    assert all(c.calibration.startswith("×") for c in rec.ranked)
+    assert [c.broken[0].bound for c in rec.excluded] == ["max ppl +5%"] * 4
