@@ -1,6 +1,7 @@
-"""`quantbench recommend`: which measured settings of a model meet these quality bounds and fit this
-GPU (or this much memory) at this context and batch, ranked; the ones excluded and why; and the sweep
-file that would measure the settings the planner says fit but the store has not measured.
+"""`quantbench recommend`: the measured settings of a model that meet quality bounds and fit a GPU, ranked.
+
+Each with its margins; the settings excluded and the bound each broke; and the sweep file that would
+measure the settings the planner says fit but the store has not measured.
 
 quantbench recommend --model M (--gpu NAME | --memory GIB) [--max-kld X] [--min-top1 P]
     [--max-ppl-increase PCT] [--max-task-drop PT] [--min-decode-tps N] [--write-sweep FILE]
@@ -21,8 +22,8 @@ from quantbench.results.store import default_store
 # flag -> (Bounds field, what it means); the values are read as text so a typo is one clear line.
 BOUND_FLAGS = {
     "--max-kld": ("max_kld", "largest mean KL divergence from the unquantized model, nats"),
-    "--min-top1": ("min_top1", "smallest top-1 agreement with the unquantized model, %"),
-    "--max-ppl-increase": ("max_ppl_increase_pct", "largest perplexity increase over the baseline trial, %"),
+    "--min-top1": ("min_top1", "smallest top-1 agreement with the unquantized model, percent"),
+    "--max-ppl-increase": ("max_ppl_increase_pct", "largest perplexity increase over the baseline trial, percent"),
     "--max-task-drop": ("max_task_drop_points", "largest accuracy drop of any task the baseline measured, points"),
     "--min-decode-tps": ("min_decode_tps", "slowest decode tokens/s at --batch (measured on the store's machine)"),
 }

@@ -77,3 +77,11 @@ def test_a_model_with_no_trials_is_one_line(store, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"quantbench: error: no trials of 'llama-3.1-8b' in the store; models there: {MODEL}\n"
+
+
+def test_help_names_every_bound(capsys):
+    with pytest.raises(SystemExit):
+        main(["recommend", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--max-kld", "--min-top1", "--max-ppl-increase", "--max-task-drop",
+                                         "--min-decode-tps", "--write-sweep"))  # fmt: skip
