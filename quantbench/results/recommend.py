@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,14 @@ from quantbench.evals.registry import EVALS
 from quantbench.planner.config import Architecture
 from quantbench.planner.estimate import Workload, estimate
 from quantbench.planner.gpus import GIB, find_gpu
-from quantbench.results.compare import CONFIDENCE, WindowSums, default_reference, incomparability, window_sums
+from quantbench.results.compare import (
+    CONFIDENCE,
+    WindowSums,
+    default_reference,
+    incomparability,
+    paired_difference,
+    window_sums,
+)
 from quantbench.results.query import wide
 from quantbench.spec import MethodSpec, validate_params
 from quantbench.trackers import names
@@ -173,7 +180,7 @@ class Recommendation:
     ranked: tuple[Candidate, ...]
     excluded: tuple[Candidate, ...]  # measured or priced, with the bounds each broke (or its failure)
     unmeasured: tuple[Candidate, ...]  # fit the budget, but the store lacks what the bounds need
-    sweep: dict[str, Any] | None = field(default=None)  # the sweep file that would measure `unmeasured`
+    sweep: dict[str, Any] | None = None  # the sweep file that would measure `unmeasured`
 
 
 def _setting_key(method: str, params: dict[str, Any]) -> tuple[str, str]:
@@ -191,14 +198,11 @@ def _noise(margin: float, stderr: float, dof: int | None) -> bool:
 
 
 def _own_mean_error(sums: WindowSums | None, stderr: float) -> tuple[float, int | None]:
-    """Stderr of a per-token mean: the ratio estimator over its windows (t with W − 1 dof) when the
-    store has them, else the stored stderr (normal quantile)."""
+    """Stderr of a per-token mean: across its windows (compare.py's ratio estimator, t with W − 1 dof)
+    when the store has them, else the stored stderr (normal quantile)."""
     if sums is not None and len(sums.tokens) > 1:
-        total = float(np.sum(sums.tokens))
-        mean = float(np.sum(sums.sums)) / total
-        residual = sums.sums - mean * sums.tokens
-        windows = len(sums.tokens)
-        return math.sqrt(windows / (windows - 1) * float(np.sum(residual**2))) / total, windows - 1
+        zero = WindowSums(np.zeros_like(sums.sums, dtype=float), sums.tokens)
+        return paired_difference(sums, zero).stderr, len(sums.tokens) - 1
     return stderr, None
 
 
@@ -207,7 +211,7 @@ def _paired_error(frame: pd.DataFrame, key: str, ref: str, eval_name: str, serie
     a, b = window_sums(frame, key, eval_name, series), window_sums(frame, ref, eval_name, series)
     if a is None or b is None or not np.array_equal(a.tokens, b.tokens) or len(a.tokens) < 2:
         return None
-    return _own_mean_error(WindowSums(a.sums - b.sums, a.tokens), math.nan)
+    return paired_difference(a, b).stderr, len(a.tokens) - 1
 
 
 def _get(row: pd.Series, metric: str) -> float:
