@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -321,7 +321,7 @@ def _memory(arch: Architecture, method: str, params: dict[str, Any], label: str,
     return est.total, "planner only"
 
 
-def _rank_key(candidate: Candidate, bounds: Bounds) -> tuple:
+def _rank_key(candidate: Candidate) -> tuple:
     order = [("max KLD", 1), ("min top-1", -1), ("max ppl", 1), ("max drop", 1)]
     quality = next((sign * candidate.value(prefix) for prefix, sign in order
                     if not math.isnan(candidate.value(prefix))), 0.0)  # fmt: skip
@@ -383,17 +383,17 @@ def _measured(trials: pd.DataFrame, ctx: _Context) -> tuple[str, Candidate]:
     base = Candidate(label, method, params, memory, how, (memory_check,), newest["trial_key"])
     ok = trials[trials["status"] == "ok"]
     if ok.empty:
-        return "excluded", _replace(base, failed=str(newest["error"] or "failed").splitlines()[0])
+        return "excluded", replace(base, failed=str(newest["error"] or "failed").splitlines()[0])
     if ctx.ref is not None:
         comparable = ok[[incomparability(ctx.frame, ctx.ref, k) is None for k in ok["trial_key"]]]
         if comparable.empty:
             why = incomparability(ctx.frame, ctx.ref, ok["trial_key"].iloc[0])
             failed = f"not comparable with the baseline {ctx.ref[:8]}: {why}"
-            return "excluded", _replace(base, trial_key=ok["trial_key"].iloc[0], failed=failed)
+            return "excluded", replace(base, trial_key=ok["trial_key"].iloc[0], failed=failed)
         ok = comparable
     scored = [(row, *_checks(ctx.frame, row, ctx.ref_row, ctx.bounds, ctx.work.batch)) for _, row in ok.iterrows()]
     row, checks, missing = next(((r, c, m) for r, c, m in scored if not m), scored[0])
-    candidate = _replace(base, checks=(memory_check, *checks), trial_key=row["trial_key"], missing=tuple(missing))
+    candidate = replace(base, checks=(memory_check, *checks), trial_key=row["trial_key"], missing=tuple(missing))
     if candidate.broken:
         return "excluded", candidate
     return ("unmeasured" if missing else "ranked"), candidate
@@ -446,17 +446,13 @@ def recommend(frame: pd.DataFrame, request: Request, arch: Architecture | None =
                               (Check(f"memory {budget_name}", memory, budget - memory, "bytes"),))  # fmt: skip
         (excluded if candidate.broken else unmeasured).append(candidate)
 
-    ranked.sort(key=lambda c: _rank_key(c, request.bounds))
+    ranked.sort(key=_rank_key)
     excluded.sort(key=lambda c: (c.trial_key is None, c.label))
     unmeasured.sort(key=lambda c: (c.memory_bytes, c.label))
     model_ref = str(frame["model_ref"].iloc[0])
     sweep = sweep_for(frame, table, model_ref, unmeasured, request.bounds) if unmeasured else None
     return Recommendation(request, budget, budget_name, work, ref, tuple(ranked), tuple(excluded),
                           tuple(unmeasured), sweep)  # fmt: skip
-
-
-def _replace(candidate: Candidate, **changes: Any) -> Candidate:
-    return Candidate(**{**vars(candidate), **changes})
 
 
 # The eval each bound needs, run with its defaults when no trial of the model ran it.
