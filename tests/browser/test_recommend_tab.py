@@ -1,12 +1,20 @@
 """The Recommend tab in a real browser over a synthetic store of the smollm2-135m preset (so the
 planner prices it from its bundled architecture): it opens first, picks a GPU and a KLD bound, shows
 the ranked table and the chart with the budget lines (read through Plotly's own data in the page), and
-shows bad input as a red message."""
+shows bad input as a red message; its queue button's sweep runs exactly the unmeasured trials."""
 
 from __future__ import annotations
 
 import pytest
 from recommend_trials import fill, store_trials
+
+from quantbench.app.ui.recommend_tab import queue_sweep
+from quantbench.app.ui.run_session import RunSession
+from quantbench.errors import QuantbenchError
+from quantbench.results.recommend import Bounds, Request, recommend, sweep_yaml
+from quantbench.results.store import read_results
+from quantbench.runner.trial import plan_trial
+from quantbench.spec import EvalSpec, MethodSpec, ModelRef
 
 MODEL = "smollm2-135m"
 
@@ -83,3 +91,28 @@ def test_an_unknown_gpu_and_a_model_without_trials_are_red_messages(page):
     page.locator("#rec-model input").press("Enter")
     page.locator("#rec-run").click()
     page.locator("#rec-error").get_by_text("no trials of 'llama-3.1-8b' in the store").wait_for()
+
+
+@pytest.mark.slow  # two real trials of the tiny model
+def test_queue_runs_exactly_the_unmeasured_trials(tiny_model_dir, tmp_path):
+    """A baseline of the tiny model is measured; rtn 8-bit is not: the sweep of the recommendation,
+    queued through the Run tab's session, measures exactly it, and the next answer ranks it."""
+    store = tmp_path / "store"
+    model = ModelRef(str(tiny_model_dir))
+    evals = [EvalSpec("perplexity", {"corpus": "builtin", "seq_len": 32, "max_tokens": 96})]
+    session = RunSession(store)
+    session.start([plan_trial(model, MethodSpec.parse("baseline"), evals)])
+    session.wait(300)
+    request = Request(str(tiny_model_dir), Bounds(max_ppl_increase_pct=50), memory_gib=8, candidates=("rtn:bits=8",))
+    rec = recommend(read_results(store).frame, request)
+    assert [c.label for c in rec.unmeasured] == ["rtn:bits=8,group_size=64"]
+    sweep = tmp_path / "unmeasured.yaml"
+    sweep.write_text(sweep_yaml(rec.sweep))
+    assert queue_sweep(session, str(sweep)) == "Started 1 trial (`rtn:bits=8,group_size=64`): follow them in **Run**."
+    session.wait(300)
+    rec = recommend(read_results(store).frame, request)
+    # Their order depends on the peaks each trial measured (calibration), not asserted here.
+    assert sorted(c.label for c in rec.ranked) == ["baseline:dtype=float32", "rtn:bits=8,group_size=64"]
+    assert rec.unmeasured == () and read_results(store).frame["trial_key"].nunique() == 2
+    with pytest.raises(QuantbenchError, match="nothing to queue"):
+        queue_sweep(session, None)

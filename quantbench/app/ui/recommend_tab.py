@@ -14,6 +14,7 @@ import gradio as gr
 from quantbench.app.inputs import optional_number
 from quantbench.app.ui.common import error_box, guarded, read_trials
 from quantbench.app.ui.run_session import RunSession
+from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
 from quantbench.planner.estimate import KV_BYTES
 from quantbench.planner.gpus import CATALOG
@@ -42,6 +43,18 @@ def model_choices(store: Path) -> dict[str, Any]:
     _, table = read_trials(store)
     refs = list(dict.fromkeys(table.sort_values("created_at", ascending=False)["model_ref"])) if len(table) else []
     return gr.update(choices=refs, value=refs[0] if refs else None)
+
+
+def queue_sweep(session: RunSession, sweep_path: str | None) -> str:
+    """Start the trials of a recommendation's sweep file in the Run tab's session; what to tell the user."""
+    from quantbench.runner.sweep import load_sweep
+
+    if not sweep_path:
+        raise QuantbenchError("nothing to queue: press Recommend first (every setting that fits may be measured)")
+    sweep, specs = load_sweep(Path(sweep_path))
+    session.start(specs, timeout_s=sweep.timeout_s)
+    methods = ", ".join(f"`{method_label(spec.method)}`" for spec in specs)
+    return f"Started {len(specs)} trial{'s' if len(specs) > 1 else ''} ({methods}): follow them in **Run**."
 
 
 def build(store: Path, session: RunSession, export_dir: Path) -> dict[str, Any]:
@@ -124,14 +137,7 @@ def build(store: Path, session: RunSession, export_dir: Path) -> dict[str, Any]:
 
     @guarded(1)
     def queue_unmeasured(sweep_path: str | None) -> tuple:
-        from quantbench.runner.sweep import load_sweep
-
-        if not sweep_path:
-            raise QuantbenchError("nothing to queue: press Recommend first; every setting that fits is measured")
-        sweep, specs = load_sweep(Path(sweep_path))
-        session.start(specs, timeout_s=sweep.timeout_s)
-        methods = ", ".join(f"`{spec.method.label}`" for spec in specs)
-        return (f"Started {len(specs)} trial{'s' if len(specs) > 1 else ''} ({methods}): follow them in **Run**.",)
+        return (queue_sweep(session, sweep_path),)
 
     inputs = [model, gpu, memory, device, context, batch, kv_dtype, *bounds]
     outputs = [headline, ranked, chart, excluded, unmeasured, sweep_file, sweep_state, error]
