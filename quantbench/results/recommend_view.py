@@ -138,5 +138,6 @@ def budget_chart(rec: Recommendation, frame: pd.DataFrame) -> go.Figure:
     figure.update_layout(
         title=f"{column(metric).title} vs estimated memory at context {work.context} × batch {work.batch}",
         xaxis_title=f"estimated peak memory, {work.device} (MiB)",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2},  # group names are long: below, not beside
     )
     return add_budget(figure, rec.budget_bytes / MIB, f"memory budget: {rec.budget_name}", bound, bound_name)
