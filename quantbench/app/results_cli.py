@@ -86,10 +86,14 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from quantbench.results.export import export
 
+    from quantbench.results.query import query
+
     frame = read_filtered(args).frame
+    active = filters_from(args).active()
     if frame.empty:
-        print(f"no trials in {args.store}" + (" match" if filters_from(args).active() else ""), file=sys.stderr)
+        print(f"no trials in {args.store}" + (" match" if active else ""), file=sys.stderr)
         return 1
-    path = export(frame, args.format, args.dir, args.out, chart=args.chart)
+    everything = query(args.store).frame if active else frame
+    path = export(frame, args.format, args.dir, args.out, chart=args.chart, everything=everything)
     print(f"wrote {path} ({frame['trial_key'].nunique()} trials)")
     return 0

@@ -28,6 +28,8 @@ import pandas as pd
 from quantbench.trackers import names
 
 MIB = 2**20
+# A trial's verdict against the noise floor (results/noise.py), a text column of the wide table.
+VERDICT_COLUMN = "vs_original"
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,11 @@ CATALOGUE = [
     Column("bits_per_weight", "bits/w", _fixed(2), "lower"),
     Column(names.WEIGHT_BYTES, "weights MiB", _mib, "lower"),
     Column("perplexity", "ppl", _fixed(3), "lower"),
-    Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
-    Column("word_perplexity", "word ppl", _fixed(2), "lower"),
+    # Divergence beside perplexity: what a newcomer reads first is how far each method moved the model.
     Column("kld_mean", "KLD", _fixed(4), "lower"),
     Column("top1_agreement", "top-1 agree %", _fixed(2), "higher"),
+    Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
+    Column("word_perplexity", "word ppl", _fixed(2), "lower"),
     Column("decode_tokens_per_second", "decode tok/s", _fixed(1), "higher"),
     Column("prefill_seconds", "prefill s", _fixed(3), "lower"),
     Column(names.QUANTIZE_SECONDS, "quant s", _fixed(1), "lower"),
@@ -122,6 +125,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             errors = [spec.show(v) for v in table[stderr_of(spec.metric)]]
             cells = [f"{c} ± {e}" if c and e else c for c, e in zip(cells, errors, strict=True)]
         shown[spec.title] = cells
+    if VERDICT_COLUMN in table and table[VERDICT_COLUMN].fillna("").astype(bool).any():
+        shown["vs original"] = table[VERDICT_COLUMN].fillna("").to_numpy()
     return shown.reset_index(drop=True)
 
 
