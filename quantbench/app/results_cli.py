@@ -85,7 +85,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from quantbench.results.export import export
-
     from quantbench.results.query import query
 
     frame = read_filtered(args).frame
