@@ -104,4 +104,4 @@ def with_verdicts(table: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame
     """The wide `table` with a `vs_original` column judged against the floors of `everything` (the
     whole store's rows, so a filter that hides the floor trial does not hide the verdict)."""
     judged = verdicts(everything)
-    return table.assign(**{VERDICT_COLUMN: table["trial_key"].map(judged).fillna("")}) if len(table) else table
+    return table.assign(**{VERDICT_COLUMN: [judged.get(key, "") for key in table["trial_key"]]})
