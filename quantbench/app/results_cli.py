@@ -65,7 +65,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="file to write, inside --dir")
     export.add_argument("--dir", type=Path, default=Path.cwd(), help="directory exports are confined to (default: .)")
     export.add_argument(
-        "--chart", default="pareto", help="chart for png: pareto (default), bits, throughput, prefill or memory"
+        "--chart",
+        default="pareto",
+        help="chart for png: pareto (default), footprint (vs estimated memory), bits, throughput, prefill, memory",
     )
     add_store_and_filters(export)
 

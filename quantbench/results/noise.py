@@ -102,6 +102,9 @@ def _within_floor(frame: pd.DataFrame, key: str, kld: float, floor: NoiseFloor) 
 
 def with_verdicts(table: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
     """The wide `table` with a `vs_original` column judged against the floors of `everything` (the
-    whole store's rows, so a filter that hides the floor trial does not hide the verdict)."""
+    whole store's rows, so a filter that hides the floor trial does not hide the verdict); the
+    table unchanged when `everything` has no floor."""
     judged = verdicts(everything)
+    if judged.empty:  # no floor measured: no column, so exports of such stores keep their shape
+        return table
     return table.assign(**{VERDICT_COLUMN: [judged.get(key, "") for key in table["trial_key"]]})
