@@ -63,15 +63,15 @@ def noise_floors(frame: pd.DataFrame, metric: str = FLOOR_METRIC) -> dict[str, N
     floor_rows = table[table[metric].notna().to_numpy() & np.array(half, dtype=bool)]
     groups = comparability_groups(frame, metric)
     stderr = f"{metric}_stderr"
+    errors = floor_rows[stderr] if stderr in floor_rows else pd.Series(math.nan, index=floor_rows.index)
     floors: dict[str, NoiseFloor] = {}
     # wide() lists the newest trial first: the first one seen in a group is its floor.
-    for row in floor_rows.itertuples(index=False):
-        row = row._asdict()
-        group = groups.get(row["trial_key"])
-        if group is None or group in floors:
-            continue
-        error = row.get(stderr, math.nan) if stderr in floor_rows else math.nan
-        floors[group] = NoiseFloor(group, row["trial_key"], row["method_label"], float(row[metric]), float(error))
+    for key, label, value, error in zip(
+        floor_rows["trial_key"], floor_rows["method_label"], floor_rows[metric], errors, strict=True
+    ):
+        group = groups.get(key)
+        if group is not None and group not in floors:
+            floors[group] = NoiseFloor(group, key, label, float(value), float(error))
     return floors
 
 
