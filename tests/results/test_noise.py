@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rows import PROTOCOL, T0
+from rows import PROTOCOL, T0, fill, trial
 
 from quantbench.results.columns import display_table
 from quantbench.results.export import export
@@ -106,3 +106,11 @@ def test_an_old_store_without_a_half_precision_baseline_has_no_verdict_column():
     frame = read_results(STORE_V1).frame
     assert noise_floors(frame) == {} and verdicts(frame).empty
     assert "vs original" not in display_table(with_verdicts(wide(frame), frame))
+
+
+def test_a_floor_sized_standard_error_is_not_shown_as_zero(tmp_path):
+    fill(tmp_path, trial("bf16", params={"compute_dtype": "bfloat16"},
+                         metrics={"kld_mean": 0.0012, "kld_mean_stderr": 2.2e-5}),
+         trial("fp32", metrics={"kld_mean": 0.0, "kld_mean_stderr": 0.0}))  # fmt: skip
+    shown = display_table(wide(read_results(tmp_path).frame)).set_index("trial_key")["KLD"]
+    assert shown.to_dict() == {"bf16": "0.0012 ± 2e-05", "fp32": "0.0000 ± 0.0000"}
