@@ -1,5 +1,10 @@
-"""Plotly figures over the store: quality vs size with the Pareto front, quality vs bits,
-latency / throughput bars, memory bars.
+"""Plotly figures over the store: quality (perplexity, mean KLD or top-1 agreement) vs measured
+size or vs the planner's estimated memory at a context, with the Pareto front and the noise floor;
+quality vs bits; latency / throughput bars, memory bars.
+
+The quality scatters are meant to be read without hovering: one colour per method family, each
+point labelled with its short label (bits, group), ± one standard error bars. They are plain
+figures with MiB on x, so a caller can draw more on them (a memory budget as a vertical line).
 
 Every figure takes tidy rows (one per metric, as `query` returns them) and is a pure function
 of them: points and traces are ordered by comparability group, then trial key, so the same
