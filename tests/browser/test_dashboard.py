@@ -155,7 +155,7 @@ def test_chart_has_one_labelled_point_per_trial_in_its_family_colour(page, artif
     points = {t["name"]: t for t in traces if "markers" in (t["mode"] or "")}
     assert {name: t["text"] for name, t in points.items()} == {"baseline": ["fp32"], "rtn": ["8b g64"]}, traces
     assert points["baseline"]["color"] != points["rtn"]["color"]
-    labels = page.locator("#chart .js-plotly-plot g.textpoint text").all_inner_texts()
+    labels = page.locator("#chart .js-plotly-plot g.textpoint text").evaluate_all("els => els.map(e => e.textContent)")
     assert sorted(labels) == ["8b g64", "fp32"], labels  # drawn beside the points, not only on hover
     shot(page, artifacts, "charts")
 
