@@ -282,13 +282,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | None = None) -> None:
     from quantbench.results.columns import display_table
+    from quantbench.results.noise import with_verdicts
     from quantbench.results.query import query, wide
 
     filters = filters or Filters()
     contents = query(store, filters)
     for problem in contents.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
-    table = wide(contents.frame)
+    everything = query(store).frame if filters.active() else contents.frame
+    table = with_verdicts(wide(contents.frame), everything)
     if keys is not None:
         table = table[table["trial_key"].isin(keys)]
     if table.empty:

@@ -1,6 +1,6 @@
 """`quantbench compare` and `quantbench export`, and the trial filters they share with `results`.
 
-quantbench compare KEY [KEY ...] [--reference KEY]
+quantbench compare [KEY ...] [--reference KEY]
 quantbench export --format md|csv|parquet|latex|json|html|png --out PATH [--dir DIR] [filters]
 """
 
@@ -56,7 +56,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     compare = subparsers.add_parser(
         "compare", help="trials side by side with deltas against a reference (default: the model's baseline)"
     )
-    compare.add_argument("keys", nargs="+", metavar="KEY", help="trial keys or unique prefixes (see `results`)")
+    compare.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="trial keys or unique prefixes (see `results`); none: every ok trial of the newest model",
+    )
     compare.add_argument("--reference", metavar="KEY", help="trial to compare against (default: baseline)")
     compare.add_argument("--store", type=Path, default=default_store(), help="results directory (default: %(default)s)")
 
@@ -65,19 +70,27 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="file to write, inside --dir")
     export.add_argument("--dir", type=Path, default=Path.cwd(), help="directory exports are confined to (default: .)")
     export.add_argument(
-        "--chart", default="pareto", help="chart for png: pareto (default), bits, throughput, prefill or memory"
+        "--chart",
+        default="pareto",
+        help="chart for png: pareto (default), footprint (vs estimated memory), bits, throughput, prefill, memory",
     )
     add_store_and_filters(export)
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from quantbench.results.compare import compare
+    from quantbench.errors import QuantbenchError
+    from quantbench.results.compare import compare, default_keys
     from quantbench.results.store import read_results
 
     contents = read_results(args.store)
     for problem in contents.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
-    comparison = compare(contents.frame, args.keys, args.reference)
+    keys = args.keys or default_keys(contents.frame)
+    if not keys:
+        raise QuantbenchError(
+            f"no ok trial in {args.store} has a comparable baseline: name the trials (`quantbench results` lists them)"
+        )
+    comparison = compare(contents.frame, keys, args.reference)
     print(f"reference: {comparison.reference}")
     print(comparison.text().to_string())
     return 0
@@ -85,11 +98,14 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from quantbench.results.export import export
+    from quantbench.results.query import query
 
     frame = read_filtered(args).frame
+    active = filters_from(args).active()
     if frame.empty:
-        print(f"no trials in {args.store}" + (" match" if filters_from(args).active() else ""), file=sys.stderr)
+        print(f"no trials in {args.store}" + (" match" if active else ""), file=sys.stderr)
         return 1
-    path = export(frame, args.format, args.dir, args.out, chart=args.chart)
+    everything = query(args.store).frame if active else frame
+    path = export(frame, args.format, args.dir, args.out, chart=args.chart, everything=everything)
     print(f"wrote {path} ({frame['trial_key'].nunique()} trials)")
     return 0

@@ -1,5 +1,10 @@
-"""Plotly figures over the store: quality vs size with the Pareto front, quality vs bits,
-latency / throughput bars, memory bars.
+"""Plotly figures over the store: quality (perplexity, mean KLD or top-1 agreement) vs measured
+size or vs the planner's estimated memory at a context, with the Pareto front and the noise floor;
+quality vs bits; latency / throughput bars, memory bars.
+
+The quality scatters are meant to be read without hovering: one colour per method family, each
+point labelled with its short label (bits, group), ± one standard error bars. They are plain
+figures with MiB on x, so a caller can draw more on them (a memory budget as a vertical line).
 
 Every figure takes tidy rows (one per metric, as `query` returns them) and is a pure function
 of them: points and traces are ordered by comparability group, then trial key, so the same
@@ -11,13 +16,17 @@ as separate traces whose legend names the group.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from quantbench.results.columns import MIB, column, natural_key
 from quantbench.results.compare import comparability_groups
+from quantbench.results.footprint import estimated_memory
+from quantbench.results.noise import noise_floors
 from quantbench.results.query import wide
 from quantbench.trackers import names
 
@@ -75,33 +84,114 @@ def _empty(title: str, why: str) -> go.Figure:
     return figure
 
 
-def quality_vs_size(frame: pd.DataFrame, quality: str = "perplexity", size: str = "weight_bytes") -> go.Figure:
-    """Quality against weight size per comparability group: dominated trials as dots, the Pareto
-    front (trials no other beats on both) as stars joined by a dotted line."""
-    title = f"{column(quality).title} vs {column(size).title}"
+# One colour per method family, fixed so a family looks the same in every chart and every store
+# (registry order would shift whenever a backend is added); other families hash into a palette.
+FAMILY_COLOURS = {
+    "baseline": "#444444", "rtn": "#1F77B4", "triton": "#17BECF", "bnb": "#FF7F0E", "hqq": "#2CA02C",
+    "quanto": "#D62728", "torchao": "#9467BD", "gptq": "#8C564B", "awq": "#E377C2", "gguf": "#BCBD22",
+    "dynamic": "#7F7F7F", "llmcompressor": "#AF0038", "qat": "#00A08B",
+}  # fmt: skip
+OTHER_COLOURS = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B")
+FLOOR_COLOUR = "#888888"
+DEFAULT_CONTEXT = 4096  # tokens, for the estimated-memory chart when the caller names none
+# Words of a method label's parameters shortened for point labels: "rtn:bits=4,group_size=64" -> "4b g64".
+_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_SHORT = {
+    "bits": "{}b", "nbits": "{}b", "group_size": "g{}", "compute_dtype": "{}", "dtype": "{}", "weights": "{}",
+    "quant_type": "{}", "symmetric": "", "source": "{}",
+}  # fmt: skip
+
+
+def family_colour(method: str) -> str:
+    known = FAMILY_COLOURS.get(method)
+    return known or OTHER_COLOURS[zlib.crc32(method.encode()) % len(OTHER_COLOURS)]
+
+
+def short_label(method_label: str) -> str:
+    """A point's label: the method's parameters in a few characters ("4b g64", "bf16", "8b nf4"),
+    since the colour already names the family."""
+    _, _, params = str(method_label).partition(":")
+    words = []
+    for item in filter(None, params.split(",")):
+        key, _, value = item.partition("=")
+        form = _SHORT.get(key, f"{key}={{}}")
+        if form:
+            words.append(form.format(_DTYPES.get(value, value)))
+    return " ".join(words) or str(method_label).partition(":")[0]
+
+
+def _in_mib(metric: str, values: pd.Series) -> pd.Series:
+    return values / MIB if metric.endswith("_bytes") else values
+
+
+def _scatter(frame: pd.DataFrame, quality: str, x: pd.Series, x_title: str, title: str) -> go.Figure:
+    """Quality against `x` (per trial key, in display units) per comparability group of `quality`:
+    one trace per method family in its colour, each point labelled with its short label, error bars
+    from the stored standard errors, the Pareto front (points no other beats on both) as stars
+    joined by a dotted line, and the noise floor as a dashed line where the group has one."""
     groups = _grouped(frame, quality)
     if not groups:
         return _empty(title, f"no trial measured {quality}")
     higher = column(quality).better == "higher"
+    floors = noise_floors(frame, quality)
     figure = go.Figure(layout={"title": title, "template": TEMPLATE})
-    metrics = [quality, size, "bits_per_weight"]
+    metrics = [quality, names.WEIGHT_BYTES, "bits_per_weight"]
+    stderr = f"{quality}_stderr"
     for label, rows in groups:
-        rows = rows[rows[size].notna()]
-        rows = rows.assign(x=rows[size] / MIB if size.endswith("_bytes") else rows[size])
-        front = pd.Series(pareto_front(rows["x"].tolist(), (-rows[quality] if higher else rows[quality]).tolist()))
-        off, on = rows[~front.to_numpy()], rows[front.to_numpy()].sort_values(["x", quality, "trial_key"])
+        rows = rows.assign(x=rows["trial_key"].map(x)).dropna(subset=["x"])
+        if rows.empty:
+            continue
+        suffix = f" · {label}" if len(groups) > 1 else ""
+        front = np.array(pareto_front(rows["x"].tolist(), (-rows[quality] if higher else rows[quality]).tolist()))
+        rows = rows.assign(on_front=front)
+        for method, family in rows.groupby("method", sort=True):
+            errors = family[stderr].tolist() if stderr in family and family[stderr].notna().any() else None
+            figure.add_scatter(
+                x=family["x"].tolist(), y=family[quality].tolist(), mode="markers+text", name=f"{method}{suffix}",
+                legendgroup=f"{method}{suffix}", text=[short_label(m) for m in family["method_label"]],
+                textposition="top center", hovertext=_hover(family, metrics), hoverinfo="text",
+                marker={"color": family_colour(method), "size": 10,
+                        "symbol": ["star" if f else "circle" for f in family["on_front"]]},
+                error_y={"type": "data", "array": errors, "visible": True} if errors else None,
+            )  # fmt: skip
+        on = rows[rows["on_front"]].sort_values(["x", quality, "trial_key"])
         figure.add_scatter(
-            x=off["x"].tolist(), y=off[quality].tolist(), mode="markers", name=label,
-            legendgroup=label, hovertext=_hover(off, metrics), hoverinfo="text", marker={"symbol": "circle", "size": 8},
+            x=on["x"].tolist(), y=on[quality].tolist(), mode="lines", name=f"Pareto front{suffix}",
+            line={"dash": "dot", "color": FLOOR_COLOUR}, hoverinfo="skip",
         )  # fmt: skip
-        figure.add_scatter(
-            x=on["x"].tolist(), y=on[quality].tolist(), mode="lines+markers", name=f"Pareto front · {label}",
-            legendgroup=label, hovertext=_hover(on, metrics), hoverinfo="text", line={"dash": "dot"},
-            marker={"symbol": "star", "size": 12},
-        )  # fmt: skip
-    x_unit = "MiB" if size.endswith("_bytes") else column(size).title
-    figure.update_layout(xaxis_title=f"{column(size).metric} ({x_unit})", yaxis_title=column(quality).title)
+        floor = floors.get(label)
+        if floor is not None:
+            figure.add_scatter(
+                x=[rows["x"].min(), rows["x"].max()], y=[floor.value, floor.value], mode="lines",
+                name=f"noise floor: {short_label(floor.method_label)} vs fp32{suffix}",
+                line={"dash": "dash", "color": FLOOR_COLOUR}, hoverinfo="text",
+                hovertext=f"{column(quality).title} of {floor.method_label} ({floor.trial_key[:8]}): "
+                f"{column(quality).show(floor.value)}; below it a result is indistinguishable from the original",
+            )  # fmt: skip
+    if not figure.data:
+        return _empty(title, f"no trial has both {column(quality).title} and {x_title}")
+    figure.update_layout(xaxis_title=x_title, yaxis_title=column(quality).title)
     return figure
+
+
+def quality_vs_size(frame: pd.DataFrame, quality: str = "perplexity", size: str = "weight_bytes") -> go.Figure:
+    """Quality against a measured size (weight bytes by default); see `_scatter`."""
+    table = wide(frame)
+    x = pd.Series(dtype=float) if size not in table else _in_mib(size, table.set_index("trial_key")[size])
+    x_unit = "MiB" if size.endswith("_bytes") else column(size).title
+    title = f"{column(quality).title} vs {column(size).title}"
+    return _scatter(frame, quality, x, f"{column(size).metric} ({x_unit})", title)
+
+
+def quality_vs_memory(
+    frame: pd.DataFrame, quality: str = "perplexity", context: int = DEFAULT_CONTEXT, batch: int = 1
+) -> go.Figure:
+    """Quality against the planner's estimate of the memory each trial's format needs to serve
+    `batch` sequences of `context` tokens on its device (weights, KV cache, activations, runtime);
+    trials the planner cannot price (an unknown model or method) are left out."""
+    x = estimated_memory(frame, context, batch) / MIB
+    title = f"{column(quality).title} vs estimated memory at {context} tokens × {batch}"
+    return _scatter(frame, quality, x, f"estimated memory at context {context}, batch {batch} (MiB)", title)
 
 
 def quality_vs_bits(frame: pd.DataFrame, quality: str = "perplexity") -> go.Figure:
@@ -115,9 +205,11 @@ def quality_vs_bits(frame: pd.DataFrame, quality: str = "perplexity") -> go.Figu
         for method, family in rows.groupby("method", sort=True):
             family = family[family["bits_per_weight"].notna()].sort_values(["bits_per_weight", "trial_key"])
             figure.add_scatter(
-                x=family["bits_per_weight"].tolist(), y=family[quality].tolist(), mode="lines+markers",
+                x=family["bits_per_weight"].tolist(), y=family[quality].tolist(), mode="lines+markers+text",
                 name=f"{method} · {label}", legendgroup=label, hoverinfo="text",
-                hovertext=_hover(family, [quality, "bits_per_weight"]),
+                hovertext=_hover(family, [quality, "bits_per_weight"]), marker={"color": family_colour(method)},
+                line={"color": family_colour(method)}, text=[short_label(m) for m in family["method_label"]],
+                textposition="top center",
             )  # fmt: skip
     figure.update_layout(xaxis_title="effective bits per weight", yaxis_title=column(quality).title)
     return figure
@@ -170,6 +262,7 @@ def memory_bars(frame: pd.DataFrame) -> go.Figure:
 
 CHARTS = {
     "pareto": quality_vs_size,
+    "footprint": quality_vs_memory,
     "bits": quality_vs_bits,
     "throughput": throughput_bars,
     "prefill": prefill_bars,

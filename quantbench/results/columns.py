@@ -28,6 +28,8 @@ import pandas as pd
 from quantbench.trackers import names
 
 MIB = 2**20
+# A trial's verdict against the noise floor (results/noise.py), a text column of the wide table.
+VERDICT_COLUMN = "vs_original"
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,11 @@ CATALOGUE = [
     Column("bits_per_weight", "bits/w", _fixed(2), "lower"),
     Column(names.WEIGHT_BYTES, "weights MiB", _mib, "lower"),
     Column("perplexity", "ppl", _fixed(3), "lower"),
-    Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
-    Column("word_perplexity", "word ppl", _fixed(2), "lower"),
+    # Divergence beside perplexity: what a newcomer reads first is how far each method moved the model.
     Column("kld_mean", "KLD", _fixed(4), "lower"),
     Column("top1_agreement", "top-1 agree %", _fixed(2), "higher"),
+    Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
+    Column("word_perplexity", "word ppl", _fixed(2), "lower"),
     Column("decode_tokens_per_second", "decode tok/s", _fixed(1), "higher"),
     Column("prefill_seconds", "prefill s", _fixed(3), "lower"),
     Column(names.QUANTIZE_SECONDS, "quant s", _fixed(1), "lower"),
@@ -119,10 +122,21 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     for spec in headline(table):
         cells = [spec.show(v) for v in table[spec.metric]]
         if stderr_of(spec.metric) in table:
-            errors = [spec.show(v) for v in table[stderr_of(spec.metric)]]
+            errors = [_error_text(spec, v) for v in table[stderr_of(spec.metric)]]
             cells = [f"{c} ± {e}" if c and e else c for c, e in zip(cells, errors, strict=True)]
         shown[spec.title] = cells
+    if VERDICT_COLUMN in table and table[VERDICT_COLUMN].fillna("").astype(bool).any():
+        shown["vs original"] = table[VERDICT_COLUMN].fillna("").to_numpy()
     return shown.reset_index(drop=True)
+
+
+def _error_text(spec: Column, value: float) -> str:
+    """A standard error in its column's format, or in one significant digit where that format
+    would round a nonzero error to zero (the KLD of a bf16 baseline: 0.0012 ± 0.00005)."""
+    text = spec.show(value)
+    if text and value and not any(c in "123456789" for c in text):
+        return f"{value:.1g}"
+    return text
 
 
 def best_rows(table: pd.DataFrame) -> dict[str, set[int]]:

@@ -272,6 +272,29 @@ def _metrics(table: pd.DataFrame) -> list[str]:
     return [c.metric for c in headline(table)] + tasks
 
 
+def default_keys(frame: pd.DataFrame) -> list[str]:
+    """What Compare opens with: the newest model's baseline (see `default_reference`) followed by
+    every ok trial of that model that compares with it, largest weights first; [] when the store
+    has no ok trial or the newest model has no comparable baseline."""
+    table = wide(frame)
+    table = table[table["status"] == "ok"]
+    if table.empty:
+        return []
+    same_model = table[table["model_fingerprint"] == table["model_fingerprint"].iloc[0]]  # wide(): newest first
+    for key in same_model["trial_key"]:  # the newest trial may be on a corpus the baseline never saw
+        try:
+            reference = default_reference(frame, [key])
+            break
+        except QuantbenchError:
+            continue
+    else:
+        return []
+    if "weight_bytes" in same_model:
+        same_model = same_model.sort_values(["weight_bytes", "trial_key"], ascending=[False, True], kind="stable")
+    others = [k for k in same_model["trial_key"] if k != reference and incomparability(frame, reference, k) is None]
+    return [reference, *others]
+
+
 def comparability_groups(frame: pd.DataFrame, metric: str, by_hardware: bool = False) -> pd.Series:
     """A readable group label per trial key for the trials that measured `metric`.
 

@@ -21,6 +21,7 @@ import pandas as pd
 from quantbench.errors import QuantbenchError
 from quantbench.files import atomic_path
 from quantbench.results.columns import best_rows, display_table
+from quantbench.results.noise import with_verdicts
 from quantbench.results.query import wide
 
 FORMATS = ("md", "csv", "parquet", "latex", "json", "html", "png")
@@ -38,8 +39,17 @@ def confine(directory: Path, name: str | Path) -> Path:
     return target
 
 
-def export(frame: pd.DataFrame, fmt: str, directory: Path, name: str | Path, chart: str = "pareto") -> Path:
-    """Write the trials in tidy `frame` as `fmt` to `name` inside `directory`; returns the path."""
+def export(
+    frame: pd.DataFrame,
+    fmt: str,
+    directory: Path,
+    name: str | Path,
+    chart: str = "pareto",
+    everything: pd.DataFrame | None = None,
+) -> Path:
+    """Write the trials in tidy `frame` as `fmt` to `name` inside `directory`; returns the path.
+    Each trial's verdict against the noise floor is judged on `everything` (default: `frame`), so
+    pass the whole store when `frame` is a filtered part of it."""
     if fmt not in FORMATS:
         raise QuantbenchError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     path = confine(directory, name)
@@ -47,7 +57,7 @@ def export(frame: pd.DataFrame, fmt: str, directory: Path, name: str | Path, cha
     if fmt == "png":
         write_png(frame, path, chart)
         return path
-    table = wide(frame)
+    table = with_verdicts(wide(frame), frame if everything is None else everything)
     writers: dict[str, Callable[[pd.DataFrame, Path], None]] = {
         "csv": lambda t, p: t.to_csv(p, index=False),
         "parquet": lambda t, p: t.to_parquet(p, index=False),

@@ -132,29 +132,35 @@ def test_results_list_the_trials(page, artifacts):
 
 
 @pytest.mark.slow  # needs the trials of the embedded model run above
-def test_compare_two_trials(page, artifacts):
+def test_compare_opens_with_every_trial_against_the_baseline(page, artifacts):
     open_tab(page, "Compare")
-    for label in ("baseline:dtype=float32", "rtn:bits=8,group_size=64"):
-        page.locator("#compare-trials input").click()
-        page.get_by_role("option", name=re.compile(rf"· {re.escape(label)} ·")).click()
-    page.locator("#compare-run").click()
+    # No trial picked: the newest model's ok trials against its baseline, already compared.
+    page.locator("#compare-reference-line").get_by_text("Every ok trial of the newest model (2)").wait_for()
     table = page.locator("#compare-result")
-    table.wait_for()
     text = table.inner_text()
     assert "(reference)" in text and "baseline" in text.split("(reference)")[0]
+    assert "rtn:bits=8,group_size=64" in text.split("(reference)")[1]
     assert "Δ perplexity" in text and "memory saved ×" in text
+    assert "paired Δ" in text  # the paired test against the baseline, on the same windows
     # rtn:bits=8 is smaller than the fp32 baseline: its memory ratio cell is marked better.
     assert page.locator("#compare-result td.qb-better").count() >= 1
     shot(page, artifacts, "compare")
 
 
 @pytest.mark.slow  # needs the trials of the embedded model run above
-def test_chart_has_one_point_per_trial(page, artifacts):
+def test_chart_has_one_labelled_point_per_trial_in_its_family_colour(page, artifacts):
     open_tab(page, "Charts")
     page.locator("#chart-draw").click()
     page.locator("#chart .js-plotly-plot").wait_for()
-    points = page.evaluate("() => document.querySelector('#chart .js-plotly-plot').data.map(t => (t.x || []).length)")
-    assert sum(points) == 2, points
+    traces = page.evaluate(
+        "() => document.querySelector('#chart .js-plotly-plot').data.map("
+        "t => ({name: t.name, mode: t.mode, text: t.text || [], color: (t.marker || {}).color, n: (t.x || []).length}))"
+    )
+    points = {t["name"]: t for t in traces if "markers" in (t["mode"] or "")}
+    assert {name: t["text"] for name, t in points.items()} == {"baseline": ["fp32"], "rtn": ["8b g64"]}, traces
+    assert points["baseline"]["color"] != points["rtn"]["color"]
+    labels = page.locator("#chart .js-plotly-plot g.textpoint text").evaluate_all("els => els.map(e => e.textContent)")
+    assert sorted(labels) == ["8b g64", "fp32"], labels  # drawn beside the points, not only on hover
     shot(page, artifacts, "charts")
 
 

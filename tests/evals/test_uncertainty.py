@@ -1,5 +1,6 @@
 """Standard errors and per-window sums of perplexity and divergence, checked against a direct
-computation from the per-token values of a tiny random Llama (built from a config in conftest)."""
+computation from the per-token values of a tiny random Llama (built from a config in conftest),
+and on the real embedded model's outputs in the measurement the noise floor comes from."""
 
 import math
 
@@ -9,17 +10,21 @@ import torch
 import torch.nn.functional as F
 from support import noisy_model as _model
 
+from quantbench import models
 from quantbench.evals import divergence, perplexity
 from quantbench.evals.divergence import DivergenceParams
 from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
 from quantbench.evals.stats import mean_stderr, proportion_stderr
+from quantbench.spec import ModelRef
 
 PARAMS = PerplexityParams(seq_len=64, max_tokens=400, batch_size=2)
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+def private_cache(request, tmp_path, monkeypatch):
+    """Baseline caches go to a fresh dir; the real model keeps the shared cache (its dequantized GGUF)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
 
 
 def _rows(rows) -> dict[str, tuple]:
@@ -73,6 +78,40 @@ def test_kld_and_top1_stderr_match_the_per_token_values(source, corpus, tiny_tok
     assert rows["window_kld_sum"][3] == pytest.approx([w.sum() for w in kl], rel=1e-4, abs=1e-6)
     assert rows["window_top1_agree"][3] == tuple(int(w.sum()) for w in agree)
     assert rows["window_tokens"][3] == (63,) * 6
+
+
+@pytest.mark.slow
+def test_the_noise_floor_and_its_stderr_match_a_direct_computation_on_the_real_model(corpus, tmp_path, monkeypatch):
+    """SmolLM2-135M run in bfloat16 against its float32 self (what a sweep's noise floor measures),
+    126 builtin tokens, the KL exact (top_k = the vocabulary): the stored mean KLD, perplexity and
+    their standard errors equal the textbook formulas over the per-token values."""
+    from quantbench.backends.registry import get_backend
+
+    monkeypatch.setattr(divergence, "cache_path", lambda key: tmp_path / "baseline.kld")
+    source = models.resolve(ModelRef("embedded:smollm2-135m"))
+    baseline = get_backend("baseline")
+    half = baseline.quantize(source, baseline.Params(compute_dtype="bfloat16"), "cpu")
+    params = DivergenceParams(seq_len=64, max_tokens=128, top_k=49152)
+    rows = _rows(divergence.run(half, params, corpus, source))
+    ppl_params = PerplexityParams(**params.model_dump(include=set(PerplexityParams.model_fields)))
+    ppl_rows = _rows(perplexity.run(half, ppl_params, corpus, source))
+    ids, _ = tokenize(half.tokenizer, corpus, params.max_tokens)
+    reference = half.reference(source)
+    kl, nll = [], []
+    for p, q in zip(
+        scored_windows(reference.logits, ids, params), scored_windows(half.logits, ids, params), strict=True
+    ):
+        logp, logq = p.logits.double().log_softmax(-1), q.logits.double().log_softmax(-1)
+        kl.append((logp.exp() * (logp - logq)).sum(-1))
+        nll.append(F.cross_entropy(q.logits.double(), q.targets, reduction="none"))
+    kl, nll = torch.cat(kl).numpy(), torch.cat(nll).numpy()
+    n = len(kl)
+    assert n == 126 and 0 < kl.mean() < 0.01  # rounding to bf16 moves the model a little, not nothing
+    assert rows["kld_mean"][0] == pytest.approx(kl.mean(), rel=1e-3)
+    assert rows["kld_mean_stderr"][0] == pytest.approx(kl.std(ddof=1) / math.sqrt(n), rel=1e-2)
+    ppl = math.exp(nll.mean())
+    assert ppl_rows["perplexity"][0] == pytest.approx(ppl, rel=1e-5)
+    assert ppl_rows["perplexity_stderr"][0] == pytest.approx(ppl * nll.std(ddof=1) / math.sqrt(n), rel=1e-3)
 
 
 def test_a_model_against_itself_has_zero_kld_stderr(source, corpus):

@@ -28,30 +28,126 @@ def test_pareto_front_on_hand_checked_sets(points, front):
     assert pareto_front([p[0] for p in points], [p[1] for p in points]) == front
 
 
-def test_quality_vs_size_draws_each_comparability_group_with_its_front(mixed_store):
+BUILTIN = "tiny · builtin · batch_size=1 max_tokens=128 seq_len=32"
+WIKI = "tiny · wikitext2 · batch_size=1 max_tokens=128 seq_len=32"
+
+
+def _trace(figure, name):
+    return next(t for t in figure.data if t.name == name)
+
+
+def test_quality_vs_size_draws_one_coloured_labelled_trace_per_family_and_group(mixed_store):
     figure = quality_vs_size(read_results(mixed_store).frame)
     names = [t.name for t in figure.data]
-    builtin = "tiny · builtin · batch_size=1 max_tokens=128 seq_len=32"
-    wiki = "tiny · wikitext2 · batch_size=1 max_tokens=128 seq_len=32"
-    assert names == [builtin, f"Pareto front · {builtin}", wiki, f"Pareto front · {wiki}"]
-    dominated, front = figure.data[0], figure.data[1]
-    assert list(dominated.x) == []  # base, bnb4 and hqq2 are each best at something
+    assert names == [f"baseline · {BUILTIN}", f"bnb · {BUILTIN}", f"hqq · {BUILTIN}", f"Pareto front · {BUILTIN}",
+                     f"quanto · {WIKI}", f"Pareto front · {WIKI}"]  # fmt: skip
+    for method in ("baseline", "bnb", "hqq"):
+        trace = _trace(figure, f"{method} · {BUILTIN}")
+        assert trace.marker.color == charts.FAMILY_COLOURS[method] and "text" in trace.mode
+    assert len({charts.FAMILY_COLOURS[m] for m in ("baseline", "bnb", "hqq", "quanto")}) == 4
+    assert [list(_trace(figure, f"{m} · {BUILTIN}").text) for m in ("baseline", "bnb", "hqq")] == [
+        ["fp32"], ["4b nf4"], ["2b"]]  # fmt: skip
+    front = _trace(figure, f"Pareto front · {BUILTIN}")
     assert list(front.x) == [0.6, 1.0, 4.0] and list(front.y) == [30.0, 11.0, 10.0]  # MiB, by size
-    assert front.marker.symbol == "star" and front.mode == "lines+markers"
-    assert "bnb:bits=4,quant_type=nf4" in front.hovertext[1] and "trial bnb4" in front.hovertext[1]
-    assert "ppl 11.000" in front.hovertext[1] and "weights MiB 1.0" in front.hovertext[1]
+    assert front.mode == "lines" and front.line.dash == "dot"
+    bnb = _trace(figure, f"bnb · {BUILTIN}")
+    assert list(bnb.marker.symbol) == ["star"]  # base, bnb4 and hqq2 are each best at something
+    assert "bnb:bits=4,quant_type=nf4" in bnb.hovertext[0] and "trial bnb4" in bnb.hovertext[0]
+    assert "ppl 11.000" in bnb.hovertext[0] and "weights MiB 1.0" in bnb.hovertext[0]
     assert "broke" not in json.dumps(figure.to_plotly_json(), default=str)  # failed trials have no point
 
 
-def test_a_dominated_point_is_drawn_off_the_front(tmp_path):
+def test_a_dominated_point_is_a_circle_off_the_front(tmp_path):
     fill(
         tmp_path,
         trial("a", metrics={"perplexity": 10.0, "weight_bytes": 4.0}),
         trial("b", "rtn", {"bits": 4}, metrics={"perplexity": 12.0, "weight_bytes": 5.0}),
     )
-    dominated, front = quality_vs_size(read_results(tmp_path).frame).data
-    assert list(dominated.hovertext) == [h for h in dominated.hovertext if "trial b" in h] and len(dominated.x) == 1
-    assert list(front.x) == [4.0 / 2**20]
+    figure = quality_vs_size(read_results(tmp_path).frame)
+    assert [t.name for t in figure.data] == ["baseline", "rtn", "Pareto front"]  # one group: no group label
+    assert list(figure.data[1].marker.symbol) == ["circle"] and list(figure.data[0].marker.symbol) == ["star"]
+    assert list(figure.data[2].x) == [4.0 / 2**20]
+
+
+@pytest.mark.parametrize(
+    ("label", "short"),
+    [
+        ("rtn:bits=4,group_size=64", "4b g64"),
+        ("baseline:compute_dtype=bfloat16", "bf16"),
+        ("baseline:dtype=float32", "fp32"),
+        ("hqq:group_size=64,nbits=4", "g64 4b"),
+        ("quanto:weights=int8", "int8"),
+        ("rtn:bits=3,group_size=64,symmetric=True", "3b g64"),
+        ("gguf:quant_type=Q4_K_M", "Q4_K_M"),
+        ("mine:alpha=0.5", "alpha=0.5"),
+        ("dynamic", "dynamic"),
+    ],
+)
+def test_short_labels(label, short):
+    assert charts.short_label(label) == short
+
+
+def test_an_unknown_family_gets_a_stable_colour_of_its_own():
+    assert charts.family_colour("mine") == charts.family_colour("mine") in charts.OTHER_COLOURS
+    assert charts.family_colour("rtn") != charts.family_colour("bnb")
+
+
+def _floor_store(tmp_path):
+    return fill(
+        tmp_path,
+        trial("fp32", metrics={"kld_mean": 0.0, "kld_mean_stderr": 0.0, "perplexity": 10.0, "weight_bytes": 4e6}),
+        trial("bf16", params={"compute_dtype": "bfloat16"}, day=1,
+              metrics={"kld_mean": 0.002, "kld_mean_stderr": 0.0004, "perplexity": 10.01, "weight_bytes": 2e6}),
+        trial("rtn8", "rtn", {"bits": 8}, day=2,
+              metrics={"kld_mean": 0.001, "kld_mean_stderr": 0.0002, "perplexity": 10.0, "weight_bytes": 1e6}),
+        trial("rtn4", "rtn", {"bits": 4}, day=3,
+              metrics={"kld_mean": 0.3, "kld_mean_stderr": 0.02, "perplexity": 12.0, "weight_bytes": 0.6e6}),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("quality", "floor"), [("kld_mean", 0.002), ("perplexity", 10.01)])
+def test_the_noise_floor_is_a_dashed_line_at_the_half_precision_baseline(tmp_path, quality, floor):
+    figure = quality_vs_size(read_results(_floor_store(tmp_path)).frame, quality)
+    line = _trace(figure, "noise floor: bf16 vs fp32")
+    assert list(line.y) == [floor, floor] and line.line.dash == "dash"
+    assert list(line.x) == [0.6e6 / 2**20, 4e6 / 2**20]  # across the group's points
+    assert "indistinguishable from the original" in line.hovertext
+
+
+def test_error_bars_come_from_the_stored_standard_errors(tmp_path):
+    figure = quality_vs_size(read_results(_floor_store(tmp_path)).frame, "kld_mean")
+    rtn = _trace(figure, "rtn")
+    assert list(rtn.text) == ["4b", "8b"] and list(rtn.error_y.array) == [0.02, 0.0002]
+    assert rtn.error_y.visible and figure.layout.yaxis.title.text == "KLD"
+    assert _trace(figure, "baseline").error_y.array == (0.0004, 0.0)  # by trial key: bf16, fp32
+    # perplexity has no stderr rows in this store: no bars rather than bars of zero
+    assert _trace(quality_vs_size(read_results(tmp_path).frame), "rtn").error_y.array is None
+
+
+def test_no_floor_line_without_a_half_precision_baseline(mixed_store):
+    figure = quality_vs_size(read_results(mixed_store).frame, "kld_mean")
+    assert not [t for t in figure.data if t.name.startswith("noise floor")]
+
+
+def test_quality_vs_estimated_memory_prices_each_trial_with_the_planner(tmp_path):
+    from quantbench.planner.calibrate import stored_layout
+    from quantbench.planner.estimate import Workload, estimate
+    from quantbench.planner.presets import preset
+
+    frame = read_results(_floor_store(tmp_path)).frame.assign(model_ref="smollm2-135m")
+    figure = charts.quality_vs_memory(frame, "kld_mean", context=2048)
+    assert figure.layout.xaxis.title.text == "estimated memory at context 2048, batch 1 (MiB)"
+    rtn = _trace(figure, "rtn")
+    expected = [estimate(preset("smollm2-135m"), stored_layout("rtn", {"bits": b}, "cpu"),
+                         Workload(2048, device="cpu")).total / 2**20 for b in (4, 8)]  # fmt: skip
+    assert list(rtn.x) == pytest.approx(expected)
+    longer = _trace(charts.quality_vs_memory(frame, "kld_mean", context=8192), "rtn")
+    assert all(b > a for a, b in zip(rtn.x, longer.x, strict=True))  # the KV cache grows with the context
+
+
+def test_estimated_memory_says_why_when_the_planner_knows_no_model(tmp_path):
+    figure = charts.quality_vs_memory(read_results(_floor_store(tmp_path)).frame)  # model "tiny": no preset
+    assert not figure.data and "no trial has both ppl and estimated memory" in figure.layout.annotations[0].text
 
 
 @pytest.mark.parametrize("name", sorted(charts.CHARTS))

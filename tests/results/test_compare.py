@@ -3,7 +3,7 @@ from rows import PROTOCOL, fill, trial
 
 from quantbench.errors import QuantbenchError
 from quantbench.results.columns import column
-from quantbench.results.compare import comparability_groups, compare
+from quantbench.results.compare import comparability_groups, compare, default_keys
 from quantbench.results.store import read_results
 
 
@@ -148,3 +148,22 @@ def test_speed_ups_per_batch_size_of_the_latency_eval(tmp_path):
     assert text.loc["speed-up × @batch=16"].tolist() == ["1.00×", "2.00×"]
     assert text.loc["prefill s len=128"].tolist() == ["", "0.500"]
     assert "prefill speed-up × @len=128" in text.index  # shown, empty where the reference lacks it
+
+
+def test_compare_opens_with_the_newest_models_ok_trials_against_its_baseline(mixed_store):
+    # The newest ok trial (wiki) ran on a corpus the baseline never saw: it cannot be compared, and
+    # the failed trial has nothing to compare; the rest follow the baseline, largest weights first.
+    frame = read_results(mixed_store).frame
+    assert default_keys(frame) == ["base", "bnb4", "hqq2"]
+    assert compare(frame, default_keys(frame)).reference == "base"
+
+
+def test_the_newest_model_decides_and_without_a_baseline_there_is_no_default(tmp_path):
+    fill(tmp_path, trial("old", metrics={"perplexity": 10.0}), trial("oldq", "rtn", {"bits": 4}, day=1,
+                                                                      metrics={"perplexity": 11.0}))  # fmt: skip
+    fill(tmp_path, trial("newb", fingerprint="fp-other", day=2, metrics={"perplexity": 8.0}),
+         trial("newq", "rtn", {"bits": 8}, fingerprint="fp-other", day=3, metrics={"perplexity": 8.1}))  # fmt: skip
+    assert default_keys(read_results(tmp_path).frame) == ["newb", "newq"]
+    fill(tmp_path, trial("lone", "hqq", {"nbits": 4}, fingerprint="fp-lone", day=4, metrics={"perplexity": 9.0}))
+    assert default_keys(read_results(tmp_path).frame) == []
+    assert default_keys(read_results(tmp_path / "empty").frame) == []

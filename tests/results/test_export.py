@@ -114,7 +114,7 @@ def test_an_absolute_path_inside_the_directory_is_fine(tmp_path):
     ("fmt", "chart", "message"),
     [
         ("docx", "pareto", "unknown export format 'docx'; valid formats: md, csv, parquet, latex, json, html, png"),
-        ("png", "pie", "unknown chart 'pie'; valid charts: pareto, bits, throughput, prefill, memory"),
+        ("png", "pie", "unknown chart 'pie'; valid charts: pareto, footprint, bits, throughput, prefill, memory"),
     ],
 )
 def test_unknown_format_or_chart(frame, tmp_path, fmt, chart, message):

@@ -33,6 +33,21 @@ def test_compare_prints_deltas(mixed_store, capsys):
     assert "Δ% perplexity" in out and "+10.00%" in out and "4.00×" in out
 
 
+def test_compare_without_keys_shows_the_newest_models_trials_against_its_baseline(mixed_store, capsys):
+    assert main(["compare", "--store", str(mixed_store)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reference: base\n")
+    header = out.splitlines()[1]
+    assert "bnb4 bnb:bits=4" in header and "hqq2 hqq:nbits=2" in header and "wiki" not in header
+
+
+def test_compare_without_keys_on_a_store_without_a_baseline_is_one_line(tmp_path, capsys):
+    assert main(["compare", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"quantbench: error: no ok trial in {tmp_path} has a comparable baseline: name the trials " \
+        "(`quantbench results` lists them)"  # fmt: skip
+
+
 def test_export_writes_inside_dir(mixed_store, tmp_path, capsys):
     out_dir = tmp_path / "exports"
     args = ["export", "--format", "json", "--out", "ok.json", "--dir", str(out_dir), "--store", str(mixed_store)]

@@ -61,7 +61,7 @@ def call(client, endpoint: str) -> tuple[float, tuple]:
     if endpoint == "results":
         out = client.predict("any", "any", "", api_name="/results")
     else:
-        out = client.predict("pareto", "any", "", api_name="/chart")
+        out = client.predict("pareto", "perplexity", 4096, "any", "", api_name="/chart")
     return time.perf_counter() - start, out
 
 

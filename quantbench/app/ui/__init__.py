@@ -75,11 +75,11 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
         filters = [charts_parts["method"], export_parts["method"]]
         # Tabs over the store read it again when opened: a run may have finished meanwhile.
         results.select(shown["handler"], shown["inputs"], shown["outputs"], api_name=False)
-        compare.select(choices[0], None, choices[1], api_name=False)
+        compare.select(*choices, api_name=False)
         charts.select(chart[0], chart[1], chart[2], api_name=False)
         for tab in (charts, exports):
             tab.select(lambda: method_updates(store, len(filters)), None, filters, api_name=False)
-        loads += [(shown["handler"], shown["inputs"], shown["outputs"]), (choices[0], None, choices[1])]
+        loads += [(shown["handler"], shown["inputs"], shown["outputs"]), choices]
         for handler, inputs, outputs in loads:
             app.load(handler, inputs, outputs, api_name=False)
     app.export_dir = export_dir  # where launch() must allow downloads from

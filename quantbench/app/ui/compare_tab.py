@@ -13,7 +13,7 @@ import gradio as gr
 from quantbench.app.ui.common import error_box, guarded, read_trials, trial_choices
 from quantbench.errors import QuantbenchError
 from quantbench.results.columns import column
-from quantbench.results.compare import PAIRED, RATIOS, Comparison, compare, paired_name
+from quantbench.results.compare import PAIRED, RATIOS, Comparison, compare, default_keys, paired_name
 
 AUTO = ""  # the reference choice that lets compare() pick the model's baseline
 AUTO_CHOICE = ("automatic: the model's baseline trial", AUTO)
@@ -113,11 +113,21 @@ def build(store: Path) -> dict[str, gr.components.Component]:
     reference_line = gr.Markdown(elem_id="compare-reference-line")
     result = gr.HTML(elem_id="compare-table")
 
-    @guarded(2)
-    def choices() -> tuple:
-        _, table = read_trials(store)
+    @guarded(4)
+    def opening(chosen: list[str] | None) -> tuple:
+        """New trial choices; while nothing is chosen, the default view (see `default_keys`)."""
+        frame, table = read_trials(store)
         options = trial_choices(table)
-        return gr.update(choices=options), gr.update(choices=[AUTO_CHOICE, *options])
+        updates = gr.update(choices=options), gr.update(choices=[AUTO_CHOICE, *options])
+        if chosen:
+            return (*updates, gr.update(), gr.update())
+        keys = default_keys(frame)
+        if not keys:
+            why = "No trials yet." if table.empty else "No ok trial of the newest model has a comparable baseline."
+            return (*updates, f"{why} Pick trials above.", "")
+        comparison = compare(frame, keys)
+        updates = gr.update(choices=options, value=keys), updates[1]
+        return (*updates, _reference_line(comparison, default=True), comparison_html(comparison))
 
     @guarded(2)
     def run_compare(keys: list[str] | None, ref: str | None) -> tuple:
@@ -125,9 +135,19 @@ def build(store: Path) -> dict[str, gr.components.Component]:
             raise QuantbenchError("choose at least two trials to compare")
         frame, _ = read_trials(store)
         comparison = compare(frame, list(keys), ref or None)
-        label = comparison.table["trial"].iloc[0]
-        return f"Reference: **{label}**", comparison_html(comparison)
+        return _reference_line(comparison), comparison_html(comparison)
 
-    reload.click(choices, None, [trials, reference, error], api_name=False)
+    outputs = [trials, reference, reference_line, result, error]
+    reload.click(opening, trials, outputs, api_name=False)
     run.click(run_compare, [trials, reference], [reference_line, result, error], api_name="compare")
-    return {"load": (choices, [trials, reference, error])}
+    return {"load": (opening, [trials], outputs)}
+
+
+def _reference_line(comparison: Comparison, default: bool = False) -> str:
+    label = comparison.table["trial"].iloc[0]
+    if not default:
+        return f"Reference: **{label}**"
+    return (
+        f"Every ok trial of the newest model ({len(comparison.table)}) against its baseline **{label}**; "
+        "pick trials above to compare others."
+    )

@@ -18,6 +18,7 @@ from quantbench.app.ui.common import (
     read_trials,
 )
 from quantbench.results.columns import display_table, headline
+from quantbench.results.noise import with_verdicts
 
 
 def results_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +43,9 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         "Every trial in the results store, newest first; sort with the ⋮ menu of a column header. "
         "**bits/w**: stored bits per weight (scales and unquantized layers included); sizes in MiB "
         "(2^20 bytes); **ppl**: perplexity, lower is better; **quant s**: seconds to quantize; "
-        "**eval tok/s**: tokens scored per second; **peak RSS**: the trial's peak process memory. "
+        "**eval tok/s**: tokens scored per second; **peak RSS**: the trial's peak process memory; "
+        "**vs original**: where the store has a noise floor (a bf16 baseline's KL divergence from fp32), "
+        "the trials whose KLD is at or within noise of it. "
         f"Store: `{store}`."
     )
     method, status, model = filter_controls("results")
@@ -62,7 +65,8 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         wide_table = model_contains(wide_table, model_text)
         if wide_table.empty:
             return pd.DataFrame(), "No trials match. Start one from the **Run** tab.", gr.update()
-        _, everything = read_trials(store)
+        all_rows, everything = read_trials(store)
+        wide_table = with_verdicts(wide_table, all_rows)
         failed = int((wide_table["status"] == "failed").sum())
         line = f"{len(wide_table)} trials ({failed} failed)."
         return results_frame(wide_table), line, gr.update(choices=method_choices(everything))
