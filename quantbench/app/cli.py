@@ -42,6 +42,7 @@ EVAL_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "--stride": (WINDOWS, "stride"),
     "--max-tokens": (WINDOWS, "max_tokens"),
     "--batch-size": (WINDOWS, "batch_size"),
+    "--protocol": (WINDOWS, "protocol"),
     "--top-k": (("divergence",), "top_k"),
     "--prompt-lengths": (("latency",), "prompt_lengths"),
     "--batch-sizes": (("latency",), "batch_sizes"),
