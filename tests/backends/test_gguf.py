@@ -184,6 +184,33 @@ def test_the_f32_file_through_llama_cpp_matches_the_torch_reference(tiny):
     assert abs(rows["kld_mean"]) < 1e-5 and rows["top1_agreement"] == 100.0
 
 
+def _llamacpp_perplexities(source, corpus, seq_len: int, max_tokens: int) -> tuple[float, float, int]:
+    """Perplexity under the llamacpp protocol through llama.cpp on the F32 GGUF and through
+    transformers on the fp32 model, and the tokens scored."""
+    from quantbench.engines.llama_cpp import LlamaCppModel
+
+    tokenizer = models.load_tokenizer(source)
+    engine = LlamaCppModel.open(unquantized_gguf(source), tokenizer, "llama.cpp F32")
+    params = perplexity.PerplexityParams(seq_len=seq_len, max_tokens=max_tokens, protocol="llamacpp")
+    ours = perplexity.evaluate(engine.logits, tokenizer, corpus, params)
+    theirs = perplexity.evaluate(engine.reference(source).logits, tokenizer, corpus, params)
+    assert ours.tokens_scored == theirs.tokens_scored
+    return ours.perplexity, theirs.perplexity, ours.tokens_scored
+
+
+def test_the_llamacpp_protocol_agrees_through_llama_cpp_and_transformers(tiny):
+    ours, theirs, tokens = _llamacpp_perplexities(tiny, load_corpus("builtin"), 128, 512)
+    assert tokens == 4 * 63 and ours == pytest.approx(theirs, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_llamacpp_protocol_agrees_on_the_embedded_model():
+    pytest.importorskip("llama_cpp")
+    source = models.resolve(ModelRef("embedded:smollm2-135m"))
+    ours, theirs, tokens = _llamacpp_perplexities(source, load_corpus(str(WIKITEXT_TEST)), 512, 1024)
+    assert tokens == 2 * 255 and ours == pytest.approx(theirs, rel=1e-3)
+
+
 @pytest.mark.slow
 def test_a_q4_k_m_trial_of_the_embedded_model(tmp_path, capsys):
     pytest.importorskip("llama_cpp")
