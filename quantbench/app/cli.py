@@ -297,6 +297,12 @@ def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | 
     print(display_table(table).to_string(index=False))
     for _, row in table[table["status"] == "failed"].iterrows():
         print(f"{row['trial_key']} failed: {row['error'].splitlines()[0]}")
+    # A measured quantize fact with a note explains what the method did to the weights (gguf: which
+    # types llama.cpp wrote where a row width refused the one asked for).
+    rows = contents.frame
+    noted = rows[(rows["eval"] == "quantize") & rows["value"].notna() & (rows["note"].fillna("") != "")]
+    for row in noted[noted["trial_key"].isin(table["trial_key"])].itertuples():
+        print(f"{row.trial_key} {row.metric}: {row.note}")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -150,7 +150,11 @@ def test_a_trial_stores_the_files_types_bytes_threads_and_llama_cpp_build(tiny, 
     assert "fallback_tensors" not in rows  # 256-wide rows take every type
 
 
-def test_a_type_the_rows_cannot_take_leaves_a_note_of_what_llama_cpp_wrote(tiny_tokenizer, tmp_path, monkeypatch):
+def test_a_type_the_rows_cannot_take_leaves_a_note_of_what_llama_cpp_wrote(
+    tiny_tokenizer, tmp_path, monkeypatch, capsys
+):
+    from quantbench.app.cli import main
+
     monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
     narrow = write_tiny_gguf(tmp_path / "narrow.gguf", tiny_tokenizer, hidden=96)  # 96: no multiple of 256
     rows = _trial_rows(str(narrow), "gguf:quant_type=Q4_K_M", tmp_path / "store")
@@ -158,6 +162,9 @@ def test_a_type_the_rows_cannot_take_leaves_a_note_of_what_llama_cpp_wrote(tiny_
     # The matrices 96 wide (all but ffn_down, 512 wide) cannot hold Q4_K's super-blocks.
     assert count == 13 and note.startswith("13 of 15 matrices have rows of 96 weights") and "Q5_0×" in note
     assert rows["tensors:Q4_K"][0] + rows.get("tensors:Q6_K", (0,))[0] == 2
+    capsys.readouterr()
+    assert main(["results", "--store", str(tmp_path / "store")]) == 0
+    assert f"fallback_tensors: {note}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
