@@ -43,7 +43,9 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
         QUANTBENCH_STORE=str(tmp / "default-store"),
         HF_HOME=str(tmp / "hf"),
         HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT / "tests"),  # workers import tests/fault_backends.py when a test plugs it in
+        # Workers import tests/fault_backends.py when a test plugs it in; the inherited path stays after
+        # it, so a checkout run with PYTHONPATH=. tests its own quantbench, not the installed one.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])),
     )
     env.update(extra)
     return env
