@@ -24,6 +24,7 @@ import torch
 
 from quantbench import models
 from quantbench.backends.registry import get_backend
+from quantbench.engines.protocol import engine_facts
 from quantbench.evals import latency
 from quantbench.runner import environment
 from quantbench.spec import MethodSpec, ModelRef, validate_params
@@ -44,7 +45,9 @@ def profile_method(model_ref: str, method_text: str, params: latency.LatencyPara
     source = models.resolve(ModelRef(model_ref))
     model = backend.quantize(source, validate_params(backend.Params, method.params, method.name), "cpu")
     rows = latency.run(model, params, None, source)
-    return {"method": method_text, "weight_bytes": model.weight_bytes, "metrics": {n: v for n, v, _ in rows}}
+    facts = {name: value for name, value, *_ in engine_facts(model)}  # llama.cpp: its file's bytes, threads
+    return {"method": method_text, "weight_bytes": model.weight_bytes, "bits_per_weight": model.bits_per_weight,
+            "engine_facts": facts, "metrics": {n: v for n, v, _ in rows}}  # fmt: skip
 
 
 def profiler_overhead(model_ref: str, rounds: int) -> dict:

@@ -1,7 +1,8 @@
 """A tiny random Llama written as an F32 GGUF file, with the tests' tiny byte-level BPE tokenizer.
 
-Rows are 256 wide, a multiple of the k-quants' super-block, so llama.cpp quantizes every tensor
-to the type asked for (no fallback). The tokenizer goes into the file as GPT-2-style metadata
+Rows are 256 wide by default, a multiple of the k-quants' super-block, so llama.cpp quantizes every
+tensor to the type asked for (no fallback); a narrower `hidden` makes it fall back, as SmolLM2's 576
+does. The tokenizer goes into the file as GPT-2-style metadata
 (tokens, merges): transformers and llama.cpp both read it from there, as they do for a real model.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, CONTEXT = 256, 512, 2, 4, 2, 512
 
 
-def write_tiny_gguf(path: Path, tokenizer, seed: int = 0) -> Path:
+def write_tiny_gguf(path: Path, tokenizer, seed: int = 0, hidden: int = HIDDEN) -> Path:
     import gguf
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -27,12 +28,12 @@ def write_tiny_gguf(path: Path, tokenizer, seed: int = 0) -> Path:
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name("tiny-random-llama")
     writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(HIDDEN)
+    writer.add_embedding_length(hidden)
     writer.add_block_count(LAYERS)
     writer.add_feed_forward_length(FFN)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_rope_dimension_count(hidden // HEADS)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(vocab)
@@ -49,19 +50,19 @@ def write_tiny_gguf(path: Path, tokenizer, seed: int = 0) -> Path:
     def normal(*shape: int) -> np.ndarray:
         return rng.normal(0, 0.05, shape).astype(np.float32)
 
-    head_dim = HIDDEN // HEADS
-    writer.add_tensor("token_embd.weight", normal(vocab, HIDDEN))
-    writer.add_tensor("output_norm.weight", np.ones(HIDDEN, np.float32))
+    head_dim = hidden // HEADS
+    writer.add_tensor("token_embd.weight", normal(vocab, hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
     for i in range(LAYERS):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
-        writer.add_tensor(f"blk.{i}.attn_q.weight", normal(HIDDEN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", normal(KV_HEADS * head_dim, HIDDEN))
-        writer.add_tensor(f"blk.{i}.attn_v.weight", normal(KV_HEADS * head_dim, HIDDEN))
-        writer.add_tensor(f"blk.{i}.attn_output.weight", normal(HIDDEN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", normal(FFN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", normal(FFN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", normal(HIDDEN, FFN))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", normal(hidden, hidden))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", normal(KV_HEADS * head_dim, hidden))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", normal(KV_HEADS * head_dim, hidden))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", normal(hidden, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", normal(FFN, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", normal(FFN, hidden))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", normal(hidden, FFN))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -42,6 +42,7 @@ EVAL_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "--stride": (WINDOWS, "stride"),
     "--max-tokens": (WINDOWS, "max_tokens"),
     "--batch-size": (WINDOWS, "batch_size"),
+    "--protocol": (WINDOWS, "protocol"),
     "--top-k": (("divergence",), "top_k"),
     "--prompt-lengths": (("latency",), "prompt_lengths"),
     "--batch-sizes": (("latency",), "batch_sizes"),
@@ -299,6 +300,12 @@ def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | 
     print(display_table(table).to_string(index=False))
     for _, row in table[table["status"] == "failed"].iterrows():
         print(f"{row['trial_key']} failed: {row['error'].splitlines()[0]}")
+    # A measured quantize fact with a note explains what the method did to the weights (gguf: which
+    # types llama.cpp wrote where a row width refused the one asked for).
+    rows = contents.frame
+    noted = rows[(rows["eval"] == "quantize") & rows["value"].notna() & (rows["note"].fillna("") != "")]
+    for row in noted[noted["trial_key"].isin(table["trial_key"])].itertuples():
+        print(f"{row.trial_key} {row.metric}: {row.note}")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

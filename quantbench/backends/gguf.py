@@ -9,12 +9,22 @@ wheel, so it is refused in one line.
 llama.cpp quantizes a tensor in blocks along its rows; a k-quant's super-block is 256 weights, and
 a tensor whose row width is not a multiple of it gets an older type instead (`FALLBACK`, from
 llama.cpp's `llama_tensor_get_type`). SmolLM2's 576-wide rows take the fallback on most tensors,
-so the model's `kernel` lists the types its file really holds.
+so the trial stores the types its file really holds (`tensors:<type>` rows, see
+engines/llama_cpp.py) and a `fallback_tensors` row whose note says what llama.cpp wrote instead.
+
+`quant_type=source` measures the source file as it is (no conversion, no quantizing): the embedded
+model is itself a Q4_1 GGUF, and divergence compares it with its own dequantized fp32 weights.
+
+No importance matrix: llama.cpp computes one in its `llama-imatrix` tool (tools/imatrix), which is
+not part of libllama; llama-cpp-python's bindings only pass a finished one to the quantizer
+(`llama_model_quantize_params.imatrix`), so the k-quants here are made without one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -26,11 +36,13 @@ from quantbench import models
 from quantbench.backends.base import Availability, Backend, MethodParams
 from quantbench.backends.layout import Layout
 from quantbench.corpora import Corpus
+from quantbench.engines.llama_cpp import GgufFacts, LlamaCppModel
 from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.files import atomic_path
 from quantbench.models import ResolvedModel
 
+SOURCE = "source"  # the quant_type that measures the source file as it is
 # quant_type -> (the type of most quantized tensors, nominal bits); the _M mixes give some attn_v
 # and ffn_down tensors a wider type, which the planner does not price.
 TYPES = {
@@ -52,15 +64,16 @@ FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_
 
 
 class GgufParams(MethodParams):
-    quant_type: Literal[tuple(TYPES)] = Field(
+    quant_type: Literal[(*TYPES, SOURCE)] = Field(
         "Q4_K_M",
         description="llama.cpp file type: Q8_0 near-lossless, Q4_K_M the usual default, Q2_K extreme; "
-        "_M/_S mixes give some tensors a wider/narrower type",
+        "_M/_S mixes give some tensors a wider/narrower type; source = the .gguf model file as it is",
     )
 
     @property
-    def bits(self) -> int:
-        return TYPES[self.quant_type][1]
+    def bits(self) -> float:
+        """Nominal bits; NaN for `source`, whose types only the file knows (its trial stores them)."""
+        return math.nan if self.quant_type == SOURCE else TYPES[self.quant_type][1]
 
 
 class GgufBackend(Backend):
@@ -70,6 +83,7 @@ class GgufBackend(Backend):
     headline = ("quant_type",)
     is_serializable = True
     devices = ("cpu",)  # the CPU build; llama.cpp on CUDA needs a wheel built with -DGGML_CUDA=on
+    note = "no importance matrix: llama.cpp computes one only in its llama-imatrix tool, which the bindings lack"
 
     def check(self, device: str) -> Availability:
         base = super().check(device)
@@ -83,6 +97,8 @@ class GgufBackend(Backend):
     def layout(self, params: GgufParams, device: str) -> Layout:
         # The planner keeps embeddings in the layout's dtype; llama.cpp quantizes them too (Q4_K_M:
         # Q6_K or its fallback), so the plan overstates a GGUF model by about that table's savings.
+        if params.quant_type == SOURCE:
+            raise QuantbenchError("gguf:quant_type=source keeps the types of the file given, which no layout prices")
         base, bits = TYPES[params.quant_type]
         return Layout(
             self.name, f"gguf {params.quant_type}", bits, "float32", lambda rows, cols: tensor_bytes(base, rows, cols)
@@ -91,12 +107,15 @@ class GgufBackend(Backend):
     def quantize(
         self, model: ResolvedModel, params: GgufParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
-        from quantbench.engines.llama_cpp import LlamaCppModel
-
+        tokenizer = models.load_tokenizer(model)
+        if params.quant_type == SOURCE:
+            path = source_gguf(model)
+            return LlamaCppModel.open(path, tokenizer, f"llama.cpp {file_type(path)} file as given")
         source = unquantized_gguf(model)
         target = models.cache_dir() / "gguf" / f"{source.stem.removesuffix('-F32')}-{params.quant_type}.gguf"
         quantize_file(source, target, params.quant_type)
-        return LlamaCppModel.open(target, models.load_tokenizer(model), f"llama.cpp {params.quant_type}")
+        note = fallback_note(GgufFacts.read(target), params.quant_type)
+        return LlamaCppModel.open(target, tokenizer, f"llama.cpp {params.quant_type}", notes=note)
 
 
 def tensor_bytes(type_name: str, rows: int, cols: int) -> int:
@@ -111,14 +130,52 @@ def tensor_bytes(type_name: str, rows: int, cols: int) -> int:
     return rows * -(-cols // block) * size
 
 
-def unquantized_gguf(model: ResolvedModel) -> Path:
-    """The F32 GGUF of `model`, converted once per fingerprint into the cache."""
+def fallback_note(facts: GgufFacts, quant_type: str) -> tuple[tuple, ...]:
+    """A `fallback_tensors` row when some matrices could not take `quant_type`'s main type: how many,
+    and in its note which types llama.cpp wrote for them instead (read from the file, not predicted)."""
+    import gguf
+
+    base = TYPES[quant_type][0]
+    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[base]][0]
+    narrow = [(kind, width) for kind, width in facts.matrices if width % block]
+    if not narrow:
+        return ()
+    written = ", ".join(f"{kind}×{n}" for kind, n in Counter(kind for kind, _ in narrow).most_common())
+    widths = ", ".join(str(w) for w in sorted({width for _, width in narrow}))
+    note = (
+        f"{len(narrow)} of {len(facts.matrices)} matrices have rows of {widths} weights, not a multiple of "
+        f"{base}'s {block}-weight block: llama.cpp wrote {written} for them"
+    )
+    return (("fallback_tensors", len(narrow), "tensors", note),)
+
+
+def file_type(path: Path) -> str:
+    """The file type a GGUF declares (`general.file_type`, e.g. MOSTLY_Q4_1), as its label says it."""
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get(gguf.Keys.General.FILE_TYPE)
+    if field is None:
+        return "untyped"
+    try:
+        return gguf.LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"file type {field.contents()}"
+
+
+def source_gguf(model: ResolvedModel) -> Path:
+    """The GGUF file `model` was given as; QuantbenchError for a transformers directory."""
     source = models.gguf_file(model)
     if source is None:
         raise QuantbenchError(
             f"gguf needs a GGUF source for now (embedded:NAME or a .gguf file), not the directory {model.path}: "
             "convert it with llama.cpp's convert_hf_to_gguf.py"
         )
+    return source
+
+
+def unquantized_gguf(model: ResolvedModel) -> Path:
+    """The F32 GGUF of `model`, converted once per fingerprint into the cache."""
+    source = source_gguf(model)
     target = models.cache_dir() / "gguf" / f"{model.fingerprint[:16]}-F32.gguf"
     if not target.is_file():
         with atomic_path(target) as tmp:

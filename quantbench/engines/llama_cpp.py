@@ -14,6 +14,7 @@ same weights differs from it by a mean KL of about 1e-6 nats (measured in the te
 from __future__ import annotations
 
 import ctypes
+import math
 import shutil
 import weakref
 from collections import Counter
@@ -41,6 +42,7 @@ class GgufFacts:
     embedding_bytes: int
     tied: bool
     types: Counter = field(default_factory=Counter)
+    matrices: tuple[tuple[str, int], ...] = ()  # (type, row width) of each tensor of two or more dimensions
 
     @classmethod
     def read(cls, path: Path) -> GgufFacts:
@@ -58,6 +60,8 @@ class GgufFacts:
             embedding_bytes=int(embedding.n_bytes) if embedding is not None else 0,
             tied="output.weight" not in names,
             types=Counter(t.tensor_type.name for t in tensors),
+            # gguf-py lists a tensor's shape in ggml's order: the row width first
+            matrices=tuple((t.tensor_type.name, int(t.shape[0])) for t in tensors if len(t.shape) >= 2),
         )
 
 
@@ -67,7 +71,7 @@ class LlamaCppModel:
     device = "cpu"
     logits_dtype = torch.float32  # llama.cpp's output layer writes fp32 logits
 
-    def __init__(self, path: Path, tokenizer: object, label: str, threads: int) -> None:
+    def __init__(self, path: Path, tokenizer: object, label: str, threads: int, notes: tuple[tuple, ...] = ()) -> None:
         import llama_cpp
         from llama_cpp import _internals, _logger
 
@@ -77,6 +81,7 @@ class LlamaCppModel:
         self.path = path
         self.tokenizer = tokenizer
         self.threads = threads
+        self.notes = notes
         self.facts = GgufFacts.read(path)
         model_params = llama_cpp.llama_model_default_params()
         # ggml's AMX matmul (an "extra buffer type") segfaults on the AMX Xeon this was built and
@@ -104,10 +109,21 @@ class LlamaCppModel:
         self.kernel = f"{label} (llama.cpp CPU, {threads} threads{buffers}, f16 KV cache; tensors {types})"
 
     @classmethod
-    def open(cls, path: Path, tokenizer: object, label: str, threads: int | None = None) -> LlamaCppModel:
+    def open(
+        cls, path: Path, tokenizer: object, label: str, threads: int | None = None, notes: tuple[tuple, ...] = ()
+    ) -> LlamaCppModel:
         """`path` on `threads` CPU threads (default: torch's, as the torch methods run); `label` opens
-        the kernel string."""
-        return cls(path, tokenizer, label, threads or torch.get_num_threads())
+        the kernel string; `notes` are rows the backend adds to `trial_facts`."""
+        return cls(path, tokenizer, label, threads or torch.get_num_threads(), notes)
+
+    def trial_facts(self) -> list[tuple]:
+        """What the trial stores beyond the protocol's facts, as (name, value, unit[, note]) rows: the
+        file's exact bytes, the threads llama.cpp ran on, how many tensors got each ggml type
+        (`tensors:Q5_0`), llama.cpp's build (in the note of `llama_cpp_build`), and the backend's notes."""
+        rows = [("file_bytes", self.path.stat().st_size, "bytes"), ("threads", self.threads, "threads")]
+        rows += [(f"tensors:{name}", n, "tensors") for name, n in sorted(self.facts.types.items())]
+        rows.append(("llama_cpp_build", math.nan, "", build_info()))
+        return rows + list(self.notes)
 
     @property
     def weight_bytes(self) -> int:
@@ -195,6 +211,23 @@ class LlamaCppModel:
 
     def reference(self, source: ResolvedModel) -> TorchModel:
         return reference_model(source, self.tokenizer, self.device)
+
+
+def build_info() -> str:
+    """llama.cpp's version, ggml's version and commit (where the shipped libggml-base exports them)
+    and `llama_print_system_info`: the CPU features this build uses."""
+    import llama_cpp
+
+    parts = [f"llama.cpp {llama_cpp.llama_version().decode()}"]
+    for path in sorted((Path(llama_cpp.__file__).parent / "lib").glob("*ggml-base.*"))[:1]:
+        try:
+            lib = ctypes.CDLL(str(path))
+            lib.ggml_version.restype = lib.ggml_commit.restype = ctypes.c_char_p
+            parts.append(f"ggml {lib.ggml_version().decode()} commit {lib.ggml_commit().decode()}")
+        except (OSError, AttributeError):
+            pass  # another build of the library: its version is all there is
+    system = llama_cpp.llama_print_system_info().decode().strip(" |")
+    return ", ".join(parts) + f"; {system}"
 
 
 def has_amx() -> bool:

@@ -68,3 +68,11 @@ class QuantizedModel(Protocol):
         engine's own fp32 run agrees with it (llama.cpp: mean KL ~1e-6), so every method shares one
         reference and its cached pass (the cache key does not name an engine)."""
         ...
+
+
+def engine_facts(model: QuantizedModel) -> list[tuple]:
+    """The (name, value, unit[, note]) rows an engine records about the model it runs beyond the
+    protocol's facts (llama.cpp: the file's tensor types, its build, threads), through its optional
+    `trial_facts()`; none for engines without it."""
+    facts = getattr(model, "trial_facts", None)
+    return facts() if facts is not None else []

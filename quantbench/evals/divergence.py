@@ -49,7 +49,7 @@ from quantbench.corpora import Corpus
 from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import perplexity, progress
-from quantbench.evals.perplexity import PerplexityParams, scored_windows, tokenize
+from quantbench.evals.perplexity import PerplexityParams, chunk_start_token, protocol_windows, scored_windows, tokenize
 from quantbench.evals.stats import mean_stderr, proportion_stderr
 from quantbench.files import atomic_path
 from quantbench.models import ResolvedModel
@@ -187,6 +187,8 @@ def cache_key(source: ResolvedModel, ids: torch.Tensor, params: DivergenceParams
         "tail_samples": params.tail_samples,
         "reference_dtype": REFERENCE_DTYPE,
         "device": device,
+        # Named only when not the default, so the baselines cached before the field existed still hit.
+        **({"protocol": params.protocol} if params.protocol != "gptq" else {}),
     }
 
 
@@ -230,7 +232,8 @@ def evaluate(
     """Compare `model` with the unquantized model behind `source`."""
     device = model.device
     ids, _ = tokenize(model.tokenizer, corpus, params.max_tokens)
-    n_tokens = sum(w.end - w.first_target for w in _windows(ids, params))
+    start_token = chunk_start_token(model.tokenizer, params)
+    n_tokens = sum(w.end - w.first_target for w in protocol_windows(len(ids), params))
     key = cache_key(source, ids, params, device)
     path = cache_path(key)
     base = read_cache(path, key, n_tokens)
@@ -245,7 +248,7 @@ def evaluate(
 
         def records() -> Iterator[np.ndarray]:
             nonlocal done
-            for s in scored_windows(reference.logits, ids, params):
+            for s in scored_windows(reference.logits, ids, params, start_token):
                 yield baseline_records(s.logits, s.targets, dtype, seed=s.window.begin)
                 done += 1
                 progress.report(done, todo)
@@ -257,7 +260,7 @@ def evaluate(
 
     kld, agree, dp_sum, dp_sq, nll_p, nll_q, at = [], 0, 0.0, 0.0, 0.0, 0.0, 0
     kld_sq, window_kld, window_agree, window_tokens = 0.0, [], [], []
-    for scored in scored_windows(model.logits, ids, params):
+    for scored in scored_windows(model.logits, ids, params, start_token):
         n = len(scored.targets)
         stats = compare(base[at : at + n], scored.logits, scored.targets)
         at += n
@@ -288,10 +291,6 @@ def evaluate(
         window_top1_agree=tuple(window_agree),
         window_tokens=tuple(window_tokens),
     )
-
-
-def _windows(ids: torch.Tensor, params: DivergenceParams) -> Iterator[perplexity.Window]:
-    return perplexity.windows(len(ids), params.seq_len, params.stride or params.seq_len)
 
 
 def check_inputs(source: ResolvedModel, params: DivergenceParams, corpus: Corpus) -> None:

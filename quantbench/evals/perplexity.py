@@ -7,6 +7,13 @@ overlap (sliding-window evaluation): each window then scores only the tokens the
 window did not, each with up to `seq_len - 1` tokens of context. A tail shorter than one
 window is dropped, as in the paper.
 
+`protocol=llamacpp` is llama.cpp's instead, so figures compare with what `llama-perplexity -c
+seq_len` prints (tools/perplexity/perplexity.cpp): the same non-overlapping chunks of `seq_len`,
+but the chunk's first token is replaced by BOS where the tokenizer starts a text with one (llama.cpp's
+`add_bos`; SmolLM2's does not), and only the second half is scored: the targets after position
+seq_len/2, `seq_len - seq_len/2 - 1` tokens per chunk, each predicted with at least half a chunk
+of context.
+
 Tokenizer-independent figures, so models with different tokenizers compare:
 - bits per byte = total NLL / ln 2 / UTF-8 bytes of the text the scored tokens cover;
 - word perplexity = exp(total NLL / whitespace-separated words in that text).
@@ -28,6 +35,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +64,23 @@ class PerplexityParams(BaseModel):
         None, ge=2, description="score only the first N corpus tokens; unset = the whole corpus"
     )
     batch_size: int = Field(1, ge=1, description="windows per forward pass")
+    # Dumped only when not the default: stored protocols (and so comparability with trials written
+    # before the field existed) and baseline cache keys stay as they were.
+    protocol: Literal["gptq", "llamacpp"] = Field(
+        "gptq",
+        exclude_if=lambda value: value == "gptq",
+        description="gptq: every token after a window's first is scored (quantization papers); llamacpp: "
+        "llama-perplexity's chunks, BOS first where the tokenizer adds one, second half scored",
+    )
 
     @model_validator(mode="after")
     def _stride_fits(self) -> PerplexityParams:
         if self.stride is not None and self.stride > self.seq_len:
             raise ValueError(f"stride ({self.stride}) must not exceed seq_len ({self.seq_len})")
+        if self.protocol == "llamacpp" and self.stride is not None:
+            raise ValueError("stride is for the gptq protocol: llama-perplexity's chunks do not overlap")
+        if self.protocol == "llamacpp" and self.seq_len < 3:
+            raise ValueError(f"the llamacpp protocol scores no token of a {self.seq_len}-token chunk; use seq_len >= 3")
         return self
 
 
@@ -116,6 +136,22 @@ def windows(n_tokens: int, seq_len: int, stride: int) -> Iterator[Window]:
         scored_until = end
 
 
+def protocol_windows(n_tokens: int, params: PerplexityParams) -> Iterator[Window]:
+    """The windows `params` score: `windows`, or under llamacpp the same chunks scored from the
+    target after position seq_len/2 (llama-perplexity's `first = n_ctx/2`)."""
+    for w in windows(n_tokens, params.seq_len, params.stride or params.seq_len):
+        yield w if params.protocol == "gptq" else Window(w.begin, w.end, w.begin + params.seq_len // 2 + 1)
+
+
+def chunk_start_token(tokenizer, params: PerplexityParams) -> int | None:
+    """The token llama-perplexity writes over each chunk's first: BOS where the tokenizer puts one
+    before a text (llama.cpp's `add_bos`), else None, as under the gptq protocol."""
+    if params.protocol == "gptq" or tokenizer.bos_token_id is None:
+        return None
+    starts_with_bos = tokenizer("", verbose=False)["input_ids"][:1] == [tokenizer.bos_token_id]
+    return tokenizer.bos_token_id if starts_with_bos else None
+
+
 @dataclass(frozen=True)
 class ScoredWindow:
     window: Window
@@ -133,12 +169,19 @@ def tokenize(tokenizer, corpus: Corpus, max_tokens: int | None) -> tuple[torch.T
 
 
 def scored_windows(
-    logits_fn: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, params: PerplexityParams
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    ids: torch.Tensor,
+    params: PerplexityParams,
+    start_token: int | None = None,
 ) -> Iterator[ScoredWindow]:
     """Run `logits_fn` over the windows of `ids`, `batch_size` at a time, and yield each window's
-    scored part; one batch of logits is alive at a time, so memory does not grow with the corpus."""
-    for batch in _chunks(windows(len(ids), params.seq_len, params.stride or params.seq_len), params.batch_size):
-        logits = logits_fn(torch.stack([ids[w.begin : w.end] for w in batch]))
+    scored part; one batch of logits is alive at a time, so memory does not grow with the corpus.
+    `start_token` (`chunk_start_token`) replaces each window's first input token."""
+    for batch in _chunks(protocol_windows(len(ids), params), params.batch_size):
+        inputs = torch.stack([ids[w.begin : w.end] for w in batch])
+        if start_token is not None:
+            inputs[:, 0] = start_token
+        logits = logits_fn(inputs)
         for row, w in zip(logits, batch, strict=True):
             # logits at position p predict token p + 1
             yield ScoredWindow(w, row[w.first_target - w.begin - 1 : -1].float(), ids[w.first_target : w.end])
@@ -161,7 +204,7 @@ def evaluate(
     todo = window_count(len(ids), params.seq_len, params.stride or params.seq_len)
     nll_sum, nll_sq_sum, tokens, n_bytes, words, n_windows = 0.0, 0.0, 0, 0, 0, 0
     window_sums, window_tokens = [], []
-    for scored in scored_windows(forward, ids, params):
+    for scored in scored_windows(forward, ids, params, chunk_start_token(tokenizer, params)):
         w = scored.window
         # nll_loss of log_softmax is what cross_entropy computes, so the sum is the one it returned
         logp = F.log_softmax(scored.logits, dim=-1)

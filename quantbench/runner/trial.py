@@ -22,6 +22,7 @@ from quantbench import models
 from quantbench.backends.base import Backend
 from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
+from quantbench.engines.protocol import engine_facts
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.evals.registry import EVALS, get_eval
@@ -173,6 +174,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         metrics.append(
             Metric("quantize", names.QUANTIZE_CUDA_MAX_ALLOCATED, quantize_memory.peak.cuda_allocated_bytes, "bytes")
         )
+    metrics += [eval_metric("quantize", row, {}) for row in engine_facts(model)]
     for ev in trial.evals:
         release_freed_heap()  # each eval's peak RSS is its own, not what quantizing or the last eval freed
         unmeasured = ev.module.not_measurable(trial.backend, ev.params) if hasattr(ev.module, "not_measurable") else []

@@ -4,12 +4,14 @@ import math
 
 import gguf
 import pytest
+import torch
 from support import WIKITEXT_TEST
 from tiny_gguf import write_tiny_gguf
 
 from quantbench import models
-from quantbench.backends.gguf import TYPES, GgufBackend, tensor_bytes, unquantized_gguf
+from quantbench.backends.gguf import TYPES, GgufBackend, fallback_note, tensor_bytes, unquantized_gguf
 from quantbench.corpora import load_corpus
+from quantbench.engines.llama_cpp import GgufFacts
 from quantbench.errors import QuantbenchError
 from quantbench.evals import divergence, latency, perplexity
 from quantbench.spec import ModelRef, validate_params
@@ -21,6 +23,24 @@ def test_an_unknown_type_is_refused_with_the_valid_ones():
     with pytest.raises(QuantbenchError, match="Q4_K_M") as error:
         validate_params(GgufBackend.Params, {"quant_type": "Q4_K_X"}, "method 'gguf'")
     assert "\n" not in str(error.value)
+    assert all(f"'{name}'" in str(error.value) for name in [*TYPES, "source"])
+
+
+def test_the_fallback_note_says_which_types_llama_cpp_wrote_for_the_narrow_rows():
+    facts = GgufFacts(0, 1, 0, True, matrices=(("Q5_0", 576), ("Q5_0", 576), ("Q8_0", 576), ("Q4_K", 1536)))
+    ((name, value, unit, note),) = fallback_note(facts, "Q4_K_M")
+    assert (name, value, unit) == ("fallback_tensors", 3, "tensors")
+    assert note == (
+        "3 of 4 matrices have rows of 576 weights, not a multiple of Q4_K's 256-weight block: "
+        "llama.cpp wrote Q5_0×2, Q8_0×1 for them"
+    )
+    assert fallback_note(facts, "Q8_0") == ()  # 576 is a multiple of Q8_0's 32-weight block
+
+
+def test_a_source_file_has_no_layout_to_price():
+    with pytest.raises(QuantbenchError, match="source"):
+        BACKEND.layout(validate_params(GgufBackend.Params, {"quant_type": "source"}, "gguf"), "cpu")
+    assert math.isnan(GgufBackend.Params(quant_type="source").bits)
 
 
 @pytest.mark.parametrize(("quant_type", "cols", "expected"), [
@@ -101,6 +121,67 @@ def test_tiny_model_quantizes_to_two_types_and_is_measured(tiny):
     assert 0.05 < q2["kld_mean"] < 0.5 and q2["top1_agreement"] < q8["top1_agreement"]
 
 
+def test_a_source_file_is_measured_as_it_is(tiny):
+    model = BACKEND.quantize(tiny, GgufBackend.Params(quant_type="source"), "cpu")
+    assert model.path == models.gguf_file(tiny)  # neither converted nor quantized
+    assert model.kernel.startswith("llama.cpp ALL_F32 file as given") and "F32×" in model.kernel
+    assert abs(_divergence(model, tiny)["kld_mean"]) < 1e-5  # against its own dequantized weights
+
+
+def _trial_rows(source: str, method: str, store) -> dict[str, tuple[float, str]]:
+    from quantbench.app.cli import main
+    from quantbench.results.store import read_results
+
+    args = ["run", "--model", source, "--method", method, "--eval", "perplexity", "--seq-len", "64"]
+    assert main([*args, "--max-tokens", "128", "--store", str(store)]) == 0
+    frame = read_results(store).frame
+    return {m: (v, n) for m, v, n in zip(frame["metric"], frame["value"], frame["note"], strict=True)}
+
+
+def test_a_trial_stores_the_files_types_bytes_threads_and_llama_cpp_build(tiny, tmp_path):
+    rows = _trial_rows(str(models.gguf_file(tiny)), "gguf:quant_type=Q8_0", tmp_path)
+    quantized = models.cache_dir() / "gguf" / f"{tiny.fingerprint[:16]}-Q8_0.gguf"
+    types = {m.removeprefix("tensors:"): v for m, (v, _) in rows.items() if m.startswith("tensors:")}
+    assert types == dict(GgufFacts.read(quantized).types) and types["Q8_0"] == 15  # 2 × 7 matrices + the embedding
+    assert rows["file_bytes"][0] == quantized.stat().st_size
+    assert rows["threads"][0] == torch.get_num_threads()
+    build = rows["llama_cpp_build"][1]
+    assert build.startswith("llama.cpp ") and "ggml " in build and "CPU" in build
+    assert "fallback_tensors" not in rows  # 256-wide rows take every type
+
+
+def test_a_type_the_rows_cannot_take_leaves_a_note_of_what_llama_cpp_wrote(
+    tiny_tokenizer, tmp_path, monkeypatch, capsys
+):
+    from quantbench.app.cli import main
+
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    narrow = write_tiny_gguf(tmp_path / "narrow.gguf", tiny_tokenizer, hidden=96)  # 96: no multiple of 256
+    rows = _trial_rows(str(narrow), "gguf:quant_type=Q4_K_M", tmp_path / "store")
+    count, note = rows["fallback_tensors"]
+    # The matrices 96 wide (all but ffn_down, 512 wide) cannot hold Q4_K's super-blocks.
+    assert count == 13 and note.startswith("13 of 15 matrices have rows of 96 weights") and "Q5_0×" in note
+    assert rows["tensors:Q4_K"][0] + rows.get("tensors:Q6_K", (0,))[0] == 2
+    capsys.readouterr()
+    assert main(["results", "--store", str(tmp_path / "store")]) == 0
+    assert f"fallback_tensors: {note}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_gguf_model_is_one_line_and_nothing_is_written(tiny, tmp_path, capsys, damage):
+    from quantbench.app.cli import main
+
+    broken = tmp_path / "model.gguf"
+    data = models.gguf_file(tiny).read_bytes()
+    broken.write_bytes(data[:100_000] if damage == "truncated" else b"PK\x03\x04 not a GGUF file" * 100)
+    store = tmp_path / "store"
+    args = ["run", "--model", str(broken), "--method", "gguf:quant_type=Q8_0", "--eval", "perplexity"]
+    assert main([*args, "--store", str(store)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("quantbench: error: cannot read GGUF file") and "\n" not in error
+    assert not any(store.rglob("*.parquet")) and not any((models.cache_dir() / "gguf").glob("model*"))
+
+
 def test_the_f32_file_through_llama_cpp_matches_the_torch_reference(tiny):
     from quantbench.engines.llama_cpp import LlamaCppModel
 
@@ -108,6 +189,33 @@ def test_the_f32_file_through_llama_cpp_matches_the_torch_reference(tiny):
     rows = _divergence(model, tiny)
     # Measured: -8e-7 (the tail estimate can dip below zero) and 100% agreement.
     assert abs(rows["kld_mean"]) < 1e-5 and rows["top1_agreement"] == 100.0
+
+
+def _llamacpp_perplexities(source, corpus, seq_len: int, max_tokens: int) -> tuple[float, float, int]:
+    """Perplexity under the llamacpp protocol through llama.cpp on the F32 GGUF and through
+    transformers on the fp32 model, and the tokens scored."""
+    from quantbench.engines.llama_cpp import LlamaCppModel
+
+    tokenizer = models.load_tokenizer(source)
+    engine = LlamaCppModel.open(unquantized_gguf(source), tokenizer, "llama.cpp F32")
+    params = perplexity.PerplexityParams(seq_len=seq_len, max_tokens=max_tokens, protocol="llamacpp")
+    ours = perplexity.evaluate(engine.logits, tokenizer, corpus, params)
+    theirs = perplexity.evaluate(engine.reference(source).logits, tokenizer, corpus, params)
+    assert ours.tokens_scored == theirs.tokens_scored
+    return ours.perplexity, theirs.perplexity, ours.tokens_scored
+
+
+def test_the_llamacpp_protocol_agrees_through_llama_cpp_and_transformers(tiny):
+    ours, theirs, tokens = _llamacpp_perplexities(tiny, load_corpus("builtin"), 128, 512)
+    assert tokens == 4 * 63 and ours == pytest.approx(theirs, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_llamacpp_protocol_agrees_on_the_embedded_model():
+    pytest.importorskip("llama_cpp")
+    source = models.resolve(ModelRef("embedded:smollm2-135m"))
+    ours, theirs, tokens = _llamacpp_perplexities(source, load_corpus(str(WIKITEXT_TEST)), 512, 1024)
+    assert tokens == 2 * 255 and ours == pytest.approx(theirs, rel=1e-3)
 
 
 @pytest.mark.slow

@@ -73,17 +73,26 @@ def test_the_baseline_is_cached_and_rebuilt_for_another_corpus(source, corpus):
     assert len(list((models.cache_dir() / "divergence").glob("*.kld"))) == 2
 
 
-@pytest.mark.parametrize("change", ["seq_len", "top_k", "corpus"])
+@pytest.mark.parametrize("change", ["seq_len", "top_k", "corpus", "protocol"])
 def test_a_cache_built_under_another_key_is_never_read(source, corpus, tiny_tokenizer, change):
     _run(_quantized(source), corpus, source)
     ids, _ = tokenize(tiny_tokenizer, corpus, PARAMS.max_tokens)
-    params = {"seq_len": PARAMS.model_copy(update={"seq_len": 32}), "top_k": PARAMS.model_copy(update={"top_k": 8})}
+    params = {"seq_len": PARAMS.model_copy(update={"seq_len": 32}), "top_k": PARAMS.model_copy(update={"top_k": 8}),
+              "protocol": PARAMS.model_copy(update={"protocol": "llamacpp"})}  # fmt: skip
     other_ids = ids.flip(0) if change == "corpus" else ids
     key = divergence.cache_key(source, other_ids, params.get(change, PARAMS), "cpu")
     # Put the existing file where the other key's cache would be: its header still names the old key.
     (built,) = (models.cache_dir() / "divergence").glob("*.kld")
     shutil.copy(built, divergence.cache_path(key))
     assert divergence.read_cache(divergence.cache_path(key), key, 6 * 63) is None
+
+
+def test_the_llamacpp_protocol_compares_each_chunks_second_half(source, corpus):
+    params = PARAMS.model_copy(update={"protocol": "llamacpp"})
+    assert "protocol" not in divergence.cache_key(source, torch.arange(9), PARAMS, "cpu")  # old caches still hit
+    same = _run(_quantized(source), corpus, source, params)
+    assert same["kld_tokens"] == 6 * (64 - 32 - 1) and same["kld_mean"] == pytest.approx(0, abs=1e-7)
+    assert _run(_quantized(source, noise=0.5), corpus, source, params)["kld_mean"] > 1e-3
 
 
 def test_a_truncated_cache_is_rebuilt(source, corpus):

@@ -10,6 +10,7 @@ from support import ROOT, build_tiny_llama
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
 from quantbench.evals.perplexity import PerplexityParams, evaluate, windows
+from quantbench.spec import validate_params
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,57 @@ def test_windows_score_every_token_after_the_first_at_most_once(n, seq_len, stri
     assert len(scored) == len(set(scored))
     assert min(scored) == 1
     assert all(w.end - w.begin == seq_len for w in windows(n, seq_len, stride))
+
+
+def _bos_tokenizer(tokenizer):
+    """`tokenizer` that starts every text with its BOS, "<eos>" (id 0), as Llama's tokenizers do."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<eos>", eos_token="<eos>")
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+@torch.inference_mode()
+def test_the_llamacpp_protocol_scores_each_chunks_second_half_after_bos(tiny, tiny_tokenizer, corpus, adds_bos):
+    model, logits_fn = tiny
+    tokenizer = _bos_tokenizer(tiny_tokenizer) if adds_bos else tiny_tokenizer
+    seq_len, n_chunks = 32, 5
+    params = PerplexityParams(seq_len=seq_len, max_tokens=170, protocol="llamacpp")
+    result = evaluate(logits_fn, tokenizer, corpus, params)
+    chunks = _ids(tokenizer, corpus, seq_len * n_chunks).view(n_chunks, seq_len)
+    assert (chunks[0, 0].item() == 0) is adds_bos  # the stream itself starts with BOS when the tokenizer adds it
+    # Independent computation, as llama-perplexity does it: BOS over each chunk's first token (when
+    # the tokenizer adds one), the targets after position seq_len/2 scored.
+    inputs = chunks.clone()
+    if adds_bos:
+        inputs[:, 0] = 0
+    labels = chunks.clone()
+    labels[:, : seq_len // 2 + 1] = -100
+    losses = [model(input_ids=x[None], labels=y[None]).loss.item() for x, y in zip(inputs, labels, strict=True)]
+    assert result.windows == n_chunks
+    assert result.tokens_scored == n_chunks * (seq_len - seq_len // 2 - 1)
+    assert result.perplexity == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-5)
+    gptq = evaluate(logits_fn, tokenizer, corpus, PerplexityParams(seq_len=seq_len, max_tokens=170))
+    assert gptq.perplexity != pytest.approx(result.perplexity, rel=1e-3)
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"stride": 8}, "stride is for the gptq protocol"),
+    ({"seq_len": 2}, "seq_len >= 3"),
+    ({"protocol": "llama"}, "'gptq' or 'llamacpp'"),
+])  # fmt: skip
+def test_the_llamacpp_protocol_refuses_what_it_cannot_score(given, message):
+    with pytest.raises(QuantbenchError, match=message) as error:
+        validate_params(PerplexityParams, {"protocol": "llamacpp", **given}, "eval 'perplexity'")
+    assert "\n" not in str(error.value)
+
+
+def test_the_default_protocol_is_not_dumped_so_stored_protocols_do_not_move():
+    assert "protocol" not in PerplexityParams().model_dump(mode="json")
+    assert PerplexityParams(protocol="llamacpp").model_dump(mode="json")["protocol"] == "llamacpp"
 
 
 def test_corpus_shorter_than_one_window(tiny, tiny_tokenizer):

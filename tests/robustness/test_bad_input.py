@@ -172,6 +172,10 @@ CASES = [
     Case("gguf-truncated", "truncated GGUF", "cannot read GGUF file …: …", _truncated_gguf),
     Case("gguf-garbage", "GGUF that is not one", "cannot read GGUF file …: … does not start with the GGUF magic "
          "bytes, so it is not a GGUF file.", lambda s: s.run(model=s.file("noise.gguf", bytes(range(256)) * 64))),
+    Case("gguf-method-truncated", "truncated GGUF to quantize with `gguf`", "cannot read GGUF file …: …",
+         lambda s: [*_truncated_gguf(s), "--method", "gguf:quant_type=Q8_0"]),
+    Case("gguf-type-unknown", "unknown `gguf` quant_type", "method 'gguf': quant_type: Input should be 'Q8_0', "
+         "'Q6_K', … or 'source'", lambda s: s.run("--method", "gguf:quant_type=Q4_K_X")),
     Case("architecture-unknown", "architecture transformers cannot build as a causal LM",
          "…/config.json: model_type 'nosucharch' is not a causal language model architecture that transformers … "
          "knows (a model that ships its own code needs --trust-remote-code)", _unknown_architecture),
@@ -195,6 +199,9 @@ CASES = [
          lambda s: s.run("--device", "cuda")),
     Case("seq-len", "`--seq-len 1`", "eval 'perplexity': seq_len: Input should be greater than or equal to 2",
          lambda s: s.run("--seq-len", "1")),
+    Case("protocol-stride", "`--protocol llamacpp` with `--stride`", "eval 'perplexity': params: Value error, "
+         "stride is for the gptq protocol: llama-perplexity's chunks do not overlap",
+         lambda s: s.run("--protocol", "llamacpp", "--stride", "16")),
     Case("corpus-missing", "corpus file that does not exist", CORPUS_MISSING,
          lambda s: s.run("--corpus", str(s.tmp / "no-such.txt"))),
     Case("corpus-empty", "empty corpus", "corpus '…' is empty", lambda s: s.run("--corpus", str(s.file("e.txt", "")))),
