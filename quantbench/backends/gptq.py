@@ -16,7 +16,6 @@ from pydantic import Field, PositiveInt, field_validator
 
 from quantbench import models
 from quantbench.backends.base import (
-    Availability,
     Backend,
     LayerCodes,
     MethodParams,
@@ -82,24 +81,22 @@ class GptqModelBackend(Backend):
     """GPTQModel-based methods: subclasses give the method's GPTQModel config."""
 
     library = "gptqmodel"
+    # 7.6 is the newest release that fits beside gradio 6 (7.7 needs pillow >= 13) and the first
+    # whose AWQ packs on CPU (pack_backend).
+    min_version = "7.6"
     requires_calibration = True
     is_serializable = True
     headline = ("bits", "group_size")
     checkpoint_formats: ClassVar[tuple[str, ...]]  # the `checkpoint_format`s `layer_codes` reads
     plan_defaults: ClassVar[dict[str, Any]] = {"group_size": 128}
 
-    def check(self, device: str) -> Availability:
-        base = super().check(device)
-        if self.library_version() is None and base.reason.startswith(f"{self.library} is not installed"):
-            return Availability(
-                False,
-                f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}) and pillow >= 13 "
-                "(gradio 6 refuses it), so it lives in its own environment (make gptq-env; .venv-gptq/bin/quantbench)",
-            )
-        return base
-
     def gptqmodel_config(self, params: GptqModelParams) -> object:
         raise NotImplementedError
+
+    def pack_backend(self, device: str) -> str:
+        """The GPTQModel `BACKEND` value `quantize` packs the layers with on `device`: "auto" lets
+        GPTQModel pick (the saved format is the same whichever packs it)."""
+        return "auto"
 
     def codes_params(self, bits: int, group_size: int, symmetric: bool) -> GptqModelParams:
         """The method's parameters (defaults elsewhere) for codes in that format."""
@@ -122,7 +119,7 @@ class GptqModelBackend(Backend):
         # Reloading the saved checkpoint selects the inference kernel for this device (quantize
         # leaves the packing kernel in place), so measurements see what a user would deploy.
         with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
-            self._save_checkpoint(model, params, tmp, calibration)
+            self._save_checkpoint(model, params, device, tmp, calibration)
             _quiet_gptqmodel()
             from gptqmodel import GPTQModel
 
@@ -155,7 +152,7 @@ class GptqModelBackend(Backend):
 
         params = self.codes_params(bits, group_size, symmetric)
         with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
-            self._save_checkpoint(model, params, tmp, calibration)
+            self._save_checkpoint(model, params, device, tmp, calibration)
             config = json.loads((Path(tmp) / "quantize_config.json").read_text())
             tensors = {k: t for shard in sorted(Path(tmp).glob("*.safetensors")) for k, t in load_file(shard).items()}
         layout = config.get("checkpoint_format") or config.get("format")
@@ -172,7 +169,12 @@ class GptqModelBackend(Backend):
         return codes
 
     def _save_checkpoint(
-        self, model: ResolvedModel, params: GptqModelParams, directory: str, calibration: Corpus | None = None
+        self,
+        model: ResolvedModel,
+        params: GptqModelParams,
+        device: str,
+        directory: str,
+        calibration: Corpus | None = None,
     ) -> None:
         """Calibrate, quantize and save `model` as a GPTQModel checkpoint (safetensors and
         quantize_config.json) in `directory`: what `quantize` reloads and `codes` converts."""
@@ -186,12 +188,12 @@ class GptqModelBackend(Backend):
         if ((os.cpu_count() or 1) + 1) // 2 < 2:
             os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
         _quiet_gptqmodel()
-        from gptqmodel import GPTQModel
+        from gptqmodel import BACKEND, GPTQModel
 
         dtype = models.DTYPES[params.compute_dtype]
         trust = model.ref.trust_remote_code
         work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype, trust_remote_code=trust)
-        work.quantize(texts, batch_size=1)
+        work.quantize(texts, batch_size=1, backend=BACKEND(self.pack_backend(device)))
         work.save(directory)
 
 
