@@ -81,8 +81,7 @@ class GptqModelBackend(Backend):
     """GPTQModel-based methods: subclasses give the method's GPTQModel config."""
 
     library = "gptqmodel"
-    # 7.6 is the newest release that fits beside gradio 6 (7.7 needs pillow >= 13) and the first
-    # whose AWQ packs on CPU (pack_backend).
+    # Tested with 7.6, the newest release that fits beside gradio 6 (7.7 needs pillow >= 13).
     min_version = "7.6"
     requires_calibration = True
     is_serializable = True
