@@ -4,6 +4,8 @@ GPTQModel picks for this machine; or read the saved layers' codes) lives here; a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -193,7 +195,8 @@ class GptqModelBackend(Backend):
         trust = model.ref.trust_remote_code
         work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype, trust_remote_code=trust)
         work.quantize(texts, batch_size=1, backend=BACKEND(self.pack_backend(device)))
-        work.save(directory)
+        with _quiet_stdout():
+            work.save(directory)
 
 
 def _quiet_gptqmodel() -> None:
@@ -212,6 +215,9 @@ def _quiet_gptqmodel() -> None:
     LogBar.shared().setLevel(level)
     if level <= logging.INFO:
         return
+    # A warning at import that says nothing about the run: multi-core packing needs a free-threaded
+    # Python (GPTQModel's own switch).
+    os.environ.setdefault("GPTQMODEL_DISABLE_GIL_WARNING", "1")
     # Progress bars ignore the level, and logbar turns them off only in what it takes for CI (CI=1,
     # TERM=dumb...), which would mean faking that for the whole process. GPTQModel has a switch of
     # its own, for pytest runs without a terminal: while this returns True its logger hands out
@@ -221,6 +227,14 @@ def _quiet_gptqmodel() -> None:
 
     if hasattr(gptqmodel_logger, "_suppress_live_renderables"):
         gptqmodel_logger._suppress_live_renderables = lambda: True
+
+
+def _quiet_stdout() -> contextlib.AbstractContextManager:
+    """`save()` prints the saved directory's file list and whole config files with print(), which
+    no logger level reaches: swallowed while GPTQModel's logs are quiet (_quiet_gptqmodel)."""
+    if logging.getLogger("gptqmodel").level <= logging.INFO:  # NOTSET too: nobody asked for quiet
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 class GptqBackend(GptqModelBackend):

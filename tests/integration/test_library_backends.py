@@ -51,8 +51,8 @@ def test_quantized_embedded_model_still_predicts_text(embedded, method, params, 
 
 
 def gptqmodel_trial(tmp_path, method: str) -> tuple[dict[str, float], str]:
-    """One real trial of the embedded model through the CLI (in .venv-gptq: `make test-gptq`):
-    perplexity on 256 WikiText-2 test tokens and the checkpoint size; (metrics, kernel)."""
+    """One real trial of the embedded model through the CLI: perplexity on 256 WikiText-2 test
+    tokens and the checkpoint size; (metrics, kernel)."""
     backend = get_backend(method.partition(":")[0])
     if not backend.check("cpu").ok:
         pytest.skip(backend.check("cpu").reason)
