@@ -105,7 +105,7 @@ def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
     search needs output widths divisible by 64: the tiny model's k/v projections (32) are too narrow.
 
     On the embedded model (SmolLM2-135M, 30 layers) AWQ with the default calibration takes most of
-    an hour on this 2-core CPU (its CI trial uses 4 × 32 tokens: tests/integration): GPTQModel's clip search
+    an hour on this 2-core CPU (its CI trial uses 2 × 32 tokens: tests/integration): GPTQModel's clip search
     (AWQProcessor._compute_best_clip) tries 10 clip ratios for every linear but q/k_proj, each one
     materializing the broadcast product of up to 512 calibration tokens with a 64-row weight block
     (64 × 512 × 1536 elements per block of down_proj): ~1.7e10 bf16 multiply-adds per layer, which
