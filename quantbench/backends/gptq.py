@@ -4,6 +4,8 @@ GPTQModel picks for this machine; or read the saved layers' codes) lives here; a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -16,7 +18,6 @@ from pydantic import Field, PositiveInt, field_validator
 
 from quantbench import models
 from quantbench.backends.base import (
-    Availability,
     Backend,
     LayerCodes,
     MethodParams,
@@ -82,24 +83,21 @@ class GptqModelBackend(Backend):
     """GPTQModel-based methods: subclasses give the method's GPTQModel config."""
 
     library = "gptqmodel"
+    # Tested with 7.6, the newest release that fits beside gradio 6 (7.7 needs pillow >= 13).
+    min_version = "7.6"
     requires_calibration = True
     is_serializable = True
     headline = ("bits", "group_size")
     checkpoint_formats: ClassVar[tuple[str, ...]]  # the `checkpoint_format`s `layer_codes` reads
     plan_defaults: ClassVar[dict[str, Any]] = {"group_size": 128}
 
-    def check(self, device: str) -> Availability:
-        base = super().check(device)
-        if self.library_version() is None and base.reason.startswith(f"{self.library} is not installed"):
-            return Availability(
-                False,
-                f"gptqmodel is not installed: it needs torch >= 2.14.1 (found {torch.__version__}) and pillow >= 13 "
-                "(gradio 6 refuses it), so it lives in its own environment (make gptq-env; .venv-gptq/bin/quantbench)",
-            )
-        return base
-
     def gptqmodel_config(self, params: GptqModelParams) -> object:
         raise NotImplementedError
+
+    def pack_backend(self, device: str) -> str:
+        """The GPTQModel `BACKEND` value `quantize` packs the layers with on `device`: "auto" lets
+        GPTQModel pick (the saved format is the same whichever packs it)."""
+        return "auto"
 
     def codes_params(self, bits: int, group_size: int, symmetric: bool) -> GptqModelParams:
         """The method's parameters (defaults elsewhere) for codes in that format."""
@@ -122,7 +120,7 @@ class GptqModelBackend(Backend):
         # Reloading the saved checkpoint selects the inference kernel for this device (quantize
         # leaves the packing kernel in place), so measurements see what a user would deploy.
         with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
-            self._save_checkpoint(model, params, tmp, calibration)
+            self._save_checkpoint(model, params, device, tmp, calibration)
             _quiet_gptqmodel()
             from gptqmodel import GPTQModel
 
@@ -155,7 +153,7 @@ class GptqModelBackend(Backend):
 
         params = self.codes_params(bits, group_size, symmetric)
         with tempfile.TemporaryDirectory(prefix="quantbench-gptqmodel-") as tmp:
-            self._save_checkpoint(model, params, tmp, calibration)
+            self._save_checkpoint(model, params, device, tmp, calibration)
             config = json.loads((Path(tmp) / "quantize_config.json").read_text())
             tensors = {k: t for shard in sorted(Path(tmp).glob("*.safetensors")) for k, t in load_file(shard).items()}
         layout = config.get("checkpoint_format") or config.get("format")
@@ -172,7 +170,12 @@ class GptqModelBackend(Backend):
         return codes
 
     def _save_checkpoint(
-        self, model: ResolvedModel, params: GptqModelParams, directory: str, calibration: Corpus | None = None
+        self,
+        model: ResolvedModel,
+        params: GptqModelParams,
+        device: str,
+        directory: str,
+        calibration: Corpus | None = None,
     ) -> None:
         """Calibrate, quantize and save `model` as a GPTQModel checkpoint (safetensors and
         quantize_config.json) in `directory`: what `quantize` reloads and `codes` converts."""
@@ -186,13 +189,14 @@ class GptqModelBackend(Backend):
         if ((os.cpu_count() or 1) + 1) // 2 < 2:
             os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
         _quiet_gptqmodel()
-        from gptqmodel import GPTQModel
+        from gptqmodel import BACKEND, GPTQModel
 
         dtype = models.DTYPES[params.compute_dtype]
         trust = model.ref.trust_remote_code
         work = GPTQModel.load(str(model.path), self.gptqmodel_config(params), dtype=dtype, trust_remote_code=trust)
-        work.quantize(texts, batch_size=1)
-        work.save(directory)
+        work.quantize(texts, batch_size=1, backend=BACKEND(self.pack_backend(device)))
+        with _quiet_stdout():
+            work.save(directory)
 
 
 def _quiet_gptqmodel() -> None:
@@ -211,6 +215,9 @@ def _quiet_gptqmodel() -> None:
     LogBar.shared().setLevel(level)
     if level <= logging.INFO:
         return
+    # A warning at import that says nothing about the run: multi-core packing needs a free-threaded
+    # Python (GPTQModel's own switch).
+    os.environ.setdefault("GPTQMODEL_DISABLE_GIL_WARNING", "1")
     # Progress bars ignore the level, and logbar turns them off only in what it takes for CI (CI=1,
     # TERM=dumb...), which would mean faking that for the whole process. GPTQModel has a switch of
     # its own, for pytest runs without a terminal: while this returns True its logger hands out
@@ -220,6 +227,14 @@ def _quiet_gptqmodel() -> None:
 
     if hasattr(gptqmodel_logger, "_suppress_live_renderables"):
         gptqmodel_logger._suppress_live_renderables = lambda: True
+
+
+def _quiet_stdout() -> contextlib.AbstractContextManager:
+    """`save()` prints the saved directory's file list and whole config files with print(), which
+    no logger level reaches: swallowed while GPTQModel's logs are quiet (_quiet_gptqmodel)."""
+    if logging.getLogger("gptqmodel").level <= logging.INFO:  # NOTSET too: nobody asked for quiet
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 class GptqBackend(GptqModelBackend):

@@ -199,7 +199,7 @@ def test_gptq_layer_codes_read_either_checkpoint_layout(layout):
     assert layer.bias is tensors["bias"]
 
 
-# --- GPTQ and AWQ sources: GPTQModel lives in its own environment (torch >= 2.14.1) --------------
+# --- GPTQ and AWQ sources: GPTQModel quantizes, the project's format runs ------------------------
 
 SMALL_CALIBRATION = {"group_size": 32, "n_samples": 8, "seq_len": 64}
 
@@ -230,7 +230,7 @@ def test_gptq_checkpoint_converts_to_gptqmodels_own_weights(resolved, tmp_path, 
     from gptqmodel import BACKEND, GPTQModel
 
     params = GptqParams(bits=bits, desc_act=True, sym=False, **SMALL_CALIBRATION)
-    GptqBackend()._save_checkpoint(resolved, params, str(tmp_path))
+    GptqBackend()._save_checkpoint(resolved, params, "cpu", str(tmp_path))
     config, tensors = checkpoint_tensors(tmp_path)
     assert config["checkpoint_format"] == "gptq"
     theirs = GPTQModel.load(str(tmp_path), backend=BACKEND.TORCH, device="cpu").model
@@ -264,7 +264,7 @@ def test_awq_checkpoint_converts_to_gptqmodels_own_weights(wide_resolved, tmp_pa
     GPTQModel's dequantize_gemm gives, up to its bf16 rounding of the product."""
     from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
 
-    AwqBackend()._save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), str(tmp_path))
+    AwqBackend()._save_checkpoint(wide_resolved, AwqParams(**SMALL_CALIBRATION), "cpu", str(tmp_path))
     config, tensors = checkpoint_tensors(tmp_path)
     assert config["checkpoint_format"] == "gemm"
     names = sorted(key.removesuffix(".qweight") for key in tensors if key.endswith(".qweight"))
