@@ -91,7 +91,7 @@ def smoothquant_bytes(base: torch.nn.Module) -> int:
     return expected_bytes(base, None) + sum(2 * layer.in_features for layer in linears)
 
 
-def test_smoothquant_weight_bytes_match_layout(resolved, baseline):
+def test_smoothquant_weight_bytes_match_layout(resolved, baseline, tmp_path):
     q = quantize(resolved, activations="int8", smoothquant=True, n_samples=2, seq_len=64)
     assert q.weight_bytes == smoothquant_bytes(baseline[0])
     backend = TorchaoBackend()
@@ -100,6 +100,8 @@ def test_smoothquant_weight_bytes_match_layout(resolved, baseline):
     rows, cols = layer.weight.shape
     assert backend.layout(params, "cpu").linear_bytes(rows, cols) == rows * cols + rows * 5 + cols * 2
     assert "SmoothQuant (alpha 0.5)" in q.kernel
+    with pytest.raises(QuantbenchError, match="torchao cannot reload a SmoothQuant checkpoint"):
+        q.save(tmp_path)
     assert isinstance(q.module.lm_head.weight, torch.nn.Parameter) and q.module.lm_head.weight.dtype == torch.bfloat16
 
 
