@@ -97,7 +97,7 @@ def test_facts():
 @pytest.mark.slow
 def test_a_real_trial_of_the_embedded_model(tmp_path):
     args = ["run", "--model", "embedded:smollm2-135m", "--method", "qat:steps=1,seq_len=128", "--eval", "perplexity"]
-    args += ["--corpus", str(WIKITEXT_TEST), "--seq-len", "128", "--max-tokens", "256", "--store", str(tmp_path)]
+    args += ["--corpus", str(WIKITEXT_TEST), "--seq-len", "128", "--max-tokens", "128", "--store", str(tmp_path)]
     assert main(args) == 0
     frame = read_results(tmp_path).frame
     assert set(frame["status"]) == {"ok"}

@@ -184,12 +184,12 @@ def test_smoothquant_refuses_a_short_corpus(resolved, tmp_path):
 
 @pytest.mark.slow
 def test_a_real_smoothquant_trial_of_the_embedded_model(tmp_path):
-    method = "torchao:activations=int8,smoothquant=true,n_samples=2,seq_len=256"
+    method = "torchao:activations=int8,smoothquant=true,n_samples=1,seq_len=128"
     args = ["run", "--model", "embedded:smollm2-135m", "--method", method, "--eval", "perplexity"]
-    args += ["--corpus", str(WIKITEXT_TEST), "--seq-len", "128", "--max-tokens", "256", "--store", str(tmp_path)]
+    args += ["--corpus", str(WIKITEXT_TEST), "--seq-len", "128", "--max-tokens", "128", "--store", str(tmp_path)]
     assert main(args) == 0
     frame = read_results(tmp_path).frame
     assert set(frame["status"]) == {"ok"}
-    assert frame["method_label"].iloc[0] == "torchao:activations=int8,bits=8,n_samples=2,seq_len=256,smoothquant=True"
+    assert frame["method_label"].iloc[0] == "torchao:activations=int8,bits=8,n_samples=1,seq_len=128,smoothquant=True"
     values = dict(zip(frame["metric"], frame["value"], strict=True))
     print(values)
