@@ -103,9 +103,10 @@ def main() -> None:
         step_plan = sum(plan.part(p) for p in STEP_PARTS)
         step = measured["peak"] - measured["rss_before"]
         mib = 2**20
+        peak_error = 100 * (plan.total / measured["peak"] - 1)
         print(
             f"{seq:>5} {batch:>5} {rank:>3} {ckpt!s:>5} {measured['trainable']:>10,} "
-            f"{measured['peak'] / mib:>9.1f} {plan.total / mib:>9.1f} {100 * (plan.total / measured['peak'] - 1):>+6.1f}%"
+            f"{measured['peak'] / mib:>9.1f} {plan.total / mib:>9.1f} {peak_error:>+6.1f}%"
             f" {step / mib:>9.1f} {step_plan / mib:>9.1f} {100 * (step_plan / step - 1):>+6.1f}%"
             f" {measured['seconds']:>7.1f}"
         )

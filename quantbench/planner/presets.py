@@ -31,6 +31,26 @@ def _qwen2(**fields: Any) -> dict[str, Any]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # meta-llama/Llama-3.1-8B
+    "llama-3.1-8b": _llama(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+    ),
+    # meta-llama/Llama-3.1-70B
+    "llama-3.1-70b": _llama(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+    ),
     # meta-llama/Llama-2-7b-hf, -13b-hf, -70b-hf: the models of QLoRA's memory table
     "llama-2-7b": _llama(
         hidden_size=4096,
@@ -58,26 +78,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_key_value_heads=8,
         vocab_size=32000,
         max_position_embeddings=4096,
-    ),
-    # meta-llama/Llama-3.1-8B
-    "llama-3.1-8b": _llama(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-    ),
-    # meta-llama/Llama-3.1-70B
-    "llama-3.1-70b": _llama(
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=80,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=131072,
     ),
     # Qwen/Qwen2.5-7B
     "qwen2.5-7b": _qwen2(
