@@ -92,9 +92,8 @@ class TorchaoBackend(Backend):
         if params.bits == 8:  # Int8WeightOnlyConfig: fp32 scale + int8 zero point per row
             return Layout(self.name, "torchao 8-bit", 8, dtype, lambda rows, cols: rows * cols + rows * (4 + 1))
         group = params.group_size
-        if (
-            device == "cuda" and params.activations == "none"
-        ):  # Int4WeightOnlyConfig: codes two per byte, bf16 scale and zero per group
+        # Int4WeightOnlyConfig (weight-only on CUDA): codes two per byte, bf16 scale and zero per group
+        if device == "cuda" and params.activations == "none":
             return Layout(
                 self.name,
                 f"torchao 4-bit int4 group {group}",
