@@ -8,7 +8,7 @@ to the RSS before it, beside `quantbench plan --finetune lora` for the same case
 against the plan's total, and the step's growth against the plan's gradients + optimizer +
 activations (what a step allocates; the weights, adapters and runtime exist before it).
 
-Run: `.venv/bin/python bench/finetune_memory.py` (about a minute per case on an idle 2-core CPU).
+Run: `.venv/bin/python bench/finetune_memory.py`; docs/planner.md holds its table.
 """
 
 from __future__ import annotations
