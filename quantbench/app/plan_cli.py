@@ -15,6 +15,7 @@ from quantbench.backends.registry import backend_names
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import NOTHING_MEASURED, compare, error_by_method
 from quantbench.planner.estimate import ATTENTION, DEVICES, KV_BYTES, Estimate, Workload, fits
+from quantbench.planner.finetune import TARGETS, Lora
 from quantbench.planner.formats import DTYPES
 from quantbench.planner.gpus import GIB
 from quantbench.planner.plan import make_plan
@@ -57,6 +58,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--gpu", help='a catalog GPU, e.g. "RTX 4090": largest context and batch that fit it')
     parser.add_argument(
+        "--finetune",
+        choices=("lora",),
+        help="price a LoRA training step on the quantized base instead (QLoRA with --method bnb:bits=4); "
+        "--context is then the sequence length",
+    )
+    parser.add_argument("--lora-rank", type=int, default=Lora.rank, help="--finetune: adapter rank r")
+    parser.add_argument(
+        "--lora-targets",
+        default=",".join(Lora.targets),
+        help=f"--finetune: projections that get adapters, comma-separated ({','.join(TARGETS)})",
+    )
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="--finetune: keep block inputs only, recompute in backward"
+    )
+    parser.add_argument(
         "--calibrate",
         type=Path,
         metavar="STORE",
@@ -75,7 +91,9 @@ def format_breakdown(est: Estimate, source: str) -> str:
         f"model     {arch.name} ({source}): {parameter_count(arch) / 1e9:.3f} B parameters",
         f"          {arch.summary()}",
         f"method    {fmt.label}, compute dtype {fmt.dtype}",
-        f"workload  context {work.context} × batch {work.batch}, KV cache {work.kv_dtype}, device {work.device}",
+        f"workload  context {work.context} × batch {work.batch}, KV cache {work.kv_dtype}, device {work.device}"
+        if work.use_cache
+        else f"workload  one training step of batch {work.batch} × {work.context} tokens, device {work.device}",
     ]
     if arch.max_context and work.context > arch.max_context:
         lines.append(f"warning   context {work.context} exceeds the model's max_position_embeddings {arch.max_context}")
@@ -151,7 +169,11 @@ def run(args: argparse.Namespace) -> int:
         attention=args.attention,
         device=args.device,
     )
-    plan = make_plan(args.model, spec.name, params, work, args.gpu)
+    lora = None
+    if args.finetune:
+        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+        lora = Lora(args.lora_rank, targets, args.grad_checkpointing)
+    plan = make_plan(args.model, spec.name, params, work, args.gpu, lora)
     est = plan.estimate
     print(format_breakdown(est, plan.source))
     print()

@@ -10,6 +10,7 @@ measured peaks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from quantbench.backends.layout import Layout
@@ -329,20 +330,26 @@ MAX_SEARCH_CONTEXT = 2**20
 MAX_SEARCH_BATCH = 4096
 
 
-def largest_context(arch: Architecture, fmt: Layout, workload: Workload, gpu: Gpu) -> int:
+# What prices a workload: `estimate` for inference, a fine-tune step's estimate bound to its adapters.
+Pricer = Callable[[Architecture, Layout, Workload], Estimate]
+
+
+def largest_context(arch: Architecture, fmt: Layout, workload: Workload, gpu: Gpu, price: Pricer | None = None) -> int:
     """Largest context (up to the model's max_position_embeddings) that fits `gpu` at this batch."""
     upper = arch.max_context or MAX_SEARCH_CONTEXT
+    price = price or estimate
 
     def fits_at(context: int) -> bool:
-        return estimate(arch, fmt, replace(workload, context=context)).total <= gpu.memory_bytes
+        return price(arch, fmt, replace(workload, context=context)).total <= gpu.memory_bytes
 
     return _largest(fits_at, upper)
 
 
-def largest_batch(arch: Architecture, fmt: Layout, workload: Workload, gpu: Gpu) -> int:
+def largest_batch(arch: Architecture, fmt: Layout, workload: Workload, gpu: Gpu, price: Pricer | None = None) -> int:
     """Largest batch that fits `gpu` at this context."""
+    price = price or estimate
 
     def fits_at(batch: int) -> bool:
-        return estimate(arch, fmt, replace(workload, batch=batch)).total <= gpu.memory_bytes
+        return price(arch, fmt, replace(workload, batch=batch)).total <= gpu.memory_bytes
 
     return _largest(fits_at, MAX_SEARCH_BATCH)

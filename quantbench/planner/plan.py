@@ -7,9 +7,11 @@ their input in the same order and report the same numbers; each only formats the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from quantbench.planner.estimate import Estimate, Workload, estimate, largest_batch, largest_context
+from quantbench.planner.finetune import Lora, finetune_estimate
 from quantbench.planner.formats import weight_format
 from quantbench.planner.gpus import Gpu, find_gpu
 from quantbench.planner.source import load_architecture
@@ -28,8 +30,16 @@ class Plan:
     largest_batch: int | None = None
 
 
-def make_plan(model: str, method: str, params: dict[str, Any], workload: Workload, gpu: str | None) -> Plan:
-    """Plan `model` quantized by `method` with `params` for `workload`, on catalog GPU `gpu` if given.
+def make_plan(
+    model: str,
+    method: str,
+    params: dict[str, Any],
+    workload: Workload,
+    gpu: str | None,
+    finetune: Lora | None = None,
+) -> Plan:
+    """Plan `model` quantized by `method` with `params` for `workload`, on catalog GPU `gpu` if given;
+    with `finetune`, a LoRA training step on that base (the workload's context is the sequence length).
 
     Every input is checked before the estimate, so bad input (a QuantbenchError) comes before a
     caller has shown anything; the largest context and batch are binary searches, done only
@@ -38,8 +48,11 @@ def make_plan(model: str, method: str, params: dict[str, Any], workload: Workloa
     fmt = weight_format(method, params, workload.device)
     arch, source = load_architecture(model)
     workload.validate()
+    if finetune is not None:
+        finetune.validate()
     chosen = find_gpu(gpu) if gpu else None
-    est = estimate(arch, fmt, workload)
+    price = estimate if finetune is None else partial(finetune_estimate, lora=finetune)
+    est = price(arch, fmt, workload)
     if chosen is None:
         return Plan(est, source)
     return Plan(
@@ -47,6 +60,6 @@ def make_plan(model: str, method: str, params: dict[str, Any], workload: Workloa
         source,
         chosen,
         headroom=chosen.memory_bytes - est.total,
-        largest_context=largest_context(arch, fmt, workload, chosen),
-        largest_batch=largest_batch(arch, fmt, workload, chosen),
+        largest_context=largest_context(arch, fmt, workload, chosen, price),
+        largest_batch=largest_batch(arch, fmt, workload, chosen, price),
     )

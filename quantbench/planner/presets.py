@@ -51,6 +51,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=128256,
         max_position_embeddings=131072,
     ),
+    # meta-llama/Llama-2-7b-hf, -13b-hf, -70b-hf: the models of QLoRA's memory table
+    "llama-2-7b": _llama(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama-2-13b": _llama(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama-2-70b": _llama(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
     # Qwen/Qwen2.5-7B
     "qwen2.5-7b": _qwen2(
         hidden_size=3584,

@@ -19,6 +19,9 @@ DROP = object()  # marks a field to remove from a config
 @pytest.mark.parametrize(
     ("name", "params"),
     [
+        ("llama-2-7b", 6_738_415_616),
+        ("llama-2-13b", 13_015_864_320),
+        ("llama-2-70b", 68_976_648_192),
         ("llama-3.1-8b", 8_030_261_248),
         ("llama-3.1-70b", 70_553_706_496),
         ("qwen2.5-7b", 7_615_616_512),

@@ -14,6 +14,7 @@ from quantbench.app.ui.common import error_box, guarded, read_trials
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import LESS_CODE, NOTHING_MEASURED, compare, error_by_method
 from quantbench.planner.estimate import ATTENTION, KV_BYTES, MIB, Estimate, Workload, fits
+from quantbench.planner.finetune import TARGETS, Lora
 from quantbench.planner.formats import DTYPES, plan_methods, weight_format
 from quantbench.planner.gpus import CATALOG, GIB
 from quantbench.planner.plan import make_plan
@@ -149,6 +150,18 @@ def build(store: Path) -> dict[str, gr.components.Component]:
             info="pick one for its largest context and batch",
             elem_id="plan-gpu",
         )
+    with gr.Row():
+        finetune = gr.Checkbox(
+            False,
+            label="LoRA fine-tune step",
+            info="price one training step on this base instead (QLoRA: method bnb, bits 4); context = sequence length",
+            elem_id="plan-finetune",
+        )
+        lora_rank = gr.Number(Lora.rank, label="LoRA rank", precision=0, minimum=1)
+        lora_targets = gr.Textbox(
+            ",".join(Lora.targets), label="LoRA targets", info=f"comma-separated, of {', '.join(TARGETS)}"
+        )
+        grad_checkpointing = gr.Checkbox(False, label="Gradient checkpointing", info="keep block inputs only")
     gr.Markdown(f"<small>Method defaults: {_method_info()}.</small>")
     run = gr.Button("Plan", variant="primary", elem_id="plan-run")
     error = error_box("plan-error")
@@ -173,6 +186,10 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         attn_v: str,
         device_v: str,
         gpu_v: str | None,
+        finetune_v: bool,
+        rank_v: float | None,
+        targets_v: str,
+        checkpointing_v: bool,
     ) -> tuple:
         if not model_ref or not str(model_ref).strip():
             raise QuantbenchError("choose a model preset or type a model path")
@@ -188,13 +205,22 @@ def build(store: Path) -> dict[str, gr.components.Component]:
             attention=attn_v,
             device=device_v,
         )
-        result = make_plan(str(model_ref), method_name, params, work, gpu_v or None)
+        lora = None
+        if finetune_v:
+            targets = tuple(t.strip() for t in (targets_v or "").split(",") if t.strip())
+            lora = Lora(_optional_int(rank_v, "LoRA rank") or 0, targets, bool(checkpointing_v))
+        result = make_plan(str(model_ref), method_name, params, work, gpu_v or None, lora)
         est, chosen = result.estimate, result.gpu
         arch, fmt = est.arch, est.fmt
         lines = [
             f"**{arch.name}** ({result.source}): {parameter_count(arch) / 1e9:.3f} B parameters · {arch.summary()}",
-            f"**{fmt.label}**, compute dtype {fmt.dtype} · context {work.context} × batch {work.batch}, "
-            f"KV cache {work.kv_dtype} · **total {est.total / GIB:.2f} GiB**",
+            f"**{fmt.label}**, compute dtype {fmt.dtype} · "
+            + (
+                f"one LoRA training step of batch {work.batch} × {work.context} tokens"
+                if lora
+                else f"context {work.context} × batch {work.batch}, KV cache {work.kv_dtype}"
+            )
+            + f" · **total {est.total / GIB:.2f} GiB**",
         ]
         if arch.max_context and work.context > arch.max_context:
             lines.append(f"Warning: context {work.context} exceeds the model's limit of {arch.max_context} tokens.")
@@ -213,6 +239,7 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         )
 
     inputs = [model, method, bits, group, dtype, context, batch, kv_dtype, prefill_chunk, attention, device, gpu]
+    inputs += [finetune, lora_rank, lora_targets, grad_checkpointing]
     run.click(plan, inputs, [summary, table, chart, fit_table, error], api_name="plan")
     _calibration_section(store)
     return {"load": (plan, inputs, [summary, table, chart, fit_table, error])}
