@@ -5,7 +5,9 @@ than the main environment's, so its trials run in their own method environment
 
 from __future__ import annotations
 
+import json
 import tempfile
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator
@@ -85,8 +87,8 @@ class LlmCompressorBackend(Backend):
             self._save_compressed(model, params, tokenizer, calibration, tmp)
             # What a user deploys: the compressed-tensors checkpoint as transformers loads it.
             module = AutoModelForCausalLM.from_pretrained(tmp, trust_remote_code=model.ref.trust_remote_code)
+            fmt = json.loads((Path(tmp) / "config.json").read_text())["quantization_config"].get("format", "")
         module = module.to(device).eval()
-        fmt = module.config.quantization_config.get("format", "")
         return TorchModel.measured(
             module, tokenizer, device, f"compressed-tensors {fmt}".strip(), weights=weight_count(skeleton)
         )
