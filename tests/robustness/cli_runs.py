@@ -38,12 +38,15 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The caller's environment with quantbench's cache, the default store and the Hugging Face
     home moved under `tmp`, offline, so a run can neither read nor leave anything elsewhere."""
     env = dict(os.environ)
+    env.pop("QUANTBENCH_ENVS", None)  # method environments too: under the moved cache, so none exists
     env.update(
         QUANTBENCH_CACHE=str(tmp / "cache"),
         QUANTBENCH_STORE=str(tmp / "default-store"),
         HF_HOME=str(tmp / "hf"),
         HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT / "tests"),  # workers import tests/fault_backends.py when a test plugs it in
+        # Workers import tests/fault_backends.py when a test plugs it in; the inherited path stays, so a
+        # checkout run with PYTHONPATH=$PWD is the quantbench its CLI and workers import.
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     )
     env.update(extra)
     return env
