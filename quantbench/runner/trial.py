@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel
 
 from quantbench import models
-from quantbench.backends.base import Backend
+from quantbench.backends.base import Availability, Backend
 from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
@@ -99,8 +99,8 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
     backend = get_backend(spec.method.name)
     python = worker_python(backend)
     # In another environment the worker checks the method there, as it prepares the trial again.
-    availability = backend.check(spec.device) if python == sys.executable else None
-    if availability is not None and not availability.ok:
+    availability = backend.check(spec.device) if python == sys.executable else Availability(True)
+    if not availability.ok:
         raise QuantbenchError(f"method {spec.method.name!r} is unavailable on {spec.device}: {availability.reason}")
     result_store.check_writable(store)
     resolved = models.resolve(spec.model)
