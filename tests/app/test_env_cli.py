@@ -63,7 +63,7 @@ def test_both_schemes_quantize_a_tiny_model_in_the_environment(llmcompressor_env
 def test_an_llmcompressor_trial_of_the_embedded_model_runs_from_the_main_cli(llmcompressor_env, tmp_path):
     done = run_cli("embedded:smollm2-135m", ["llmcompressor:scheme=W4A16,n_samples=2,seq_len=64"], tmp_path, 128, 256)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "llmcompressor:scheme=W4A16" in done.stdout
+    assert "llmcompressor:n_samples=2,scheme=W4A16,seq_len=64" in done.stdout  # the results table
     frame = read_results(tmp_path).frame
     check_ran_in_the_environment(frame)
     metrics = dict(zip(frame["metric"], frame["value"], strict=False))
