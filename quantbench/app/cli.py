@@ -12,7 +12,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantbench.app import plan_cli, recommend_cli, results_cli
+from quantbench.app import env_cli, plan_cli, recommend_cli, results_cli
 from quantbench.app.inputs import (
     DEFAULT_EVALS,
     default_help,
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     results_cli.add_parsers(sub)
     plan_cli.add_parser(sub)
     recommend_cli.add_parser(sub)
+    env_cli.add_parser(sub)
 
     ui = sub.add_parser("ui", help="the browser dashboard (Gradio), on 127.0.0.1 unless --public")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this machine)")
@@ -269,14 +270,19 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from quantbench.backends.registry import backend_names, get_backend, method_facts
+    from quantbench.runner.envs import environment_line, runs_here
 
     for name in backend_names():
         backend = get_backend(name)
         cpu = backend.check("cpu")
         params = [f"{k}={f.default}: {f.description}" for k, f in backend.Params.model_fields.items()]
         where = "available on cpu" if cpu.ok else f"not available on cpu: {cpu.reason}"
+        if not runs_here(backend) and backend.environment is not None:
+            where = "runs in its own environment; the library is not in this one"
         version = backend.library_version() or "not installed"
         print(f"{name:10s} {backend.library or '-'} {version}\n           {where}\n           {method_facts(backend)}")
+        if environment_line(backend):
+            print(f"           {environment_line(backend)}")
         print("\n".join(f"           {line}" for line in params or ["no parameters"]))
     return 0
 
@@ -328,6 +334,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods, "ui": cmd_ui}
 COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export, "plan": plan_cli.run}
 COMMANDS |= {"recommend": recommend_cli.run}
+COMMANDS |= {"env": env_cli.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

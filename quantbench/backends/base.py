@@ -70,6 +70,9 @@ class Backend:
     name: ClassVar[str]
     library: ClassVar[str | None] = None  # distribution name, for its version and install hint
     min_version: ClassVar[str | None] = None  # oldest release of `library` the adapter works with
+    # The pyproject extra whose method environment runs this method's trials when `library` cannot
+    # be installed beside the main environment's (runner/envs.py); None: any interpreter with `library`.
+    environment: ClassVar[str | None] = None
     Params: ClassVar[type[MethodParams]] = MethodParams
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     # Quantizing reads text: the corpus its `calibration` parameter names, which the runner reads

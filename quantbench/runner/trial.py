@@ -8,6 +8,7 @@ failed trial with its reason.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from pydantic import BaseModel
 
 from quantbench import models
-from quantbench.backends.base import Backend
+from quantbench.backends.base import Availability, Backend
 from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.engines.protocol import engine_facts
@@ -29,6 +30,7 @@ from quantbench.evals.registry import EVALS, get_eval
 from quantbench.results import store as result_store
 from quantbench.results.schema import Metric, TrialHeader, trial_table
 from quantbench.runner import environment
+from quantbench.runner.envs import worker_python
 from quantbench.spec import DEVICES, EvalSpec, MethodSpec, ModelRef, TrialSpec, validate_params
 from quantbench.trackers import names
 from quantbench.trackers.memory import MemoryPeak, PeakMemory, release_freed_heap
@@ -82,6 +84,7 @@ class PreparedTrial:
     model: models.ResolvedModel
     evals: tuple[PreparedEval, ...]
     calibration: Corpus | None = None  # the corpus the method calibrates on (`Backend.calibration_corpus`)
+    python: str = sys.executable  # the interpreter its worker runs in (`envs.worker_python`)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,9 @@ class PreparedEval:
 def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
     """Every check that can fail on bad input, done before any measurement (QuantbenchError)."""
     backend = get_backend(spec.method.name)
-    availability = backend.check(spec.device)
+    python = worker_python(backend)
+    # In another environment the worker checks the method there, as it prepares the trial again.
+    availability = backend.check(spec.device) if python == sys.executable else Availability(True)
     if not availability.ok:
         raise QuantbenchError(f"method {spec.method.name!r} is unavailable on {spec.device}: {availability.reason}")
     result_store.check_writable(store)
@@ -115,7 +120,7 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
         module.check_inputs(resolved, params, corpus)
         evals.append(PreparedEval(eval_spec.name, module, params, corpus))
     calibration = corpora[calibration_ref] if calibration_ref is not None else None
-    return PreparedTrial(spec, backend, resolved, tuple(evals), calibration)
+    return PreparedTrial(spec, backend, resolved, tuple(evals), calibration, python)
 
 
 def trial_header(trial: PreparedTrial, kernel: str = "") -> TrialHeader:

@@ -1,7 +1,8 @@
 """Run one trial in its own process.
 
-The worker is a fresh Python process (`python -m quantbench.runner.worker SPEC OUTCOME`), so a
-trial's memory peaks are its own, and a segfault, an OOM kill or a hang ends the worker, not
+The worker is a fresh Python process (`python -m quantbench.runner.worker SPEC OUTCOME`), started
+with the interpreter of the environment the method needs (runner/envs.py), so a trial's memory
+peaks are its own, and a segfault, an OOM kill or a hang ends the worker, not
 the sweep. The worker writes the trial's rows to the store itself and an outcome envelope
 (JSON) to a file; when it dies without one, the parent stores a failed trial with the exit
 code or signal and the last lines of its stderr.
@@ -27,6 +28,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.evals.progress import Sink as ProgressSink
 from quantbench.runner.environment import quiet_library_logs
+from quantbench.runner.envs import worker_env
 from quantbench.runner.trial import PreparedTrial, TrialOutcome, execute, prepare_trial, record_failure
 from quantbench.spec import TrialSpec
 
@@ -57,14 +59,18 @@ def run_in_worker(
         progress_read, progress_write = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "quantbench.runner.worker", str(spec_file), str(outcome_file),
+                [trial.python, "-m", "quantbench.runner.worker", str(spec_file), str(outcome_file),
                  str(progress_write)],
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
                 pass_fds=(progress_write,),
                 start_new_session=True,  # its own process group, so a kill reaches the worker's children too
+                env=worker_env(trial.python),
             )  # fmt: skip
+        except OSError as exc:  # a method environment whose interpreter is gone or not executable
+            os.close(progress_read)
+            return record_failure(trial, store, f"cannot start the worker's interpreter {trial.python}: {exc.strerror}")
         finally:
             os.close(progress_write)  # the worker holds the only write end: EOF when it exits
         tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -88,7 +94,11 @@ def run_in_worker(
                 raise QuantbenchError(outcome["error"])
             path = Path(outcome["path"]) if outcome["path"] else None
             return TrialOutcome(trial.spec, outcome["status"], error=outcome["error"], path=path)
-        return record_failure(trial, store, f"worker died ({_describe_exit(proc.returncode)})", "".join(tail))
+        reason = f"worker died ({_describe_exit(proc.returncode)})"
+        if trial.python != sys.executable:  # most often the environment itself is broken: its last word says how
+            last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+            reason += f" in the {trial.backend.environment!r} environment" + (f": {last}" if last else "")
+        return record_failure(trial, store, reason, "".join(tail))
 
 
 def _watch(

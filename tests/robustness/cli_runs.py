@@ -38,6 +38,7 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The caller's environment with quantbench's cache, the default store and the Hugging Face
     home moved under `tmp`, offline, so a run can neither read nor leave anything elsewhere."""
     env = dict(os.environ)
+    env.pop("QUANTBENCH_ENVS", None)  # method environments too: under the moved cache, so none exists
     env.update(
         QUANTBENCH_CACHE=str(tmp / "cache"),
         QUANTBENCH_STORE=str(tmp / "default-store"),

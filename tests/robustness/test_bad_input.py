@@ -197,6 +197,10 @@ CASES = [
     Case("device-absent", "method unavailable on this device (cuda without a GPU)",
          "method 'baseline' is unavailable on cuda: no CUDA device visible to torch",
          lambda s: s.run("--device", "cuda")),
+    Case("env-missing", "method whose environment was never created",
+         "method 'llmcompressor' runs in the 'llmcompressor' environment, which does not exist yet: "
+         "quantbench env create llmcompressor",
+         lambda s: s.run("--method", "llmcompressor")),
     Case("seq-len", "`--seq-len 1`", "eval 'perplexity': seq_len: Input should be greater than or equal to 2",
          lambda s: s.run("--seq-len", "1")),
     Case("protocol-stride", "`--protocol llamacpp` with `--stride`", "eval 'perplexity': params: Value error, "

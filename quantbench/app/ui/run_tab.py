@@ -18,6 +18,7 @@ from quantbench.app.ui.run_session import RunSession
 from quantbench.backends.registry import backend_names, get_backend, method_facts, method_label
 from quantbench.errors import QuantbenchError
 from quantbench.evals.registry import EVALS, get_eval
+from quantbench.runner.envs import environment_line, runs_here
 from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef, validate_params
 
 
@@ -101,10 +102,12 @@ def _availability_line(name: str, device_list: list[str]) -> str:
     version = backend.library_version()
     library = f"{backend.library} {version or '(not installed)'}" if backend.library else "built in"
     parts = []
-    for device in device_list:
+    for device in device_list if runs_here(backend) else ():  # elsewhere its environment checks the devices
         check = backend.check(device)
         parts.append(f"✓ runs on {device}" + (f" ({check.reason})" if check.reason else "") if check.ok
                      else f"✗ not on {device}: {check.reason}")  # fmt: skip
+    if backend.environment is not None:
+        parts.append(environment_line(backend))
     return f"**{name}** · {library} · " + " · ".join(parts) + f" · {method_facts(backend)}"
 
 
