@@ -29,6 +29,7 @@ from quantbench.backends.base import (
     stored_as,
     weight_count,
 )
+from quantbench.backends.layers import measured_coverage
 from quantbench.backends.layout import Layout, grouping, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -135,6 +136,7 @@ class GptqModelBackend(Backend):
             device,
             f"GPTQModel {type(layer).__name__}",
             weights=weight_count(skeleton),
+            coverage=measured_coverage(skeleton, module),
         )
 
     def codes(

@@ -14,6 +14,7 @@ same weights differs from it by a mean KL of about 1e-6 nats (measured in the te
 from __future__ import annotations
 
 import ctypes
+import math
 import shutil
 import weakref
 from collections import Counter
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantbench.engines.coverage import Coverage
 from quantbench.engines.torch_model import TorchModel, reference_model
 from quantbench.errors import QuantbenchError
 from quantbench.models import ResolvedModel
@@ -41,6 +43,7 @@ class GgufFacts:
     embedding_bytes: int
     tied: bool
     types: Counter = field(default_factory=Counter)
+    coverage: Coverage | None = None
 
     @classmethod
     def read(cls, path: Path) -> GgufFacts:
@@ -58,7 +61,36 @@ class GgufFacts:
             embedding_bytes=int(embedding.n_bytes) if embedding is not None else 0,
             tied="output.weight" not in names,
             types=Counter(t.tensor_type.name for t in tensors),
+            coverage=_coverage(tensors),
         )
+
+
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+def _coverage(tensors: list) -> Coverage:
+    """The block matrices (`blk.N.*` tensors of two or more dimensions; a third counts experts) and
+    those of a quantized type, named by tensor type: llama.cpp stores what the GGUF file holds."""
+    matrices = [t for t in tensors if t.name.startswith("blk.") and len(t.shape) >= 2]
+    low = [t for t in matrices if t.tensor_type.name not in FLOAT_TYPES]
+
+    def count(t) -> int:
+        return int(math.prod(int(d) for d in t.shape[2:]))
+
+    def types(ts: list) -> tuple[tuple[str, int], ...]:
+        counts: Counter = Counter()
+        for t in ts:
+            counts[t.tensor_type.name] += count(t)
+        return tuple(sorted(counts.items()))
+
+    return Coverage(
+        quantized_weights=sum(int(t.n_elements) for t in low),
+        total_weights=sum(int(t.n_elements) for t in matrices),
+        quantized_matrices=sum(count(t) for t in low),
+        total_matrices=sum(count(t) for t in matrices),
+        layers=types(matrices),
+        left=types([t for t in matrices if t.tensor_type.name in FLOAT_TYPES]),
+    )
 
 
 class LlamaCppModel:
@@ -112,6 +144,10 @@ class LlamaCppModel:
     @property
     def weight_bytes(self) -> int:
         return self.facts.weight_bytes
+
+    @property
+    def coverage(self) -> Coverage | None:
+        return self.facts.coverage
 
     @property
     def bits_per_weight(self) -> float:

@@ -53,6 +53,7 @@ def _mib(v: float) -> str:
 CATALOGUE = [
     Column("bits_per_weight", "bits/w", _fixed(2), "lower"),
     Column(names.WEIGHT_BYTES, "weights MiB", _mib, "lower"),
+    Column(names.QUANTIZED_WEIGHT_FRACTION, "quantized %", lambda v: f"{100 * v:.1f}", "higher"),
     Column("perplexity", "ppl", _fixed(3), "lower"),
     Column("bits_per_byte", "bits/byte", _fixed(4), "lower"),
     Column("word_perplexity", "word ppl", _fixed(2), "lower"),

@@ -43,7 +43,8 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
         QUANTBENCH_STORE=str(tmp / "default-store"),
         HF_HOME=str(tmp / "hf"),
         HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT / "tests"),  # workers import tests/fault_backends.py when a test plugs it in
+        # Workers import tests/fault_backends.py when a test plugs it in, and the inherited path's checkout.
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     )
     env.update(extra)
     return env
