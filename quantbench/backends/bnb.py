@@ -19,7 +19,7 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
-from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, all_matrices, measured_coverage
+from quantbench.backends.layers import CONV1D, LINEAR, all_matrices, measured_coverage
 from quantbench.backends.layout import Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
@@ -90,7 +90,8 @@ class BnbBackend(Backend):
             return reason
         skeleton = meta_model(model)
         for m in all_matrices(skeleton).values():
-            if m.kind != EXPERTS and m.rows % GEMV_BLOCK_N:
+            converted = m.kind in (LINEAR, CONV1D) or isinstance(m.module, torch.nn.Linear)  # a router too
+            if converted and m.rows % GEMV_BLOCK_N:
                 return (
                     f"bnb 4-bit cannot run {type(skeleton).__name__} on this CPU: its {m.layer_type} {m.name} has "
                     f"{m.rows} outputs, and the AVX512-BF16 gemv needs a multiple of {GEMV_BLOCK_N} (use bits=8)"

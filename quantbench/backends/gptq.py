@@ -29,7 +29,7 @@ from quantbench.backends.base import (
     stored_as,
     weight_count,
 )
-from quantbench.backends.layers import measured_coverage
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, measured_coverage
 from quantbench.backends.layout import Layout, grouping, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -88,6 +88,8 @@ class GptqModelBackend(Backend):
     headline = ("bits", "group_size")
     checkpoint_formats: ClassVar[tuple[str, ...]]  # the `checkpoint_format`s `layer_codes` reads
     plan_defaults: ClassVar[dict[str, Any]] = {"group_size": 128}
+    # GPTQModel's model definitions name Conv1D projections and each expert of fused experts too.
+    layer_kinds = frozenset({LINEAR, CONV1D, EXPERTS})
 
     def check(self, device: str) -> Availability:
         base = super().check(device)

@@ -28,7 +28,14 @@ from quantbench.backends.base import (
     weight_bytes,
     weight_count,
 )
-from quantbench.backends.layers import check_group_size, rounded_coverage, weight_matrices
+from quantbench.backends.layers import (
+    CONV1D,
+    EXPERTS,
+    LINEAR,
+    check_group_size,
+    rounded_coverage,
+    weight_matrices,
+)
 from quantbench.backends.layout import Layout, grouping
 from quantbench.corpora import Corpus
 from quantbench.kernels.format import dequantize_codes, pack_linear_weight, packed_bytes, quantize_rtn
@@ -80,6 +87,7 @@ class RtnBackend(Backend):
     library = "torch"
     Params = RtnParams
     headline = ("bits", "group_size")
+    layer_kinds = frozenset({LINEAR, CONV1D, EXPERTS})
 
     def layout(self, params: RtnParams, device: str) -> Layout:
         return project_layout(self.name, params.bits, params.group_size, params.symmetric, params.compute_dtype)
