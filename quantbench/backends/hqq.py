@@ -81,6 +81,11 @@ class HqqBackend(Backend):
         count = weight_count(module)
         config = BaseQuantizeConfig(nbits=params.bits, group_size=params.group_size, axis=params.axis)
         dtype = models.DTYPES[params.compute_dtype]
+        # As hqq's quantize_model: every other leaf module goes to the compute dtype too, the rotary
+        # embedding's fp32 inv_freq included, which the logits depend on.
+        for leaf in module.modules():
+            if not isinstance(leaf, nn.Linear) and next(leaf.children(), None) is None:
+                leaf.to(device=device, dtype=dtype)
         for name, m in _layers(module).items():
             parent, _, child = name.rpartition(".")
             quantized = HQQLinear(m.linear(), config, compute_dtype=dtype, device=device)
