@@ -1,5 +1,6 @@
 """Every CPU-capable method on the embedded model: WikiText-2 perplexity at a fixed token budget,
-weight size, effective bits per weight, quantization time, and the kernel that ran.
+weight size, effective bits per weight, the share of the blocks' matrix weights quantized,
+quantization time, and the kernel that ran.
 
     .venv/bin/python bench/methods.py --corpus ../shared/data/wikitext2/wiki.test.raw
 
@@ -60,6 +61,7 @@ def main() -> None:
             "perplexity": round(r.perplexity, 3),
             "weight_mib": round(r.weight_bytes / 2**20, 1),
             "bits_per_weight": round(r.bits_per_weight, 2),
+            "quantized_pct": round(100 * r.quantized_weight_fraction, 1),
             "quantize_s": round(r.quantize_seconds, 1),
             "kernel": r.kernel,
         }
@@ -77,12 +79,12 @@ def main() -> None:
         "rows": rows,
     }
     print(json.dumps(report, indent=2))
-    print("| method | WikiText-2 ppl | weights MiB | bits/weight | quantize s | kernel |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| method | WikiText-2 ppl | weights MiB | bits/weight | quantized % | quantize s | kernel |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| `{r['method']}` | {r['perplexity']} | {r['weight_mib']} | {r['bits_per_weight']} | "
-            f"{r['quantize_s']} | {r['kernel']} |"
+            f"{r['quantized_pct']} | {r['quantize_s']} | {r['kernel']} |"
         )
 
 

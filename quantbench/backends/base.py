@@ -19,6 +19,7 @@ import torch
 from packaging.version import InvalidVersion, Version
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, all_matrices
 from quantbench.engines.protocol import QuantizedModel
 
 # Re-exported: every backend builds a TorchModel and measures its module with these.
@@ -45,6 +46,10 @@ def stored_as(name: str, stored: str, default: Any, **kwargs: Any) -> Any:
     """A field declared under its shared `name` that stores already written spell `stored`: both
     spellings are accepted, and dumps (trial keys, labels, params_json) keep writing `stored`."""
     return Field(default, validation_alias=AliasChoices(name, stored), serialization_alias=stored, **kwargs)
+
+
+# How a refusal names each holder of weight matrices that `layer_kinds` lists.
+LAYER_KIND_NAMES = {LINEAR: "nn.Linear layers", CONV1D: "Conv1D layers", EXPERTS: "fused experts"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class Backend:
     # What a user should know before picking the method that no other fact says (its library
     # deprecated the API it calls), shown beside the facts by the CLI and the dashboard.
     note: ClassVar[str] = ""
+    # The holders of weight matrices (`backends.layers`: linear, conv1d, experts) the method
+    # quantizes; a model whose block matrices are all of other kinds is refused before any weight is
+    # read. Empty: the method stores no weight in low precision (the baseline).
+    layer_kinds: ClassVar[frozenset[str]] = frozenset({LINEAR})
 
     def library_version(self) -> str | None:
         if self.library is None:
@@ -112,6 +121,23 @@ class Backend:
             return Availability(False, f"{self.library} is not installed (pip install {self.library})")
         too_old = older_than(self.library, version, self.min_version) if self.min_version else ""
         return Availability(not too_old, too_old)
+
+    def refusal(self, model: ResolvedModel, params: MethodParams, device: str) -> str:
+        """Why this method cannot quantize `model`'s architecture, in one line naming the architecture
+        and the layer type, or "" when it can; decided from the architecture alone (no weight read).
+        By default: every block matrix of the model is held by a layer kind outside `layer_kinds`."""
+        if not self.layer_kinds:
+            return ""
+        skeleton = meta_model(model)
+        matrices = all_matrices(skeleton).values()
+        if not matrices or any(m.kind in self.layer_kinds for m in matrices):
+            return ""
+        types = ", ".join(sorted({m.layer_type for m in matrices}))
+        kinds = ", ".join(sorted(LAYER_KIND_NAMES[kind] for kind in self.layer_kinds))
+        return (
+            f"{self.name} cannot quantize {type(skeleton).__name__}: its weight matrices are in {types} layers, "
+            f"and {self.name} quantizes only {kinds}"
+        )
 
     def calibration_corpus(self, params: MethodParams) -> str | None:
         """The corpus reference this trial calibrates on (what the runner reads up front), or None."""

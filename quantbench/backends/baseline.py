@@ -7,6 +7,7 @@ from typing import Literal
 
 from quantbench import models
 from quantbench.backends.base import Backend, MethodParams, QuantizedModel, TorchModel, stored_as, weight_count
+from quantbench.backends.layers import measured_coverage
 from quantbench.backends.layout import DTYPE_BYTES, Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
@@ -29,6 +30,7 @@ class BaselineBackend(Backend):
     Params = BaselineParams
     headline = ("compute_dtype",)
     is_serializable = True
+    layer_kinds = frozenset()  # stores every weight as loaded
 
     def layout(self, params: BaselineParams, device: str) -> Layout:
         dtype, size = params.compute_dtype, DTYPE_BYTES[params.compute_dtype]
@@ -41,5 +43,10 @@ class BaselineBackend(Backend):
         dtype = params.compute_dtype
         module = models.load(model, dtype=dtype, device=device)
         return TorchModel.measured(
-            module, models.load_tokenizer(model), device, f"torch {dtype} matmul", weights=weight_count(module)
+            module,
+            models.load_tokenizer(model),
+            device,
+            f"torch {dtype} matmul",
+            weights=weight_count(module),
+            coverage=measured_coverage(module, module),
         )

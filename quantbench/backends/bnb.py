@@ -19,6 +19,7 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
+from quantbench.backends.layers import CONV1D, LINEAR, all_matrices, measured_coverage
 from quantbench.backends.layout import Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
@@ -26,6 +27,7 @@ from quantbench.models import ResolvedModel
 FOUR_BIT_ONLY = ("quant_type", "double_quant")
 BLOCK = 64  # 4-bit blocksize transformers' BitsAndBytesConfig uses
 NESTED_BLOCK = 256  # double quant: absmax values are quantized again in blocks of 256
+GEMV_BLOCK_N = 32  # bitsandbytes' `_convert_weight_packed_for_cpu` default block_n
 
 
 class BnbParams(MethodParams):
@@ -55,6 +57,7 @@ class BnbBackend(Backend):
     Params = BnbParams
     headline = ("bits",)
     is_serializable = True
+    layer_kinds = frozenset({LINEAR, CONV1D})  # transformers' bnb integration converts Conv1D too
 
     def layout(self, params: BnbParams, device: str) -> Layout:
         if params.bits == 8:
@@ -79,6 +82,22 @@ class BnbBackend(Backend):
             )
         return Availability(True)
 
+    def refusal(self, model: ResolvedModel, params: BnbParams, device: str) -> str:
+        """Also: the AVX512-BF16 gemv that 4-bit layers repack for on CPU takes output widths in
+        blocks of 32 only (bitsandbytes asserts "N must be divisible by block_n" on the first forward)."""
+        reason = super().refusal(model, params, device)
+        if reason or not _repacks_on_first_forward(params, device):
+            return reason
+        skeleton = meta_model(model)
+        for m in all_matrices(skeleton).values():
+            converted = m.kind in (LINEAR, CONV1D) or isinstance(m.module, torch.nn.Linear)  # a router too
+            if converted and m.rows % GEMV_BLOCK_N:
+                return (
+                    f"bnb 4-bit cannot run {type(skeleton).__name__} on this CPU: its {m.layer_type} {m.name} has "
+                    f"{m.rows} outputs, and the AVX512-BF16 gemv needs a multiple of {GEMV_BLOCK_N} (use bits=8)"
+                )
+        return ""
+
     def quantize(
         self, model: ResolvedModel, params: BnbParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
@@ -93,12 +112,18 @@ class BnbBackend(Backend):
                 bnb_4bit_use_double_quant=params.double_quant,
                 bnb_4bit_compute_dtype=models.DTYPES[params.compute_dtype],
             )
-        count = weight_count(meta_model(model))
+        skeleton = meta_model(model)
+        count = weight_count(skeleton)
         module = models.load(
             model, dtype=params.compute_dtype, device=device, quantization_config=config, device_map={"": device}
         )
         quantized = TorchModel.measured(
-            module, models.load_tokenizer(model), device, _kernel(params, device), weights=count
+            module,
+            models.load_tokenizer(model),
+            device,
+            _kernel(params, device),
+            weights=count,
+            coverage=measured_coverage(skeleton, module),
         )
         if _repacks_on_first_forward(params, device):
             # Linear4bit repacks its codes for the AVX512-BF16 gemv on its first CPU forward, a

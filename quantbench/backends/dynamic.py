@@ -17,9 +17,18 @@ from pydantic import Field
 from torch import nn
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, QuantizedModel, TorchModel, weight_bytes, weight_count
+from quantbench.backends.base import (
+    Backend,
+    MethodParams,
+    QuantizedModel,
+    TorchModel,
+    meta_model,
+    weight_bytes,
+    weight_count,
+)
+from quantbench.backends.layers import LINEAR, measured_coverage, weight_matrices
 from quantbench.backends.layout import Layout
-from quantbench.backends.rtn import ModuleNames, quantizable_linears
+from quantbench.backends.rtn import ModuleNames
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
 
@@ -89,7 +98,7 @@ class DynamicBackend(Backend):
         module = models.load(model, dtype="float32", device=device)
         count = weight_count(module)
         qconfig = per_channel_dynamic_qconfig if params.per_channel else default_dynamic_qconfig
-        names = quantizable_linears(module, params.skip)
+        names = [name for name, m in weight_matrices(module, params.skip).items() if m.kind == LINEAR]
         with quantized_engine(params.engine), warnings.catch_warnings():
             # The deprecation is the method's `note`; repeating it in every trial's log says nothing new.
             warnings.filterwarnings("ignore", message=r"(?s).*deprecated")
@@ -102,6 +111,7 @@ class DynamicBackend(Backend):
             f"{KERNELS[params.engine]} (weight scales {granularity(params)})",
             weights=count,
             size=weight_bytes(module) + packed,
+            coverage=measured_coverage(meta_model(model), module),
         )
 
 

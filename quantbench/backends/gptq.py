@@ -30,6 +30,7 @@ from quantbench.backends.base import (
     stored_as,
     weight_count,
 )
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, measured_coverage
 from quantbench.backends.layout import Layout, grouping, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -90,6 +91,8 @@ class GptqModelBackend(Backend):
     headline = ("bits", "group_size")
     checkpoint_formats: ClassVar[tuple[str, ...]]  # the `checkpoint_format`s `layer_codes` reads
     plan_defaults: ClassVar[dict[str, Any]] = {"group_size": 128}
+    # GPTQModel's model definitions name Conv1D projections and each expert of fused experts too.
+    layer_kinds = frozenset({LINEAR, CONV1D, EXPERTS})
 
     def gptqmodel_config(self, params: GptqModelParams) -> object:
         raise NotImplementedError
@@ -133,6 +136,7 @@ class GptqModelBackend(Backend):
             device,
             f"GPTQModel {type(layer).__name__}",
             weights=weight_count(skeleton),
+            coverage=measured_coverage(skeleton, module),
         )
 
     def codes(

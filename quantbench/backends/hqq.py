@@ -1,5 +1,8 @@
 """HQQ (half-quadratic quantization, no calibration) through the `hqq` library itself:
-transformers' HqqConfig cannot quantize in 5.2x (no quantize ops, and a CPU device map is rejected)."""
+transformers' HqqConfig cannot quantize in 5.2x (no quantize ops, and a CPU device map is rejected).
+Each linear and Conv1D layer that layer discovery finds (`backends.layers`) becomes an HQQLinear, as
+hqq's AutoHQQHFModel.quantize_model does for nn.Linear (which fails on models without `model.layers`,
+such as GPT-2); fused MoE experts stay in float, hqq having no layer for them."""
 
 from __future__ import annotations
 
@@ -15,12 +18,12 @@ from quantbench.backends.base import (
     MethodParams,
     QuantizedModel,
     TorchModel,
-    check_group_size,
     int_choice,
     meta_model,
     stored_as,
     weight_count,
 )
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, check_group_size, measured_coverage, weight_matrices
 from quantbench.backends.layout import DTYPE_BYTES, Layout, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -54,6 +57,7 @@ class HqqBackend(Backend):
     # hqq quantizes the module in place: save_pretrained writes no quantization_config, and the
     # file reloads as a different model (hqq's own AutoHQQHFModel.save_quantized is another format).
     is_serializable = False
+    layer_kinds = frozenset({LINEAR, CONV1D})
 
     def layout(self, params: HqqParams, device: str) -> Layout:
         return Layout(
@@ -69,15 +73,23 @@ class HqqBackend(Backend):
         self, model: ResolvedModel, params: HqqParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
-        from hqq.models.hf.base import AutoHQQHFModel
 
-        check_group_size(meta_model(model), params.group_size)
+        skeleton = meta_model(model)
+        check_group_size(_layers(skeleton).values(), params.group_size)
         module = models.load(model, dtype=params.compute_dtype, device=device)
+        module.requires_grad_(False)
         count = weight_count(module)
         config = BaseQuantizeConfig(nbits=params.bits, group_size=params.group_size, axis=params.axis)
-        AutoHQQHFModel.quantize_model(
-            module, quant_config=config, compute_dtype=models.DTYPES[params.compute_dtype], device=device
-        )
+        dtype = models.DTYPES[params.compute_dtype]
+        # As hqq's quantize_model: every other leaf module goes to the compute dtype too, the rotary
+        # embedding's fp32 inv_freq included, which the logits depend on.
+        for leaf in module.modules():
+            if not isinstance(leaf, nn.Linear) and next(leaf.children(), None) is None:
+                leaf.to(device=device, dtype=dtype)
+        for name, m in _layers(module).items():
+            parent, _, child = name.rpartition(".")
+            quantized = HQQLinear(m.linear(), config, compute_dtype=dtype, device=device)
+            setattr(module.get_submodule(parent), child, quantized)
         layer = next(m for m in module.modules() if isinstance(m, HQQLinear))
         path = f"{layer.meta['packing']} unpack + dequantize + {params.compute_dtype} matmul"
         return TorchModel.measured(
@@ -86,6 +98,7 @@ class HqqBackend(Backend):
             device,
             f"hqq {layer.backend.name} backend ({path})",
             weights=count,
+            coverage=measured_coverage(skeleton, module),
         )
 
     def codes(
@@ -113,6 +126,11 @@ class HqqBackend(Backend):
             bias = quantized.bias.detach().clone() if quantized.bias is not None else None
             codes[name] = LayerCodes(convert_hqq(quantized), bias)
         return codes
+
+
+def _layers(module: nn.Module) -> dict:
+    """The layers hqq quantizes: linear and Conv1D (fused experts have no HQQLinear)."""
+    return {name: m for name, m in weight_matrices(module).items() if m.kind != EXPERTS}
 
 
 def _linear_bytes(rows: int, cols: int, params: HqqParams) -> int:

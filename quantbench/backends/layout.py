@@ -27,6 +27,13 @@ class Layout:
     # True when a prefill matmul first rebuilds a dense copy of the weight in the compute dtype
     # (the fused kernels read the packed codes directly).
     dequantizes_weights: bool = False
+    # The method also quantizes routed experts (transformers 5's fused 3-D tensors); most libraries
+    # replace nn.Linear layers only and keep them in the compute dtype. Set from `Backend.layer_kinds`.
+    quantizes_experts: bool = False
+
+    def quantizes(self, kind: str) -> bool:
+        """Whether weights of this planner kind (planner/weights.py) are stored in this layout."""
+        return self.is_quantized and (kind == "linear" or (kind == "experts" and self.quantizes_experts))
 
     @property
     def dtype_bytes(self) -> int:

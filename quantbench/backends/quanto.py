@@ -19,8 +19,10 @@ from quantbench.backends.base import (
     QuantizedModel,
     TorchModel,
     calibration_windows,
+    meta_model,
     weight_count,
 )
+from quantbench.backends.layers import measured_coverage
 from quantbench.backends.layout import DTYPE_BYTES, Layout
 from quantbench.corpora import Corpus
 from quantbench.models import ResolvedModel
@@ -118,6 +120,7 @@ class QuantoBackend(Backend):
             device,
             "; ".join(sorted({_kernel(layer, params) for layer in layers})),
             weights=count,
+            coverage=measured_coverage(meta_model(model), module),
         )
 
 

@@ -1,6 +1,7 @@
 """Round-to-nearest (RTN) group quantization: the project's own quality reference.
 
-Every nn.Linear outside the skip list is quantized with `kernels.format.quantize_rtn` and its
+Every weight matrix that layer discovery finds (`backends.layers`: nn.Linear, Conv1D, each expert of
+fused experts) outside the skip list is quantized with `kernels.format.quantize_rtn` and its
 dequantized weights are written back (fake quantization): the model computes exactly what the
 packed format would give, at float speed. `weight_bytes` is what the packed format would
 occupy: codes at `bits` each, fp16 scales (and fp16 zeros when asymmetric) per group, and every
@@ -22,15 +23,21 @@ from quantbench.backends.base import (
     MethodParams,
     QuantizedModel,
     TorchModel,
-    check_group_size,
     meta_model,
     stored_as,
     weight_bytes,
     weight_count,
 )
+from quantbench.backends.layers import (
+    CONV1D,
+    EXPERTS,
+    LINEAR,
+    check_group_size,
+    rounded_coverage,
+    weight_matrices,
+)
 from quantbench.backends.layout import Layout, grouping
 from quantbench.corpora import Corpus
-from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import dequantize_codes, pack_linear_weight, packed_bytes, quantize_rtn
 from quantbench.models import ResolvedModel
 
@@ -69,16 +76,6 @@ class RtnParams(MethodParams):
     _group_size = field_validator("group_size")(check_group_size_value)
 
 
-def quantizable_linears(module: nn.Module, skip: tuple[str, ...]) -> dict[str, nn.Linear]:
-    """The nn.Linear layers to quantize, by exact module name; unknown skip names are an error
-    (a typo would otherwise silently quantize the layer it meant to keep)."""
-    linears = {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-    unknown = [name for name in skip if name not in linears]
-    if unknown:
-        raise QuantbenchError(f"skip names no nn.Linear in this model: {', '.join(unknown)}")
-    return {name: m for name, m in linears.items() if name not in skip}
-
-
 def project_layout(method: str, bits: int, group_size: int, symmetric: bool, dtype: str) -> Layout:
     """The project's packed format (kernels/format.py), which rtn prices and triton stores."""
     label = f"{method} {bits}-bit {grouping(group_size)}" + (" symmetric" if symmetric else "")
@@ -90,6 +87,7 @@ class RtnBackend(Backend):
     library = "torch"
     Params = RtnParams
     headline = ("bits", "group_size")
+    layer_kinds = frozenset({LINEAR, CONV1D, EXPERTS})
 
     def layout(self, params: RtnParams, device: str) -> Layout:
         return project_layout(self.name, params.bits, params.group_size, params.symmetric, params.compute_dtype)
@@ -99,22 +97,17 @@ class RtnBackend(Backend):
     ) -> QuantizedModel:
         # Shapes from the meta model first: a group size that does not fit fails before any weight is read.
         skeleton = meta_model(model)
-        quantizable_linears(skeleton, params.skip)  # unknown skip names
-        check_group_size(skeleton, params.group_size, params.skip)
+        check_group_size(weight_matrices(skeleton, params.skip).values(), params.group_size)
         module = models.load(model, dtype=params.compute_dtype, device=device)
-        linears = quantizable_linears(module, params.skip)
+        matrices = weight_matrices(module, params.skip)
         count = weight_count(module)
         packed = 0
         fake_bytes = 0
         with torch.no_grad():
-            for linear in linears.values():
-                w = linear.weight
-                codes, scales, zeros = quantize_rtn(w, params.bits, params.group_size, params.symmetric)
-                fake = dequantize_codes(codes, scales, zeros, params.bits, w.dtype).T.contiguous()
-                # A new Parameter rather than an in-place copy: a weight tied to the embedding
-                # must not quantize the embedding with it.
-                linear.weight = nn.Parameter(fake, requires_grad=False)
-                packed += packed_bytes(*w.shape, params.bits, params.group_size, params.symmetric)
+            for m in matrices.values():
+                fake = torch.stack([self._round(w, params) for w in m.matrices()])
+                m.replace(fake)
+                packed += m.count * packed_bytes(m.rows, m.cols, params.bits, params.group_size, params.symmetric)
                 fake_bytes += fake.numel() * fake.element_size()
         size = weight_bytes(module) - fake_bytes + packed
         fmt = f"w{params.bits} g{params.group_size} {'sym' if params.symmetric else 'asym'}"
@@ -125,7 +118,14 @@ class RtnBackend(Backend):
             f"torch {params.compute_dtype} matmul on RTN fake-quant weights ({fmt})",
             weights=count,
             size=size,
+            coverage=rounded_coverage(skeleton, matrices),
         )
+
+    @staticmethod
+    def _round(weight: torch.Tensor, params: RtnParams) -> torch.Tensor:
+        """One (out, in) matrix as the packed format would give it back, in its own dtype."""
+        codes, scales, zeros = quantize_rtn(weight.contiguous(), params.bits, params.group_size, params.symmetric)
+        return dequantize_codes(codes, scales, zeros, params.bits, weight.dtype).T
 
     def codes(
         self,

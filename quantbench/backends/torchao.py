@@ -26,6 +26,7 @@ from quantbench.backends.base import (
     older_than,
     weight_count,
 )
+from quantbench.backends.layers import measured_coverage
 from quantbench.backends.layout import DTYPE_BYTES, Layout, groups_per_row
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -142,7 +143,14 @@ class TorchaoBackend(Backend):
             quantization_config=TorchAoConfig(config),
             device_map={"": device},
         )
-        return TorchModel.measured(module, models.load_tokenizer(model), device, kernel, weights=weight_count(skeleton))
+        return TorchModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            kernel,
+            weights=weight_count(skeleton),
+            coverage=measured_coverage(skeleton, module),
+        )
 
 
 def _config(params: TorchaoParams, device: str) -> tuple[object, str]:

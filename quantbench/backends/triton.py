@@ -1,8 +1,9 @@
 """The project's own packed low-bit format and Triton kernels (`quantbench.kernels`).
 
-Every nn.Linear outside the skip list becomes a `QuantLinear`. The codes come from the `source`
-method's `codes` hook (the adapter contract), so the kernels can be compared independently of the
-algorithm that chose the codes:
+Every nn.Linear and Conv1D that layer discovery finds (`backends.layers`) outside the skip list
+becomes a `QuantLinear`; fused MoE experts stay in float (the row's quantized_weight_fraction says
+so). The codes come from the `source` method's `codes` hook (the adapter contract), so the kernels
+can be compared independently of the algorithm that chose the codes:
 
 - rtn: round-to-nearest of the float weights (`kernels.format.quantize_rtn`);
 - hqq: each layer quantized by the `hqq` library (HQQLinear, axis=1, the layers' compute dtype
@@ -31,11 +32,11 @@ from quantbench.backends.base import (
     MethodParams,
     QuantizedModel,
     TorchModel,
-    check_group_size,
     meta_model,
     stored_as,
     weight_count,
 )
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, check_group_size, measured_coverage, weight_matrices
 from quantbench.backends.layout import Layout
 from quantbench.backends.registry import get_backend
 from quantbench.backends.rtn import (
@@ -43,7 +44,6 @@ from quantbench.backends.rtn import (
     ModuleNames,
     check_group_size_value,
     project_layout,
-    quantizable_linears,
 )
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
@@ -92,6 +92,7 @@ class TritonBackend(Backend):
     library = "triton"
     Params = TritonParams
     headline = ("bits", "group_size", "source")
+    layer_kinds = frozenset({LINEAR, CONV1D})
 
     def layout(self, params: TritonParams, device: str) -> Layout:
         dtype = compute_dtype(params, device)
@@ -121,26 +122,26 @@ class TritonBackend(Backend):
         dtype = compute_dtype(params, device)
         # Shapes from the meta model first: a layout that does not fit fails before any weight is read.
         meta = meta_model(model)
-        skeleton = quantizable_linears(meta, params.skip)
-        check_group_size(meta, params.group_size, params.skip)
-        for name, linear in skeleton.items():
-            group = linear.in_features if params.group_size == -1 else params.group_size
+        skeleton = _packed_matrices(meta, params.skip)
+        check_group_size(skeleton.values(), params.group_size)
+        for name, m in skeleton.items():
+            group = m.cols if params.group_size == -1 else params.group_size
             if group % KERNEL_GROUP_MULTIPLE:
                 raise QuantbenchError(
                     f"layer {name}: per-channel groups need in_features divisible by {KERNEL_GROUP_MULTIPLE}, "
-                    f"got {linear.in_features}"
+                    f"got {m.cols}"
                 )
-            if linear.in_features % pack_multiple(params.bits):
+            if m.cols % pack_multiple(params.bits):
                 raise QuantbenchError(
                     f"layer {name}: {params.bits}-bit packing needs in_features divisible by "
-                    f"{pack_multiple(params.bits)}, got {linear.in_features}"
+                    f"{pack_multiple(params.bits)}, got {m.cols}"
                 )
         source = get_backend(params.source)
         availability = source.check(device)
         if not availability.ok:
             raise QuantbenchError(f"triton: source={params.source} needs {source.name}: {availability.reason}")
         module = models.load(model, dtype=dtype, device=device)
-        linears = quantizable_linears(module, params.skip)
+        linears = {name: m.linear() for name, m in _packed_matrices(module, params.skip).items()}
         count = weight_count(module)
         with torch.no_grad():
             codes = source.codes(
@@ -156,7 +157,19 @@ class TritonBackend(Backend):
                 parent_name, _, child = name.rpartition(".")
                 quantized = QuantLinear(layer.weight, layer.bias, layer.in_perm, source=params.source)
                 setattr(module.get_submodule(parent_name), child, quantized.to(device))
-        return TorchModel.measured(module, models.load_tokenizer(model), device, kernel_of(module), weights=count)
+        return TorchModel.measured(
+            module,
+            models.load_tokenizer(model),
+            device,
+            kernel_of(module),
+            weights=count,
+            coverage=measured_coverage(meta, module),
+        )
+
+
+def _packed_matrices(module: nn.Module, skip: tuple[str, ...]) -> dict:
+    """The matrices QuantLinear replaces: linear and Conv1D layers (fused experts have no one layer to replace)."""
+    return {name: m for name, m in weight_matrices(module, skip).items() if m.kind != EXPERTS}
 
 
 def compute_dtype(params: TritonParams, device: str) -> str:

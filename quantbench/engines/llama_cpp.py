@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantbench.engines.coverage import Coverage
 from quantbench.engines.torch_model import TorchModel, reference_model
 from quantbench.errors import QuantbenchError
 from quantbench.models import ResolvedModel
@@ -43,6 +44,7 @@ class GgufFacts:
     tied: bool
     types: Counter = field(default_factory=Counter)
     matrices: tuple[tuple[str, int], ...] = ()  # (type, row width) of each tensor of two or more dimensions
+    coverage: Coverage | None = None
 
     @classmethod
     def read(cls, path: Path) -> GgufFacts:
@@ -62,7 +64,36 @@ class GgufFacts:
             types=Counter(t.tensor_type.name for t in tensors),
             # gguf-py lists a tensor's shape in ggml's order: the row width first
             matrices=tuple((t.tensor_type.name, int(t.shape[0])) for t in tensors if len(t.shape) >= 2),
+            coverage=_coverage(tensors),
         )
+
+
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+def _coverage(tensors: list) -> Coverage:
+    """The block matrices (`blk.N.*` tensors of two or more dimensions; a third counts experts) and
+    those of a quantized type, named by tensor type: llama.cpp stores what the GGUF file holds."""
+    matrices = [t for t in tensors if t.name.startswith("blk.") and len(t.shape) >= 2]
+    low = [t for t in matrices if t.tensor_type.name not in FLOAT_TYPES]
+
+    def count(t) -> int:
+        return int(math.prod(int(d) for d in t.shape[2:]))
+
+    def types(ts: list) -> tuple[tuple[str, int], ...]:
+        counts: Counter = Counter()
+        for t in ts:
+            counts[t.tensor_type.name] += count(t)
+        return tuple(sorted(counts.items()))
+
+    return Coverage(
+        quantized_weights=sum(int(t.n_elements) for t in low),
+        total_weights=sum(int(t.n_elements) for t in matrices),
+        quantized_matrices=sum(count(t) for t in low),
+        total_matrices=sum(count(t) for t in matrices),
+        layers=types(matrices),
+        left=types([t for t in matrices if t.tensor_type.name in FLOAT_TYPES]),
+    )
 
 
 class LlamaCppModel:
@@ -128,6 +159,10 @@ class LlamaCppModel:
     @property
     def weight_bytes(self) -> int:
         return self.facts.weight_bytes
+
+    @property
+    def coverage(self) -> Coverage | None:
+        return self.facts.coverage
 
     @property
     def bits_per_weight(self) -> float:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
+from quantbench.engines.coverage import Coverage
+
 if TYPE_CHECKING:
     from quantbench.models import ResolvedModel
 
@@ -39,6 +41,9 @@ class QuantizedModel(Protocol):
     # The dtype the engine computes logits in; `logits` upcasts them to fp32, which is exact, and
     # lm-eval's scores are taken in this dtype (what its HFLM does), so task numbers do not move.
     logits_dtype: torch.dtype
+    # Which of the model's block matrices the method stored in low precision, measured from the
+    # quantized model (None: the engine cannot tell, e.g. a model built by hand outside a backend).
+    coverage: Coverage | None
 
     def logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Next-token logits (batch, seq, vocab), fp32 on the CPU, for token windows (batch, seq)

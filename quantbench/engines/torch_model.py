@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from quantbench import models
+from quantbench.engines.coverage import Coverage
 from quantbench.models import ResolvedModel
 
 # Config attributes that carry a context length, in the order lm-eval's `resolve_max_length` reads
@@ -29,6 +30,7 @@ class TorchModel:
     weight_bytes: int
     bits_per_weight: float
     kernel: str
+    coverage: Coverage | None = None  # None: built outside a backend (tests), which says nothing about it
 
     @classmethod
     def measured(
@@ -39,11 +41,13 @@ class TorchModel:
         kernel: str,
         weights: int,
         size: int | None = None,
+        coverage: Coverage | None = None,
     ) -> TorchModel:
         """`module` with its footprint measured: `size` defaults to `weight_bytes(module)`, and
-        `weights` is the number of weights before quantization (packing changes the parameter count)."""
+        `weights` is the number of weights before quantization (packing changes the parameter count);
+        `coverage`, which of its matrices the backend found stored in low precision."""
         size = weight_bytes(module) if size is None else size
-        return cls(module, tokenizer, device, size, 8 * size / weights, kernel)
+        return cls(module, tokenizer, device, size, 8 * size / weights, kernel, coverage)
 
     @torch.inference_mode()
     def logits(self, windows: torch.Tensor) -> torch.Tensor:

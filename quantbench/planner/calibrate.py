@@ -38,7 +38,7 @@ from quantbench.backends.registry import get_backend, stored_params
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
 from quantbench.planner.estimate import CPU_RUNTIME_CODE_BYTES, Workload, estimate, weight_bytes
-from quantbench.planner.formats import weight_format
+from quantbench.planner.formats import backend_layout, weight_format
 from quantbench.planner.source import load_architecture
 from quantbench.planner.weights import weight_groups
 from quantbench.trackers import names
@@ -90,7 +90,7 @@ def _protocol(row: pd.Series) -> dict[str, Any]:
 
 def stored_layout(method: str, params: dict[str, Any], device: str) -> Layout:
     """The layout a stored trial used: its backend's, for the parameters it recorded."""
-    return get_backend(method).layout(stored_params(method, params), device)
+    return backend_layout(get_backend(method), stored_params(method, params), device)
 
 
 def _predict(
@@ -105,9 +105,9 @@ def _predict(
         return math.nan, "no workload: not a perplexity eval, or its protocol lacks seq_len"
     extra = 0
     if row["method"] in RESIDENT_DENSE:
-        fmt = weight_format("baseline", {"compute_dtype": fmt.dtype}, device)
+        stored, fmt = fmt, weight_format("baseline", {"compute_dtype": fmt.dtype}, device)
         if device == "cpu":
-            extra = sum(g.numel for g in weight_groups(arch) if g.kind == "linear") * fmt.dtype_bytes
+            extra = sum(g.numel for g in weight_groups(arch) if stored.quantizes(g.kind)) * fmt.dtype_bytes
     est = estimate(arch, fmt, workload)
     if row["metric"] == names.CUDA_MAX_ALLOCATED:
         return float(est.allocated), ""

@@ -50,6 +50,7 @@ CPU_RUNTIME_CODE_BYTES = 243456000
 
 KIND_LABELS = {
     "linear": "linears",
+    "experts": "experts",
     "embedding": "embeddings",
     "lm_head": "lm_head",
     "norm": "norms",
@@ -158,7 +159,7 @@ class WeightBytes:
 def weight_bytes(arch: Architecture, fmt: Layout) -> WeightBytes:
     quantized = kept = q_params = k_params = 0
     for g in weight_groups(arch):
-        if fmt.is_quantized and g.kind == "linear":
+        if fmt.quantizes(g.kind):
             quantized += fmt.linear_bytes(g.rows, g.cols) * g.count
             q_params += g.numel
         else:
@@ -247,7 +248,7 @@ def activation_bytes(arch: Architecture, fmt: Layout, workload: Workload) -> int
         logits = workload.batch * arch.vocab_size * (a + upcast + 4)
     dequant = 0
     if fmt.dequantizes_weights:
-        dequant = max(g.rows * g.cols for g in weight_groups(arch) if g.kind == "linear") * a
+        dequant = max(g.rows * g.cols for g in weight_groups(arch) if fmt.quantizes(g.kind)) * a
     if workload.device == "cuda":
         return max(layer, logits) + dequant
     largest = workload.batch * workload.prefill_tokens * _widest_mlp(arch) * a
@@ -259,7 +260,7 @@ def estimate(arch: Architecture, fmt: Layout, workload: Workload) -> Estimate:
     """The breakdown for one model, format and workload; raises QuantbenchError on bad input."""
     workload.validate()
     w = weight_bytes(arch, fmt)
-    kinds = {g.kind for g in weight_groups(arch)} - ({"linear"} if fmt.is_quantized else set())
+    kinds = {g.kind for g in weight_groups(arch) if not fmt.quantizes(g.kind)}
     kept_what = ", ".join(KIND_LABELS[k] for k in KINDS if k in kinds)
     components = []
     if fmt.is_quantized:
@@ -267,7 +268,8 @@ def estimate(arch: Architecture, fmt: Layout, workload: Workload) -> Estimate:
             Component(
                 "weights quantized",
                 w.quantized,
-                f"{w.quantized_params / 1e9:.3f} B linear weights at {w.bits_per_quantized_weight:.3f} bits",
+                f"{w.quantized_params / 1e9:.3f} B {'linear and expert' if fmt.quantizes('experts') else 'linear'} "
+                f"weights at {w.bits_per_quantized_weight:.3f} bits",
             )
         )
     components.append(Component("weights kept", w.kept, f"{w.kept_params / 1e9:.3f} B ({kept_what}) in {fmt.dtype}"))

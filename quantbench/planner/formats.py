@@ -13,10 +13,12 @@ optimum-quanto 0.2.7, torchao 0.18.0); GPTQ/AWQ follow GPTQModel's packed checkp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from quantbench.backends.base import Backend
+from quantbench.backends.base import Backend, MethodParams
+from quantbench.backends.layers import EXPERTS
 from quantbench.backends.layout import DTYPE_BYTES, Layout
 from quantbench.backends.registry import backend_names, get_backend
 from quantbench.errors import QuantbenchError
@@ -47,4 +49,9 @@ def weight_format(method: str, params: Mapping[str, Any] | None = None, device: 
     fields = backend.Params.model_fields
     plan = {"compute_dtype": PLAN_DTYPE, **backend.plan_defaults}
     unset = {k: v for k, v in plan.items() if k in fields and k not in given.model_fields_set}
-    return backend.layout(given.model_copy(update=unset), device)
+    return backend_layout(backend, given.model_copy(update=unset), device)
+
+
+def backend_layout(backend: Backend, params: MethodParams, device: str) -> Layout:
+    """`backend.layout(params, device)`, saying whether the method quantizes routed experts too."""
+    return dataclasses.replace(backend.layout(params, device), quantizes_experts=EXPERTS in backend.layer_kinds)

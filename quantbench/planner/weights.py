@@ -2,8 +2,9 @@
 
 Quantization libraries replace `nn.Linear` layers inside the decoder blocks and keep the rest
 (embeddings, the output head, norms, biases, MoE routers) in the compute dtype, so each group
-says which of those it is. Shapes are (rows, cols) = (out_features, in_features) as in
-`nn.Linear.weight`; a norm or bias is one row.
+says which of those it is. Routed experts are a kind of their own: transformers 5 stores them as
+fused 3-D tensors, which only some methods quantize (`Backend.layer_kinds`). Shapes are (rows, cols)
+= (out_features, in_features) as in `nn.Linear.weight`; a norm or bias is one row.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from quantbench.errors import QuantbenchError
 from quantbench.planner.config import Architecture
 
-KINDS = ("linear", "embedding", "lm_head", "norm", "bias", "router")
+KINDS = ("linear", "experts", "embedding", "lm_head", "norm", "bias", "router")
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def weight_groups(arch: Architecture) -> tuple[WeightGroup, ...]:
         inter = arch.moe_intermediate_size or arch.intermediate_size
         groups.append(WeightGroup("layers.mlp.router", arch.num_experts, h, moe_layers, "router"))
         groups += [
-            WeightGroup(f"layers.mlp.{name}", r, c, moe_layers * arch.num_experts, kind)
-            for name, r, c, kind in _mlp("experts.", h, inter)
+            WeightGroup(f"layers.mlp.{name}", r, c, moe_layers * arch.num_experts, "experts")
+            for name, r, c, _ in _mlp("experts.", h, inter)
         ]
         if arch.num_shared_experts:  # DeepSeek runs its shared experts as one wider MLP
             groups += [

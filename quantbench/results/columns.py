@@ -55,6 +55,7 @@ def _mib(v: float) -> str:
 CATALOGUE = [
     Column("bits_per_weight", "bits/w", _fixed(2), "lower"),
     Column(names.WEIGHT_BYTES, "weights MiB", _mib, "lower"),
+    Column(names.QUANTIZED_WEIGHT_FRACTION, "quantized %", lambda v: f"{100 * v:.1f}", "higher"),
     Column("perplexity", "ppl", _fixed(3), "lower"),
     # Divergence beside perplexity: what a newcomer reads first is how far each method moved the model.
     Column("kld_mean", "KLD", _fixed(4), "lower"),

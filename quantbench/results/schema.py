@@ -66,7 +66,7 @@ class Metric:
     protocol: dict[str, Any] = field(default_factory=dict)
     corpus: str = ""
     corpus_hash: str = ""
-    note: str = ""  # why value is NaN, when it is
+    note: str = ""  # why value is NaN, when it is; or what it leaves out (quantized_weight_fraction)
     series: tuple[float, ...] = ()  # per-window parts of value, for the metrics that have them
 
 

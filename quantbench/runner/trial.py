@@ -9,6 +9,7 @@ failed trial with its reason.
 from __future__ import annotations
 
 import sys
+import logging
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from quantbench.backends.base import Availability, Backend
 from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.engines.protocol import engine_facts
+from quantbench.engines.coverage import Coverage
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.evals.registry import EVALS, get_eval
@@ -34,6 +36,8 @@ from quantbench.runner.envs import worker_python
 from quantbench.spec import DEVICES, EvalSpec, MethodSpec, ModelRef, TrialSpec, validate_params
 from quantbench.trackers import names
 from quantbench.trackers.memory import MemoryPeak, PeakMemory, release_freed_heap
+
+log = logging.getLogger(__name__)
 
 
 def plan_trial(model: ModelRef, method: MethodSpec, evals: list[EvalSpec], device: str = "cpu") -> TrialSpec:
@@ -105,6 +109,9 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
         raise QuantbenchError(f"method {spec.method.name!r} is unavailable on {spec.device}: {availability.reason}")
     result_store.check_writable(store)
     resolved = models.resolve(spec.model)
+    refusal = backend.refusal(resolved, backend.Params.model_validate(spec.method.params), spec.device)
+    if refusal:
+        raise QuantbenchError(refusal)
     corpora: dict[str, Corpus] = {}  # evals (and the method's calibration) sharing a corpus read it once
     calibration_ref = backend.calibration_corpus(backend.Params.model_validate(spec.method.params))
     if calibration_ref is not None:
@@ -174,6 +181,7 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         Metric("quantize", names.QUANTIZE_PEAK_RSS, quantize_memory.peak.rss_bytes, "bytes"),
         Metric("quantize", names.WEIGHT_BYTES, model.weight_bytes, "bytes"),
         Metric("quantize", "bits_per_weight", model.bits_per_weight, "bits"),
+        *_coverage_metrics(trial, model.coverage),
     ]
     if spec.device == "cuda":
         metrics.append(
@@ -191,6 +199,21 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         metrics += [eval_metric(ev.name, row, tags) for row in rows]
         metrics += eval_peak_metrics(ev.name, eval_memory.peak, spec.device, **tags)
     return metrics, model.kernel
+
+
+def _coverage_metrics(trial: PreparedTrial, coverage: Coverage | None) -> list[Metric]:
+    """The share of matrix weights the method stored in low precision, and a note (in the row and on
+    the console) where it left more than a third in float. A method that stored none is bad input for
+    this model (a 4-bit label on an unquantized model would mislead): QuantbenchError, nothing stored."""
+    if coverage is None:
+        return []
+    quantizes = bool(trial.backend.layer_kinds)
+    if quantizes and coverage.quantized_matrices == 0:
+        raise QuantbenchError(coverage.nothing_quantized(trial.spec.method.name))
+    note = coverage.unquantized_note() if quantizes else ""
+    if note:
+        log.warning("%s: %s", method_label(trial.spec.method), note)
+    return [Metric("quantize", names.QUANTIZED_WEIGHT_FRACTION, coverage.fraction, "fraction", note=note)]
 
 
 def eval_metric(eval_name: str, row: tuple, tags: dict[str, Any]) -> Metric:

@@ -7,6 +7,8 @@ Plain strings and no imports, so the planner and the app read them without impor
 
 WEIGHT_BYTES = "weight_bytes"  # the quantized model's weights (backend's exact count), not a tracker's peak
 QUANTIZE_SECONDS = "quantize_seconds"
+# Share of the block matrices' weights stored in low precision, measured from the quantized model.
+QUANTIZED_WEIGHT_FRACTION = "quantized_weight_fraction"
 
 # Each eval's own peaks, measured by the runner around it and tagged with the eval's name and protocol.
 PEAK_RSS = "peak_rss_bytes"

@@ -1,5 +1,6 @@
 """The command line end to end on the tiny model: what a user types, what they see, what is stored."""
 
+import os
 import re
 
 import pytest
@@ -58,7 +59,8 @@ def test_two_methods_give_two_trials(run_args, tmp_path):
 
 @pytest.fixture
 def fault_backends(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the worker process imports them too
+    # The worker process imports them too; the inherited path keeps a PYTHONPATH=$PWD checkout its own.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv(
         "QUANTBENCH_BACKENDS",
         ";".join(f"{n}=fault_backends:{c}Backend" for n, c in [("raising", "Raising"), ("aborting", "Aborting"),

@@ -111,7 +111,7 @@ def test_invalid_params_fail_with_one_line(raw, message):
 
 
 def test_unknown_skip_name_is_rejected(resolved):
-    with pytest.raises(QuantbenchError, match=r"^skip names no nn\.Linear in this model: model\.lm_head$"):
+    with pytest.raises(QuantbenchError, match=r"^skip names no weight matrix in this model: model\.lm_head$"):
         quantize(resolved, skip="model.lm_head")
 
 

@@ -109,5 +109,5 @@ def test_group_size_not_dividing_in_features_is_rejected(resolved):
 
 
 def test_unknown_skip_name_is_rejected(resolved):
-    with pytest.raises(QuantbenchError, match=r"skip names no nn\.Linear in this model: model\.lm_head"):
+    with pytest.raises(QuantbenchError, match=r"skip names no weight matrix in this model: model\.lm_head"):
         quantize(resolved, skip="model.lm_head")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantbench.engines.coverage import Coverage
 from quantbench.models import ResolvedModel
 from quantbench.spec import ModelRef
 
@@ -87,6 +88,13 @@ class NumpyModel:
     @property
     def weight_bytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
+
+    @property
+    def coverage(self) -> Coverage:
+        """W, its one matrix outside the embedding, in integer codes or in fp32."""
+        n = self.weight("W").size
+        low = "W_codes" in self.arrays
+        return Coverage(n * low, n, int(low), 1, (("W", 1),), () if low else (("W", 1),))
 
     @property
     def bits_per_weight(self) -> float:

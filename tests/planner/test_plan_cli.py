@@ -37,7 +37,8 @@ def test_fit_list_without_gpu(capsys):
     plan("--model", "mixtral-8x7b", "--method", "bnb:double_quant=true", "--context", "4096")
     out = capsys.readouterr().out
     assert "method    bnb 4-bit nf4 + double quant" in out
-    assert "fits on, GiB free: RTX 5090 (+" in out
+    # bitsandbytes converts nn.Linear layers only: Mixtral's fused experts stay in bf16 (~84 GiB).
+    assert "fits on, GiB free: H100 NVL (+" in out
     assert "too small, GiB: RTX 4060 (8)," in out
 
 

@@ -123,6 +123,24 @@ def _unknown_architecture(s: Setup) -> list[str]:
     return s.run(model=model)
 
 
+def _gpt2(s: Setup) -> list[str]:
+    """A tiny GPT-2 (Conv1D layers, which quanto does not quantize) beside the tiny model's tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(s.model)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    model = s.tmp / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    return s.run("--method", "quanto", model=model)
+
+
+# Every weight matrix of the tiny Llama (2 layers of 7 projections), so rtn is left nothing to quantize.
+EVERY_LAYER = "+".join(f"model.layers.{i}.{p}" for i in range(2) for p in (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+    "mlp.down_proj"))  # fmt: skip
+
+
 def _unwritable_store(s: Setup) -> list[str]:
     args = s.run()
     args[args.index("--store") + 1] = str(s.file("a-file", "") / "store")
@@ -182,6 +200,12 @@ CASES = [
     Case("group-size-vs-layers", "group size that does not divide the model's layer width",
          "group_size 128 does not divide in_features 64 of layer model.layers.0.self_attn.q_proj",
          lambda s: s.run("--method", "rtn:group_size=128"), found="worker"),
+    Case("architecture-unsupported", "architecture unsupported by this library (quanto on GPT-2's Conv1D)",
+         "quanto cannot quantize GPT2LMHeadModel: its weight matrices are in Conv1D layers, and quanto quantizes only "
+         "nn.Linear layers", _gpt2),
+    Case("quantized-nothing", "method that quantized nothing (rtn with every layer skipped)",
+         "rtn quantized 0 of 14 weight matrices: the model's layers are Linear ×14",
+         lambda s: s.run("--method", f"rtn:skip={EVERY_LAYER}"), found="worker"),
     Case("method-unknown", "unknown method", "unknown method 'gptq-turbo'; valid methods: …",
          lambda s: s.run("--method", "gptq-turbo")),
     Case("param-unknown", "unknown method parameter",

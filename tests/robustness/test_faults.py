@@ -107,7 +107,9 @@ def test_a_hanging_worker_and_its_children_are_killed_and_the_sweep_goes_on(tmp_
     child_pid = tmp_path / "child.pid"
     env = isolated_env(
         tmp_path,
-        PYTHONPATH=f"{ROOT / 'tests' / 'robustness'}{os.pathsep}{ROOT / 'tests'}",
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "tests" / "robustness"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
         QUANTBENCH_BACKENDS="hanging-child=hang_backend:HangingWithChildBackend",
         QB_CHILD_PID=str(child_pid),
     )

@@ -1,0 +1,191 @@
+"""Every CPU method × the architectures people run, as tiny random models built from configs here:
+each cell quantizes with the share of matrix weights it should (`quantized_weight_fraction`, from the
+quantized model), or is refused before any weight is read, in one line naming the architecture and
+the layer type.
+
+Block matrices (what the fraction counts; embeddings and the output head are not in it), for the
+configs below (hidden 64, 4 heads of 16, 2 KV heads, 2 layers):
+- dense (Llama, Qwen2, Mistral, Phi-3, Gemma 2, GPT-2): all of them linear layers (GPT-2: Conv1D, and
+  no grouped KV heads);
+- Mixtral: attention 24 576 weights in nn.Linear, experts 98 304 in MixtralExperts (2 layers × 4
+  experts × gate_up 128×64 + down 64×64), routers 512;
+- Qwen2-MoE: attention 24 576 and shared expert 24 576 in nn.Linear, its gate 128 (an nn.Linear
+  router), experts 98 304, routers 512.
+
+Not in the matrix: gguf, which takes GGUF sources only (a directory is refused before anything else),
+and awq, which GPTQModel 7.6 runs on CUDA only ("AWQ: CUDA is not available").
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from support import INPUT_IDS
+
+from quantbench import models
+from quantbench.backends.base import meta_model
+from quantbench.backends.layers import all_matrices, weight_matrices
+from quantbench.backends.registry import get_backend
+from quantbench.errors import QuantbenchError
+from quantbench.spec import ModelRef, validate_params
+
+COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+              pad_token_id=0)  # fmt: skip
+CONFIGS = {
+    "llama": dict(model_type="llama", intermediate_size=128, **COMMON),
+    "qwen2": dict(model_type="qwen2", intermediate_size=128, **COMMON),
+    "mistral": dict(model_type="mistral", intermediate_size=128, sliding_window=32, **COMMON),
+    "phi3": dict(model_type="phi3", intermediate_size=128, **COMMON),
+    "gemma2": dict(model_type="gemma2", intermediate_size=128, head_dim=16, sliding_window=32, **COMMON),
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0),
+    "mixtral": dict(model_type="mixtral", intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, **COMMON),
+    "qwen2_moe": dict(model_type="qwen2_moe", intermediate_size=128, moe_intermediate_size=64, num_experts=4,
+                      shared_expert_intermediate_size=64, num_experts_per_tok=2, decoder_sparse_step=1, **COMMON),
+}  # fmt: skip
+ARCHITECTURES = tuple(CONFIGS)
+DENSE = ("llama", "qwen2", "mistral", "phi3", "gemma2", "gpt2")
+
+ATTENTION = 2 * (64 * 64 + 32 * 64 + 32 * 64 + 64 * 64)
+EXPERTS = 2 * 4 * (128 * 64 + 64 * 64)
+ROUTERS = 2 * 4 * 64
+SHARED_EXPERT, SHARED_GATE = 2 * 3 * 64 * 64, 2 * 64
+MIXTRAL = ATTENTION + EXPERTS + ROUTERS
+GPT2 = 2 * (4 * 64 * 64 + 2 * 256 * 64)  # c_attn, c_proj; c_fc, mlp.c_proj
+QWEN2_MOE = ATTENTION + SHARED_EXPERT + SHARED_GATE + EXPERTS + ROUTERS
+
+# Fractions of the MoE models' block matrix weights each kind of method stores in low precision.
+ALL_BUT_ROUTERS = {
+    "mixtral": (ATTENTION + EXPERTS) / MIXTRAL,
+    "qwen2_moe": (QWEN2_MOE - ROUTERS - SHARED_GATE) / QWEN2_MOE,
+}
+LINEAR_ONLY = {"mixtral": ATTENTION / MIXTRAL, "qwen2_moe": (ATTENTION + SHARED_EXPERT) / QWEN2_MOE}
+# Libraries that convert every nn.Linear but the head also convert Qwen2-MoE's shared-expert gate.
+EVERY_LINEAR = {"mixtral": ATTENTION / MIXTRAL, "qwen2_moe": (ATTENTION + SHARED_EXPERT + SHARED_GATE) / QWEN2_MOE}
+
+
+def refused(method: str, library_kinds: str) -> str:
+    return f"^{method} cannot quantize GPT2LMHeadModel: its weight matrices are in Conv1D layers, and {method} " \
+           f"quantizes only {library_kinds}$"  # fmt: skip
+
+
+def has_avx512bf16() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return has_avx512bf16()
+
+
+def bnb4_qwen2_moe() -> float | str:
+    """bitsandbytes' 4-bit CPU gemv (AVX512-BF16) takes outputs in blocks of 32; the shared-expert gate has 1."""
+    if not has_avx512bf16():
+        return EVERY_LINEAR["qwen2_moe"]
+    return (r"^bnb 4-bit cannot run Qwen2MoeForCausalLM on this CPU: its Linear "
+            r"model\.layers\.0\.mlp\.shared_expert_gate has 1 outputs, and the AVX512-BF16 gemv needs a multiple "
+            r"of 32 \(use bits=8\)$")  # fmt: skip
+
+
+def expected(method: str, arch: str) -> float | str:
+    """The cell: the quantized_weight_fraction, or the refusal (a regex)."""
+    name = method.partition(":")[0]
+    if name == "baseline":
+        return 0.0
+    if name in ("rtn", "gptq"):  # GPTQModel quantizes each expert too
+        return ALL_BUT_ROUTERS.get(arch, 1.0)
+    if name in ("triton", "hqq"):  # linear and Conv1D layers; no layer of theirs holds fused experts
+        return LINEAR_ONLY.get(arch, 1.0)
+    if method == "bnb:bits=4" and arch == "qwen2_moe":
+        return bnb4_qwen2_moe()
+    if name == "bnb":  # transformers' bnb integration converts Conv1D too
+        return EVERY_LINEAR.get(arch, 1.0)
+    if arch == "gpt2":
+        return refused(name, "nn.Linear layers")
+    return (LINEAR_ONLY if name == "dynamic" else EVERY_LINEAR).get(arch, 1.0)
+
+
+METHODS = ["baseline", "rtn", "triton", "hqq", "dynamic", "bnb:bits=4", "bnb:bits=8", "quanto", "quanto:weights=int4",
+           "torchao", "torchao:bits=4"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def architectures(tmp_path_factory, tiny_tokenizer) -> dict[str, models.ResolvedModel]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    resolved = {}
+    for arch, raw in CONFIGS.items():
+        config = dict(raw, vocab_size=len(tiny_tokenizer))
+        torch.manual_seed(0)
+        module = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+        path = tmp_path_factory.mktemp(arch)
+        module.save_pretrained(path)
+        tiny_tokenizer.save_pretrained(path)
+        resolved[arch] = models.resolve(ModelRef(str(path)))
+    return resolved
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_quantizes_its_share_of_each_architecture_or_refuses_it(architectures, method, arch):
+    name, _, raw = method.partition(":")
+    backend = get_backend(name)
+    params = validate_params(backend.Params, dict(kv.split("=") for kv in raw.split(",") if kv), name)
+    cell = expected(method, arch)
+    refusal = backend.refusal(architectures[arch], params, "cpu")
+    if isinstance(cell, str):
+        assert refusal, f"expected a refusal matching {cell!r}"
+        assert "\n" not in refusal
+        assert re.match(cell, refusal), refusal
+        return
+    assert refusal == ""
+    model = backend.quantize(architectures[arch], params, "cpu")
+    assert model.coverage.fraction == pytest.approx(cell, abs=1e-12)
+    assert torch.isfinite(model.logits(INPUT_IDS)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_gptq_quantizes_its_share_of_each_architecture(architectures, arch):
+    """GPTQModel calibrates (~10 s a cell here), so these cells run with the slow tier."""
+    test_each_method_quantizes_its_share_of_each_architecture_or_refuses_it(
+        architectures, "gptq:n_samples=4,seq_len=32", arch
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_block_matrices_are_counted_per_expert_and_the_head_is_left_out(architectures, arch):
+    skeleton = meta_model(architectures[arch])
+    matrices = all_matrices(skeleton)
+    total = sum(m.numel for m in matrices.values())
+    dense = GPT2 if arch == "gpt2" else ATTENTION + 2 * 3 * 64 * 128
+    assert total == {"mixtral": MIXTRAL, "qwen2_moe": QWEN2_MOE}.get(arch, dense)
+    head = skeleton.get_output_embeddings()
+    assert all(m.module is not head for m in matrices.values())
+    assert "lm_head" in weight_matrices(skeleton, skip=())
+
+
+def test_conv1d_and_expert_matrices_are_seen_in_linear_orientation(architectures):
+    gpt2 = models.load(architectures["gpt2"])
+    attn = weight_matrices(gpt2)["transformer.h.0.attn.c_attn"]
+    assert (attn.kind, attn.rows, attn.cols) == ("conv1d", 3 * 64, 64)
+    assert torch.equal(attn.matrices()[0], gpt2.transformer.h[0].attn.c_attn.weight.T)
+    mixtral = models.load(architectures["mixtral"])
+    experts = weight_matrices(mixtral)["model.layers.0.mlp.experts.gate_up_proj"]
+    assert (experts.kind, experts.count, experts.rows, experts.cols) == ("experts", 4, 128, 64)
+
+
+def test_rtn_rounds_each_expert_with_its_own_groups(architectures):
+    from quantbench.kernels.format import dequantize_codes, quantize_rtn
+
+    base = models.load(architectures["mixtral"])
+    q = get_backend("rtn").quantize(
+        architectures["mixtral"], validate_params(get_backend("rtn").Params, {}, "rtn"), "cpu"
+    )
+    original = base.model.layers[1].mlp.experts.down_proj[3]
+    codes, scales, zeros = quantize_rtn(original, 4, 64, False)
+    assert torch.equal(q.module.model.layers[1].mlp.experts.down_proj[3], dequantize_codes(codes, scales, zeros, 4).T)
+
+
+def test_an_unknown_skip_name_is_refused(architectures):
+    with pytest.raises(QuantbenchError, match=r"^skip names no weight matrix in this model: model\.layers\.0\.mlp$"):
+        weight_matrices(meta_model(architectures["mixtral"]), skip=("model.layers.0.mlp",))
