@@ -8,8 +8,8 @@ failed trial with its reason.
 
 from __future__ import annotations
 
-import sys
 import logging
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,8 +24,8 @@ from quantbench import models
 from quantbench.backends.base import Availability, Backend
 from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
-from quantbench.engines.protocol import engine_facts
 from quantbench.engines.coverage import Coverage
+from quantbench.engines.protocol import engine_facts
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.evals.registry import EVALS, get_eval
