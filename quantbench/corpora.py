@@ -18,6 +18,8 @@ from pathlib import Path
 
 from quantbench.errors import QuantbenchError
 
+# What a corpus reference may be, as `load_corpus` reads it (every corpus parameter's help says it).
+CORPUS_FORMS = "builtin, wikitext2[:split], or a .txt/.jsonl/.parquet file"
 SEPARATOR = "\n\n"  # how rows are joined for perplexity (the GPTQ-paper protocol)
 
 

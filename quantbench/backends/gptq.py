@@ -32,7 +32,7 @@ from quantbench.backends.base import (
 )
 from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, measured_coverage
 from quantbench.backends.layout import Layout, grouping, groups_per_row
-from quantbench.corpora import Corpus
+from quantbench.corpora import CORPUS_FORMS, Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import int32_words
 from quantbench.kernels.gptq import convert_gptq
@@ -52,7 +52,7 @@ class GptqModelParams(MethodParams):
     # The runner reads the corpus before any trial starts.
     calibration: str = Field(
         "builtin",
-        description="text the calibration windows come from: builtin, wikitext2[:split], or a .txt/.jsonl/.parquet",
+        description=f"text the calibration windows come from: {CORPUS_FORMS}",
     )
     compute_dtype: Literal["bfloat16", "float16"] = Field(
         "bfloat16", description="dtype the kernels compute in (GPTQModel's CPU kernels need half precision)"

@@ -23,7 +23,7 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
-from quantbench.corpora import Corpus
+from quantbench.corpora import CORPUS_FORMS, Corpus
 from quantbench.models import ResolvedModel
 
 
@@ -44,7 +44,7 @@ class LlmCompressorParams(MethodParams):
     seq_len: PositiveInt = Field(256, description="tokens per calibration window")
     calibration: str = Field(
         "builtin",
-        description="text the calibration windows come from: builtin, wikitext2[:split], or a .txt/.jsonl/.parquet",
+        description=f"text the calibration windows come from: {CORPUS_FORMS}",
     )
     damp: float = Field(0.01, description="fraction of the Hessian's mean diagonal GPTQ adds for stability")
 

@@ -27,7 +27,7 @@ from quantbench.backends.base import (
 )
 from quantbench.backends.layout import Layout
 from quantbench.backends.torchao import MIN_TORCH, TorchaoBackend, TorchaoParams, int8_activations_int4_weights
-from quantbench.corpora import Corpus
+from quantbench.corpora import CORPUS_FORMS, Corpus
 from quantbench.models import DTYPES, ResolvedModel
 
 
@@ -38,7 +38,7 @@ class QatParams(MethodParams):
     seq_len: PositiveInt = Field(256, description="tokens per training window")
     calibration: str = Field(
         "builtin",
-        description="text the training windows come from: builtin, wikitext2[:split], or a .txt/.jsonl/.parquet",
+        description=f"text the training windows come from: {CORPUS_FORMS}",
     )
     # 64, not torchao's 32: it divides SmolLM2's 576 and every multiple of 128, and is what the
     # post-training twin is compared at.

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quantbench.corpora import Corpus
+from quantbench.corpora import CORPUS_FORMS, Corpus
 from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
@@ -56,7 +56,7 @@ class PerplexityParams(BaseModel):
 
     corpus: str = Field(
         "builtin",
-        description="builtin = CPython's help texts (offline); wikitext2[:split]; or a .txt/.jsonl/.parquet file",
+        description=f"{CORPUS_FORMS} (builtin: CPython's help texts, offline)",
     )
     seq_len: int = Field(2048, ge=2, description="tokens per scored window")
     stride: int | None = Field(None, ge=1, description="window step for sliding windows; unset = seq_len (no overlap)")

@@ -5,7 +5,6 @@ where it replaces nn.Linear layers only; the prediction agrees with the trial's 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from quantbench import models
 from quantbench.backends.registry import get_backend
@@ -18,17 +17,8 @@ from quantbench.spec import ModelRef, validate_params
 
 
 @pytest.fixture(scope="module")
-def tiny_mixtral(tmp_path_factory, tiny_tokenizer) -> models.ResolvedModel:
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           max_position_embeddings=256, bos_token_id=0, eos_token_id=0)  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny-mixtral")
-    MixtralForCausalLM(config).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return models.resolve(ModelRef(str(path)))
+def tiny_mixtral(tiny_mixtral_dir) -> models.ResolvedModel:
+    return models.resolve(ModelRef(str(tiny_mixtral_dir)))
 
 
 @pytest.mark.parametrize(("method", "params"), [("rtn", {}), ("torchao", {"compute_dtype": "float32"})])

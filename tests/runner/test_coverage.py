@@ -5,7 +5,6 @@ and on the console. Trials run in this process (execute), on tiny random models 
 import logging
 
 import pytest
-import torch
 
 from quantbench.errors import QuantbenchError
 from quantbench.results.store import read_results
@@ -19,20 +18,6 @@ EVERY_LAYER = "+".join(
     for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_mixtral(tmp_path_factory, tiny_tokenizer):
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           max_position_embeddings=256, bos_token_id=0, eos_token_id=0)  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny-mixtral")
-    MixtralForCausalLM(config).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
 
 
 def run_trial(model, method: str, store, **params):
@@ -52,9 +37,9 @@ def test_the_baseline_stores_zero_without_failing(tiny_model_dir, tmp_path):
     assert run_trial(tiny_model_dir, "baseline", tmp_path).value == 0.0
 
 
-def test_leaving_the_experts_in_float_is_noted_in_the_row_and_on_the_console(tiny_mixtral, tmp_path, caplog):
+def test_leaving_the_experts_in_float_is_noted_in_the_row_and_on_the_console(tiny_mixtral_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="quantbench.runner.trial"):
-        row = run_trial(tiny_mixtral, "hqq", tmp_path)
+        row = run_trial(tiny_mixtral_dir, "hqq", tmp_path)
     note = "80% of the matrix weights left unquantized (18 of 26 matrices: MixtralExperts ×16, MixtralTopKRouter ×2)"
     assert row.value == pytest.approx(24576 / 123392) and row.note == note
     assert caplog.messages == [f"hqq:group_size=64,nbits=4: {note}"]
