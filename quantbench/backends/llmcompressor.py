@@ -23,6 +23,7 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
+from quantbench.backends.layout import DTYPE_BYTES, Layout, grouping, groups_per_row
 from quantbench.corpora import CORPUS_FORMS, Corpus
 from quantbench.models import ResolvedModel
 
@@ -72,6 +73,21 @@ class LlmCompressorBackend(Backend):
     devices = ("cpu", "cuda")
     requires_calibration = True
     headline = ("scheme",)
+
+    def layout(self, params: LlmCompressorParams, device: str) -> Layout:
+        # As transformers reloads the compressed-tensors checkpoint (float32, the dtype it was
+        # calibrated in): int8 codes with a scale per output row (W8A8), or 4-bit codes packed into
+        # int32 with a scale per group (W4A16); a per-row int8 zero point, where kept, is under 1%.
+        scale = DTYPE_BYTES["float32"]
+        if params.scheme == "W8A8":
+            return Layout(self.name, "llm-compressor W8A8", 8, "float32", lambda rows, cols: rows * cols + rows * scale)
+        return Layout(
+            self.name,
+            f"llm-compressor W4A16 {grouping(params.group_size)}",
+            4,
+            "float32",
+            lambda rows, cols: rows * -(-cols // 8) * 4 + rows * groups_per_row(params.group_size, cols) * scale,
+        )
 
     def quantize(
         self, model: ResolvedModel, params: LlmCompressorParams, device: str, calibration: Corpus | None = None
