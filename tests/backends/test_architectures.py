@@ -13,12 +13,15 @@ configs below (hidden 64, 4 heads of 16, 2 KV heads, 2 layers):
   router), experts 98 304, routers 512.
 
 Not in the matrix: gguf, which takes GGUF sources only (a directory is refused before anything else),
-and awq, which GPTQModel 7.6 runs on CUDA only ("AWQ: CUDA is not available").
+and awq, which goes through GPTQModel's layer handling as gptq does but has no cells here yet.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -143,13 +146,36 @@ def test_each_method_quantizes_its_share_of_each_architecture_or_refuses_it(arch
     assert torch.isfinite(model.logits(INPUT_IDS)).all()
 
 
+# One GPTQ cell in a fresh interpreter, as trials run: GPTQModel (through defuser) swaps transformers'
+# MoE classes for the whole process, which would change what every later test here builds.
+GPTQ_CELL = """
+import json, sys, torch
+from quantbench import models
+from quantbench.backends.registry import get_backend
+from quantbench.spec import ModelRef, validate_params
+backend = get_backend("gptq")
+params = validate_params(backend.Params, {"n_samples": 4, "seq_len": 32}, "gptq")
+model = models.resolve(ModelRef(sys.argv[1]))
+refusal = backend.refusal(model, params, "cpu")
+quantized = None if refusal else backend.quantize(model, params, "cpu")
+finite = refusal or bool(torch.isfinite(quantized.logits(torch.tensor([[1, 2, 3, 4]]))).all())
+print(json.dumps({"refusal": refusal, "fraction": quantized and quantized.coverage.fraction, "finite": finite}))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_gptq_quantizes_its_share_of_each_architecture(architectures, arch):
     """GPTQModel calibrates (~10 s a cell here), so these cells run with the slow tier."""
-    test_each_method_quantizes_its_share_of_each_architecture_or_refuses_it(
-        architectures, "gptq:n_samples=4,seq_len=32", arch
-    )
+    run = subprocess.run([sys.executable, "-c", GPTQ_CELL, str(architectures[arch].path)],
+                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    cell, result = expected("gptq:n_samples=4,seq_len=32", arch), json.loads(run.stdout.splitlines()[-1])
+    if isinstance(cell, str):
+        assert re.match(cell, result["refusal"]), result["refusal"]
+    else:
+        assert result["refusal"] == "" and result["finite"] is True
+        assert result["fraction"] == pytest.approx(cell, abs=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
