@@ -37,6 +37,7 @@ def wait_for_run(page, timeout_s: float) -> str:
 
 
 def test_gptq_and_awq_are_listed_as_runnable(page, artifacts):
+    open_tab(page, "Run")  # Recommend is the first tab
     for method in TRIALS:
         choose(page, "run-method", method)
         form = page.get_by_text(f"{method} · gptqmodel ", exact=False)
@@ -46,6 +47,7 @@ def test_gptq_and_awq_are_listed_as_runnable(page, artifacts):
 
 
 def test_run_a_gptq_and_an_awq_trial(page, artifacts):
+    open_tab(page, "Run")
     page.locator("#run-model input, #run-model textarea").first.fill("embedded:smollm2-135m")
     page.locator("#run-clear").click()
     for method, params in TRIALS.items():
@@ -82,5 +84,6 @@ def test_chart_has_a_point_per_trial(page, artifacts):
     names = page.evaluate(
         "() => document.querySelector('#chart .js-plotly-plot').data.map(t => [t.name, (t.x || []).length])"
     )
-    assert sum(count for _, count in names) == 2, names
+    # One point per method; the Pareto front's line repeats points of both.
+    assert {name: count for name, count in names if name in ("gptq", "awq")} == {"gptq": 1, "awq": 1}, names
     shot(page, artifacts, "charts-gptq-awq")
