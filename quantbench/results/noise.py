@@ -56,12 +56,15 @@ def noise_floors(frame: pd.DataFrame, metric: str = FLOOR_METRIC) -> dict[str, N
     Groups without such a trial have no floor."""
     if frame.empty or metric not in set(frame["metric"]):
         return {}
-    table = wide(frame[frame["status"] == "ok"])
+    return _floors(wide(frame[frame["status"] == "ok"]), comparability_groups(frame, metric), metric)
+
+
+def _floors(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[str, NoiseFloor]:
+    """`noise_floors` from the store's wide table of ok trials and its comparability groups."""
     if metric not in table:
         return {}
     half = [is_half_precision_baseline(m, p) for m, p in zip(table["method"], table["params_json"], strict=True)]
     floor_rows = table[table[metric].notna().to_numpy() & np.array(half, dtype=bool)]
-    groups = comparability_groups(frame, metric)
     stderr = f"{metric}_stderr"
     errors = floor_rows[stderr] if stderr in floor_rows else pd.Series(math.nan, index=floor_rows.index)
     floors: dict[str, NoiseFloor] = {}
@@ -78,11 +81,15 @@ def noise_floors(frame: pd.DataFrame, metric: str = FLOOR_METRIC) -> dict[str, N
 def verdicts(frame: pd.DataFrame) -> pd.Series:
     """Per trial key that measured the floor metric in a group with a floor: `INDISTINGUISHABLE`
     where its mean KLD is at or below the floor or not significantly above it, else ""."""
-    floors = noise_floors(frame)
+    if frame.empty or FLOOR_METRIC not in set(frame["metric"]):
+        return pd.Series(dtype=object)
+    # One wide table and one grouping serve both the floors and the verdicts (stores run to 100k rows).
+    table = wide(frame[frame["status"] == "ok"])
+    groups = comparability_groups(frame, FLOOR_METRIC)
+    floors = _floors(table, groups, FLOOR_METRIC)
     if not floors:
         return pd.Series(dtype=object)
-    groups = comparability_groups(frame, FLOOR_METRIC)
-    table = wide(frame[frame["status"] == "ok"]).set_index("trial_key")
+    table = table.set_index("trial_key")
     out = {}
     for key, group in groups.items():
         floor = floors.get(group)
