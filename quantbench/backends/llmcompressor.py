@@ -23,6 +23,7 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
+from quantbench.backends.layers import measured_coverage
 from quantbench.backends.layout import DTYPE_BYTES, Layout, grouping, groups_per_row
 from quantbench.corpora import CORPUS_FORMS, Corpus
 from quantbench.models import ResolvedModel
@@ -106,7 +107,12 @@ class LlmCompressorBackend(Backend):
             fmt = json.loads((Path(tmp) / "config.json").read_text())["quantization_config"].get("format", "")
         module = module.to(device).eval()
         return TorchModel.measured(
-            module, tokenizer, device, f"compressed-tensors {fmt}".strip(), weights=weight_count(skeleton)
+            module,
+            tokenizer,
+            device,
+            f"compressed-tensors {fmt}".strip(),
+            weights=weight_count(skeleton),
+            coverage=measured_coverage(skeleton, module),
         )
 
     def _save_compressed(

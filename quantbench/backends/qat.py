@@ -25,6 +25,7 @@ from quantbench.backends.base import (
     meta_model,
     weight_count,
 )
+from quantbench.backends.layers import measured_coverage
 from quantbench.backends.layout import Layout
 from quantbench.backends.torchao import MIN_TORCH, TorchaoBackend, TorchaoParams, int8_activations_int4_weights
 from quantbench.corpora import CORPUS_FORMS, Corpus
@@ -90,7 +91,8 @@ class QatBackend(Backend):
         self, model: ResolvedModel, params: QatParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
         """Train `params.steps` windows of the calibration corpus with fake quantization, then convert."""
-        check_group_size(meta_model(model), params.group_size)
+        skeleton = meta_model(model)
+        check_group_size(skeleton, params.group_size)
         tokenizer = models.load_tokenizer(model)
         corpus = calibration if calibration is not None else params.calibration
         windows = calibration_windows(corpus, tokenizer, params.steps, params.seq_len)
@@ -101,7 +103,9 @@ class QatBackend(Backend):
             f"torchao IntxUnpackedToInt8Tensor after {params.steps} QAT steps: int8 activations simulated per "
             f"token, int4 weights in int8 bytes dequantized, {params.compute_dtype} mm"
         )
-        return TorchModel.measured(module, tokenizer, device, kernel, weights=count)
+        return TorchModel.measured(
+            module, tokenizer, device, kernel, weights=count, coverage=measured_coverage(skeleton, module)
+        )
 
 
 def train_quantized(
