@@ -139,6 +139,11 @@ class Backend:
             f"and {self.name} quantizes only {kinds}"
         )
 
+    def saves(self, params: MethodParams) -> bool:
+        """Whether a model quantized with `params` is written and reloads as itself (`is_serializable`,
+        unless some setting of the method cannot be saved)."""
+        return self.is_serializable
+
     def calibration_corpus(self, params: MethodParams) -> str | None:
         """The corpus reference this trial calibrates on (what the runner reads up front), or None."""
         return params.calibration if self.requires_calibration else None

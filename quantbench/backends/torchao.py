@@ -78,6 +78,10 @@ class TorchaoBackend(Backend):
     Params = TorchaoParams
     headline = ("bits",)
     is_serializable = True
+    note = "smoothquant=true cannot save its checkpoint (torchao cannot read a SmoothQuant config back)"
+
+    def saves(self, params: TorchaoParams) -> bool:
+        return not params.smoothquant  # SmoothQuantModel: torchao cannot read its config back
 
     def layout(self, params: TorchaoParams, device: str) -> Layout:
         dtype = params.compute_dtype

@@ -64,7 +64,7 @@ class QuantizedModel(Protocol):
 
     def save(self, directory: Path) -> None:
         """Write a checkpoint of this model into `directory`. The checkpoint eval calls it only for a
-        method whose backend `is_serializable`, that is, whose checkpoint reloads as this very model."""
+        method whose backend `saves` with its parameters, that is, whose checkpoint reloads as this very model."""
         ...
 
     def reference(self, source: ResolvedModel) -> QuantizedModel:

@@ -22,7 +22,7 @@ from quantbench.engines.protocol import QuantizedModel
 from quantbench.models import ResolvedModel
 
 if TYPE_CHECKING:
-    from quantbench.backends.base import Backend
+    from quantbench.backends.base import Backend, MethodParams
 
 
 class MemoryParams(BaseModel):
@@ -42,10 +42,12 @@ def check_inputs(source: ResolvedModel, params: MemoryParams, corpus: Corpus | N
     """Nothing to check before quantizing."""
 
 
-def not_measurable(method: Backend, params: MemoryParams) -> list[tuple[str, float, str, str]]:
-    """The rows `run` cannot measure for `method`, with no value and the reason: the runner stores
-    these instead of running the eval. Empty when every row can be measured."""
-    if params.checkpoint and not method.is_serializable:
+def not_measurable(
+    method: Backend, method_params: MethodParams, params: MemoryParams
+) -> list[tuple[str, float, str, str]]:
+    """The rows `run` cannot measure for `method` with `method_params`, with no value and the reason:
+    the runner stores these instead of running the eval. Empty when every row can be measured."""
+    if params.checkpoint and not method.saves(method_params):
         reason = f"{method.name} cannot write its quantized model to disk as itself (not serializable)"
         return [("checkpoint_bytes", math.nan, "bytes", reason)]
     return []

@@ -7,8 +7,9 @@
   `source` is the ResolvedModel it came from (to load the unquantized reference, for example).
   A row may carry a fourth element, a note: why the metric has no value (NaN) on this model, and a
   fifth, a series: the per-window parts of the value (a sum), for paired comparisons.
-- optional `not_measurable(method, params) -> rows`: the rows this eval cannot measure for a method
-  (a `Backend`; e.g. a checkpoint of one that is not serializable), each with NaN and its note.
+- optional `not_measurable(method, method_params, params) -> rows`: the rows this eval cannot measure
+  for a method (a `Backend` and its validated parameters; e.g. a checkpoint of one that cannot be
+  saved with them), each with NaN and its note.
   When it returns rows the runner stores them and does not call `run`.
 
 Progress: an eval may call `quantbench.evals.progress.report(done, todo)` as it goes; see that

@@ -190,7 +190,9 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
     metrics += [eval_metric("quantize", row, {}) for row in engine_facts(model)]
     for ev in trial.evals:
         release_freed_heap()  # each eval's peak RSS is its own, not what quantizing or the last eval freed
-        unmeasured = ev.module.not_measurable(trial.backend, ev.params) if hasattr(ev.module, "not_measurable") else []
+        unmeasured = []
+        if hasattr(ev.module, "not_measurable"):
+            unmeasured = ev.module.not_measurable(trial.backend, params, ev.params)
         with progress.stage(ev.name), PeakMemory() as eval_memory:
             rows = unmeasured or ev.module.run(model, ev.params, ev.corpus, trial.model)
         tags = {"protocol": ev.params.model_dump(mode="json")}

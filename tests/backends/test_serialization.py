@@ -1,4 +1,4 @@
-"""Every method's `is_serializable` is true to what it does today: the checkpoint eval trusts it.
+"""Every method's `saves(params)` is true to what it does today: the checkpoint eval trusts it.
 
 Serializable means the quantized model written by save_pretrained reloads (from_pretrained) as the
 same model: the same logits, and the weight bytes of the quantized format (within 5%: the reloaded
@@ -7,7 +7,8 @@ here), so the file holds the quantized weights, not dense ones (rtn: 2x its pack
 Observed on the tiny Llama (transformers 5.x; bitsandbytes 0.50, torchao 0.18, hqq 0.2.8,
 optimum-quanto 0.2.7): baseline, bnb and torchao reload exactly; hqq and quanto save a file without
 a quantization_config that reloads as a different model; rtn reloads its dense dequantized weights
-(the same logits, but not its packed size); triton's packed buffers do not load into nn.Linear.
+(the same logits, but not its packed size); triton's packed buffers do not load into nn.Linear;
+torchao with smoothquant=true fails to save (its SmoothQuantModel says why).
 GPTQ/AWQ (GPTQModel writes quantize_config.json) are checked in tests/backends/test_gptq.py's env.
 """
 
@@ -47,6 +48,7 @@ def reloads_as_itself(quantized, directory) -> bool:
         "bnb:bits=4",
         "torchao:bits=8",
         "torchao:bits=4",
+        "torchao:activations=int8,smoothquant=true,n_samples=2,seq_len=16",
         "qat:steps=1,seq_len=16",
         "hqq",
         "quanto:weights=int8",
@@ -60,5 +62,6 @@ def test_is_serializable_matches_a_save_and_reload(resolved, tmp_path, method):
     availability = backend.check("cpu")
     if not availability.ok:
         pytest.skip(availability.reason)
-    quantized = backend.quantize(resolved, validate_params(backend.Params, spec.params, method), "cpu")
-    assert reloads_as_itself(quantized, tmp_path) is backend.is_serializable
+    params = validate_params(backend.Params, spec.params, method)
+    quantized = backend.quantize(resolved, params, "cpu")
+    assert reloads_as_itself(quantized, tmp_path) is backend.saves(params)

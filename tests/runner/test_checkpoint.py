@@ -31,9 +31,11 @@ def test_baseline_and_bnb_checkpoints_are_counted(tiny_model_dir, tmp_path):
     assert base["unit"] == "bytes" and base["note"] == "" and base["eval"] == "memory"
 
 
-@pytest.mark.parametrize("method", ["quanto:weights=int8", "rtn", "hqq"])
+@pytest.mark.parametrize(
+    "method", ["quanto:weights=int8", "rtn", "hqq", "torchao:activations=int8,smoothquant=true,n_samples=2,seq_len=16"]
+)
 def test_methods_that_cannot_save_record_no_value_and_the_reason(tiny_model_dir, tmp_path, method):
-    """The runner reads the method's is_serializable (tests/backends/test_serialization.py checks it)."""
+    """The runner asks the method's `saves(params)` (tests/backends/test_serialization.py checks it)."""
     row, _ = checkpoint_row(tiny_model_dir, tmp_path, method)
     assert pd_isna(row["value"])
     name = method.partition(":")[0]
