@@ -26,7 +26,7 @@ from quantbench import models
 from quantbench.backends.registry import get_backend
 from quantbench.engines.protocol import engine_facts
 from quantbench.evals import latency
-from quantbench.runner import environment
+from quantbench.runner import environment, envs
 from quantbench.spec import MethodSpec, ModelRef, validate_params
 from quantbench.trackers.clock import Clock, time_call
 from quantbench.trackers.memory import PeakMemory
@@ -95,12 +95,14 @@ def profiler_overhead(model_ref: str, rounds: int) -> dict:
 
 
 def _child(args: argparse.Namespace, what: str) -> dict:
-    """Run one measurement in a fresh interpreter and return its JSON."""
-    cmd = [sys.executable, __file__, "--model", args.model, "--new-tokens", str(args.new_tokens)]
+    """Run one measurement in a fresh interpreter (the method's environment's, as a trial's worker) and
+    return its JSON."""
+    python = sys.executable if what == "overhead" else envs.worker_python(get_backend(MethodSpec.parse(what).name))
+    cmd = [python, __file__, "--model", args.model, "--new-tokens", str(args.new_tokens)]
     cmd += ["--repeats", str(args.repeats), "--overhead-rounds", str(args.overhead_rounds), "--child", what]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=envs.worker_env(python))
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or [""]
         return {"method": what, "failed": f"exit status {done.returncode}: {last[0]}"}
