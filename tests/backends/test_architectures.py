@@ -94,9 +94,9 @@ def expected(method: str, arch: str) -> float | str:
     name = method.partition(":")[0]
     if name == "baseline":
         return 0.0
-    if name in ("rtn", "gptq"):  # GPTQModel quantizes each expert too
+    if name in ("rtn", "triton", "gptq"):  # each expert too (triton packs each; GPTQModel defuses them)
         return ALL_BUT_ROUTERS.get(arch, 1.0)
-    if name in ("triton", "hqq"):  # linear and Conv1D layers; no layer of theirs holds fused experts
+    if name == "hqq":  # linear and Conv1D layers; no HQQLinear holds fused experts
         return LINEAR_ONLY.get(arch, 1.0)
     if method == "bnb:bits=4" and arch == "qwen2_moe":
         return bnb4_qwen2_moe()
@@ -210,6 +210,43 @@ def test_rtn_rounds_each_expert_with_its_own_groups(architectures):
     original = base.model.layers[1].mlp.experts.down_proj[3]
     codes, scales, zeros = quantize_rtn(original, 4, 64, False)
     assert torch.equal(q.module.model.layers[1].mlp.experts.down_proj[3], dequantize_codes(codes, scales, zeros, 4).T)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_triton_packs_each_expert_with_rtn_arithmetic(architectures, arch):
+    """The packed experts compute what rtn's fake-quantized ones do: the same KL divergence from the
+    unquantized model, up to float summation order."""
+    from quantbench.kernels.quant_experts import QuantExperts
+
+    def kld(logits: torch.Tensor, base: torch.Tensor) -> float:
+        logp, logq = base.log_softmax(-1), logits.float().log_softmax(-1)
+        return (logp.exp() * (logp - logq)).sum(-1).mean().item()
+
+    with torch.inference_mode():
+        base = models.load(architectures[arch])(input_ids=INPUT_IDS).logits.float()
+    results = {}
+    for name in ("rtn", "triton"):
+        backend = get_backend(name)
+        params = validate_params(backend.Params, {"bits": 4, "group_size": 32}, name)
+        results[name] = backend.quantize(architectures[arch], params, "cpu")
+    packed = [m for m in results["triton"].module.modules() if isinstance(m, QuantExperts)]
+    assert len(packed) == 2 and results["triton"].kernel == "torch reference (no CUDA) on rtn codes"
+    rtn, triton = (kld(results[name].logits(INPUT_IDS), base) for name in ("rtn", "triton"))
+    assert rtn > 1e-4  # the rounding is visible, so equal divergences say the same arithmetic ran
+    assert triton == pytest.approx(rtn, rel=1e-4)
+
+
+def test_triton_refuses_experts_it_cannot_read_codes_for(architectures):
+    backend = get_backend("triton")
+    params = validate_params(backend.Params, {"source": "gptq"}, "triton")
+    assert backend.refusal(architectures["mixtral"], params, "cpu") == (
+        "triton source=gptq cannot pack MixtralForCausalLM's MixtralExperts model.layers.0.mlp.experts.gate_up_proj: "
+        "GPTQModel saves fused experts as per-expert layers the converter does not read (use source=rtn or hqq, "
+        "or skip them)"
+    )
+    skip = "lm_head+model.layers.0.mlp.experts+model.layers.1.mlp.experts"
+    params = validate_params(backend.Params, {"source": "gptq", "skip": skip}, "triton")
+    assert backend.refusal(architectures["mixtral"], params, "cpu") == ""
 
 
 def test_an_unknown_skip_name_is_refused(architectures):
