@@ -1,6 +1,7 @@
 """GPTQ and AWQ through GPTQModel (7.6, in the main environment)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import torch
 from support import INPUT_IDS, build_tiny_llama
 
 from quantbench import models
-from quantbench.backends.awq import AwqBackend
+from quantbench.backends.awq import AwqBackend, AwqParams
 from quantbench.backends.gptq import GptqBackend
 from quantbench.errors import QuantbenchError
 from quantbench.runner.trial import plan_trial, prepare_trial
@@ -127,7 +128,12 @@ def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
 
 
 def test_awq_rejects_narrow_layers(resolved):
-    with pytest.raises(QuantbenchError, match=r"divisible by 64: layer model\.layers\.0\.self_attn\.k_proj has 32"):
+    narrow = (
+        r"^awq cannot quantize LlamaForCausalLM: its Linear model\.layers\.0\.self_attn\.k_proj has 32 outputs, "
+        r"and GPTQModel's AWQ clip search needs a multiple of 64$"
+    )
+    assert re.match(narrow, AwqBackend().refusal(resolved, AwqParams(), "cpu"))
+    with pytest.raises(QuantbenchError, match=narrow):
         quantize(AwqBackend(), resolved)
 
 
