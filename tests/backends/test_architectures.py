@@ -19,14 +19,21 @@ here instead (tests/tiny_gguf.py): a Llama and a Mixtral-style MoE, as llama.cpp
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 import torch
+from architecture_cells import (
+    ARCHITECTURES,
+    GGUF_QUANT_TYPE,
+    GPTQMODEL_METHODS,
+    METHODS,
+    cell,
+    gptqmodel_cells,
+    write_architectures,
+    write_gguf_architectures,
+)
 from support import INPUT_IDS
 
 from quantbench import models
@@ -34,24 +41,7 @@ from quantbench.backends.base import meta_model
 from quantbench.backends.layers import all_matrices, weight_matrices
 from quantbench.backends.registry import get_backend
 from quantbench.errors import QuantbenchError
-from quantbench.spec import ModelRef, validate_params
-
-COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-              max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
-              pad_token_id=0)  # fmt: skip
-CONFIGS = {
-    "llama": dict(model_type="llama", intermediate_size=128, **COMMON),
-    "qwen2": dict(model_type="qwen2", intermediate_size=128, **COMMON),
-    "mistral": dict(model_type="mistral", intermediate_size=128, sliding_window=32, **COMMON),
-    "phi3": dict(model_type="phi3", intermediate_size=128, **COMMON),
-    "gemma2": dict(model_type="gemma2", intermediate_size=128, head_dim=16, sliding_window=32, **COMMON),
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0),
-    "mixtral": dict(model_type="mixtral", intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, **COMMON),
-    "qwen2_moe": dict(model_type="qwen2_moe", intermediate_size=128, moe_intermediate_size=64, num_experts=4,
-                      shared_expert_intermediate_size=64, num_experts_per_tok=2, decoder_sparse_step=1, **COMMON),
-}  # fmt: skip
-ARCHITECTURES = tuple(CONFIGS)
-DENSE = ("llama", "qwen2", "mistral", "phi3", "gemma2", "gpt2")
+from quantbench.spec import validate_params
 
 ATTENTION = 2 * 4 * 64 * 64
 EXPERTS = 2 * 4 * (128 * 64 + 64 * 64)
@@ -119,120 +109,72 @@ def expected(method: str, arch: str) -> float | str:
     return (LINEAR_ONLY if name == "dynamic" else EVERY_LINEAR).get(arch, 1.0)
 
 
-METHODS = ["baseline", "rtn", "triton", "hqq", "dynamic", "bnb:bits=4", "bnb:bits=8", "quanto", "quanto:weights=int4",
-           "torchao", "torchao:bits=4", "gguf"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def architectures(tmp_path_factory, tiny_tokenizer) -> dict[str, models.ResolvedModel]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    return write_architectures(tmp_path_factory.mktemp("architectures"), tiny_tokenizer)
 
-    resolved = {}
-    for arch, raw in CONFIGS.items():
-        config = dict(raw, vocab_size=len(tiny_tokenizer))
-        torch.manual_seed(0)
-        module = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
-        path = tmp_path_factory.mktemp(arch)
-        module.save_pretrained(path)
-        tiny_tokenizer.save_pretrained(path)
-        resolved[arch] = models.resolve(ModelRef(str(path)))
-    return resolved
+
+def check(method: str, arch: str, result: dict) -> None:
+    """`result` (an architecture_cells cell) is what `expected` says."""
+    want = expected(method, arch)
+    if isinstance(want, str):
+        assert result["refusal"], f"expected a refusal matching {want!r}"
+        assert "\n" not in result["refusal"]
+        assert re.match(want, result["refusal"]), result["refusal"]
+    else:
+        assert result["refusal"] == "" and result["finite"] is True
+        assert result["fraction"] == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_quantizes_its_share_of_each_architecture_or_refuses_it(architectures, method, arch):
-    name, _, raw = method.partition(":")
-    backend = get_backend(name)
-    params = validate_params(backend.Params, dict(kv.split("=") for kv in raw.split(",") if kv), name)
-    cell = expected(method, arch)
-    refusal = backend.refusal(architectures[arch], params, "cpu")
-    if isinstance(cell, str):
-        assert refusal, f"expected a refusal matching {cell!r}"
-        assert "\n" not in refusal
-        assert re.match(cell, refusal), refusal
-        return
-    assert refusal == ""
-    model = backend.quantize(architectures[arch], params, "cpu")
-    assert model.coverage.fraction == pytest.approx(cell, abs=1e-12)
-    assert torch.isfinite(model.logits(INPUT_IDS)).all()
-
-
-# GPTQModel's cells in a fresh interpreter, one per method, as trials run: GPTQModel (through defuser)
-# swaps an architecture's MoE classes for the whole process when it first loads one, which would change
-# what every later test here builds. Each architecture is loaded once per interpreter, so each cell sees
-# transformers' own classes until its own load, as a trial does.
-GPTQMODEL_CELLS = """
-import json, sys, torch
-from quantbench import models
-from quantbench.backends.registry import get_backend
-from quantbench.spec import ModelRef, validate_params
-backend = get_backend(sys.argv[1])
-params = validate_params(backend.Params, {"n_samples": 4, "seq_len": 32}, sys.argv[1])
-for path in sys.argv[2:]:
-    model = models.resolve(ModelRef(path))
-    refusal = backend.refusal(model, params, "cpu")
-    quantized = None if refusal else backend.quantize(model, params, "cpu")
-    finite = refusal or bool(torch.isfinite(quantized.logits(torch.tensor([[1, 2, 3, 4]]))).all())
-    cell = {"refusal": refusal, "fraction": quantized and quantized.coverage.fraction, "finite": finite}
-    print("CELL " + json.dumps(cell), flush=True)
-"""
+    check(method, arch, cell(method, architectures[arch]))
 
 
 @pytest.fixture(scope="module")
-def gptqmodel_cells(architectures) -> Callable[[str], list[dict]]:
-    """method -> its cells, one per architecture in ARCHITECTURES order (run once per module)."""
+def gptqmodel_results(architectures) -> Callable[[str], list[dict]]:
+    """method -> its cells in ARCHITECTURES order, each method run once per module."""
     pytest.importorskip("gptqmodel")
-    cells = {}
+    done = {}
 
-    def run(method: str) -> list[dict]:
-        if method not in cells:
-            paths = [str(architectures[arch].path) for arch in ARCHITECTURES]
-            run = subprocess.run([sys.executable, "-c", GPTQMODEL_CELLS, method, *paths],
-                                 capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
-            assert run.returncode == 0, run.stderr[-2000:]
-            cells[method] = [json.loads(line[5:]) for line in run.stdout.splitlines() if line.startswith("CELL ")]
-        return cells[method]
+    def results(method: str) -> list[dict]:
+        if method not in done:
+            done[method] = gptqmodel_cells(method, [architectures[arch].path for arch in ARCHITECTURES])
+        return done[method]
 
-    return run
+    return results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_gptqmodel_quantizes_its_share_of_each_architecture(gptqmodel_cells, method, arch):
+@pytest.mark.parametrize("method", GPTQMODEL_METHODS)
+def test_gptqmodel_quantizes_its_share_of_each_architecture(gptqmodel_results, method, arch):
     """GPTQModel calibrates (~2-5 s a cell here, ~15 s to start), so these cells run with the slow tier."""
-    result = gptqmodel_cells(method)[ARCHITECTURES.index(arch)]
-    cell = expected(method, arch)
-    if isinstance(cell, str):
-        assert re.match(cell, result["refusal"]), result["refusal"]
-    else:
-        assert result["refusal"] == "" and result["finite"] is True
-        assert result["fraction"] == pytest.approx(cell, abs=1e-12)
+    check(method, arch, gptqmodel_results(method)[ARCHITECTURES.index(arch)])
 
 
 # The tiny GGUFs (hidden 256, 2 KV heads of 64, 2 layers; Mixtral-style: 4 experts of 512): attention
 # 196 608 weights a layer, dense FFN 393 216, experts 1 572 864 and a router of 1 024.
-GGUF_ATTENTION, GGUF_EXPERTS, GGUF_ROUTER = 256 * 256 * 2 + 2 * 128 * 256, 4 * 3 * 512 * 256, 4 * 256
-GGUF_MOE = GGUF_ATTENTION + GGUF_EXPERTS + GGUF_ROUTER
-GGUF_CELLS = {"llama": (0, 1.0), "mixtral": (4, (GGUF_MOE - GGUF_ROUTER) / GGUF_MOE)}
+GGUF_ATTENTION, GGUF_MOE_EXPERTS, GGUF_ROUTER = 256 * 256 * 2 + 2 * 128 * 256, 4 * 3 * 512 * 256, 4 * 256
+GGUF_MOE = GGUF_ATTENTION + GGUF_MOE_EXPERTS + GGUF_ROUTER
+GGUF_CELLS = {"llama": 1.0, "mixtral": (GGUF_MOE - GGUF_ROUTER) / GGUF_MOE}
+
+
+@pytest.fixture(scope="module")
+def gguf_architectures(tmp_path_factory, tiny_tokenizer) -> dict[str, models.ResolvedModel]:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'quantbench[gguf]')")
+    root = tmp_path_factory.mktemp("gguf-architectures")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUANTBENCH_CACHE", str(root / "cache"))
+        yield write_gguf_architectures(root, tiny_tokenizer)
 
 
 @pytest.mark.parametrize("arch", GGUF_CELLS)
-def test_gguf_quantizes_each_expert_and_keeps_routers_in_float(arch, tmp_path, monkeypatch, tiny_tokenizer):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'quantbench[gguf]')")
-    from tiny_gguf import write_tiny_gguf
-
-    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
-    experts, fraction = GGUF_CELLS[arch]
-    source = models.resolve(ModelRef(str(write_tiny_gguf(tmp_path / f"{arch}.gguf", tiny_tokenizer, experts=experts))))
-    backend = get_backend("gguf")
-    params = validate_params(backend.Params, {"quant_type": "Q4_K_M"}, "gguf")
-    assert backend.refusal(source, params, "cpu") == ""
-    model = backend.quantize(source, params, "cpu")
-    assert model.coverage.fraction == pytest.approx(fraction, abs=1e-12)
-    assert dict(model.coverage.left) == ({"F32": 2} if experts else {})
-    assert torch.isfinite(model.logits(INPUT_IDS)).all()
+def test_gguf_quantizes_each_expert_and_keeps_routers_in_float(gguf_architectures, arch):
+    result = cell(f"gguf:quant_type={GGUF_QUANT_TYPE}", gguf_architectures[arch])
+    assert result["refusal"] == "" and result["finite"] is True
+    assert result["fraction"] == pytest.approx(GGUF_CELLS[arch], abs=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -160,11 +160,18 @@ def test_invalid_params_fail_in_one_line(backend, raw, needle):
 
 
 @pytest.mark.parametrize(("method", "params"), [("gptq", {}), ("awq", {}), ("quanto", {"activations": "int8"})])
-def test_missing_calibration_file_fails_before_any_trial(tiny_model_dir, tmp_path, method, params):
+def test_missing_calibration_file_fails_before_any_trial(tiny_model_dir, tiny_tokenizer, tmp_path, method, params):
     """The calibration corpus is read while the runner checks a trial's inputs, as eval corpora are
-    (quanto's int8 activations calibrate through the same parameter)."""
+    (quanto's int8 activations calibrate through the same parameter). AWQ refuses the tiny model's
+    32-wide k/v projections before that, so it gets a wider one."""
+    model_dir = tiny_model_dir
+    if method == "awq":
+        model_dir = tmp_path / "wide"
+        wide = build_tiny_llama(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256)
+        wide.save_pretrained(model_dir)
+        tiny_tokenizer.save_pretrained(model_dir)
     spec = MethodSpec(method, {**params, "calibration": str(tmp_path / "absent.txt")})
-    trial = plan_trial(ModelRef(str(tiny_model_dir)), spec, [EvalSpec("perplexity")])
+    trial = plan_trial(ModelRef(str(model_dir)), spec, [EvalSpec("perplexity")])
     with pytest.raises(QuantbenchError, match=r"^corpus '.*absent\.txt' not found") as err:
         prepare_trial(trial, tmp_path / "store")
     assert "\n" not in str(err.value)
