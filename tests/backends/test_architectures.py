@@ -235,6 +235,12 @@ def test_triton_packs_each_expert_with_rtn_arithmetic(architectures, arch):
     assert triton == pytest.approx(rtn, rel=1e-6)
 
 
+def test_triton_packs_each_expert_from_hqq_codes(architectures):
+    result = cell("triton:source=hqq,group_size=32", architectures["qwen2_moe"])
+    assert result["refusal"] == "" and result["finite"] is True
+    assert result["fraction"] == pytest.approx(ALL_BUT_ROUTERS["qwen2_moe"], abs=1e-12)
+
+
 def test_triton_refuses_experts_it_cannot_read_codes_for(architectures):
     backend = get_backend("triton")
     params = validate_params(backend.Params, {"source": "gptq"}, "triton")
