@@ -23,6 +23,7 @@ not part of libllama; llama-cpp-python's bindings only pass a finished one to th
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -104,6 +105,11 @@ class GgufBackend(Backend):
             self.name, f"gguf {params.quant_type}", bits, "float32", lambda rows, cols: tensor_bytes(base, rows, cols)
         )
 
+    def refusal(self, model: ResolvedModel, params: GgufParams, device: str) -> str:
+        """A transformers directory, whatever its architecture (see the module docstring); a GGUF file
+        holds whichever tensors llama.cpp's converter wrote, and its coverage reads them from the file."""
+        return directory_refusal(model)
+
     def quantize(
         self, model: ResolvedModel, params: GgufParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
@@ -162,15 +168,23 @@ def file_type(path: Path) -> str:
         return f"file type {field.contents()}"
 
 
+def directory_refusal(model: ResolvedModel) -> str:
+    """Why `model` cannot be a gguf source (a transformers directory), or ""."""
+    if models.gguf_file(model) is not None:
+        return ""
+    architectures = json.loads((model.path / "config.json").read_text()).get("architectures") or ["a model"]
+    return (
+        f"gguf needs a GGUF source (embedded:NAME or a .gguf file), not {architectures[0]}'s transformers directory "
+        f"{model.path}: convert it with llama.cpp's convert_hf_to_gguf.py (not in the llama-cpp-python wheel)"
+    )
+
+
 def source_gguf(model: ResolvedModel) -> Path:
     """The GGUF file `model` was given as; QuantbenchError for a transformers directory."""
-    source = models.gguf_file(model)
-    if source is None:
-        raise QuantbenchError(
-            f"gguf needs a GGUF source for now (embedded:NAME or a .gguf file), not the directory {model.path}: "
-            "convert it with llama.cpp's convert_hf_to_gguf.py"
-        )
-    return source
+    reason = directory_refusal(model)
+    if reason:
+        raise QuantbenchError(reason)
+    return models.gguf_file(model)
 
 
 def unquantized_gguf(model: ResolvedModel) -> Path:

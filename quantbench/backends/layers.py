@@ -65,17 +65,20 @@ class WeightMatrices:
             stored = matrices[0].T if self.kind == CONV1D else matrices[0]
         setattr(self.module, self.attribute, nn.Parameter(stored.contiguous(), requires_grad=False))
 
-    def linear(self) -> nn.Linear:
-        """A linear or Conv1D layer as the nn.Linear that computes the same (what libraries quantize):
-        an nn.Linear itself, or a new one sharing a Conv1D's bias and its weight transposed."""
-        if self.kind == EXPERTS:
-            raise QuantbenchError(f"{self.name}: fused experts are no single linear layer")
+    def linear(self, index: int = 0) -> nn.Linear:
+        """Matrix `index` (an expert's; 0 for a single layer) as the nn.Linear that computes the same
+        (what libraries and `Backend.codes` take): an nn.Linear itself, or a new one with the weight in
+        (out, in) orientation (a copy where stored transposed) and the bias (fused experts: the row of
+        `<attribute>_bias`)."""
         if isinstance(self.module, nn.Linear):
             return self.module
         bias = getattr(self.module, "bias", None)
+        if self.kind == EXPERTS:
+            bias = getattr(self.module, f"{self.attribute}_bias", None)
+            bias = bias[index] if bias is not None else None
         linear = nn.Linear(self.cols, self.rows, bias=bias is not None, device="meta")
-        weight = self.matrices()[0]
-        linear.weight = nn.Parameter(weight.contiguous() if self.kind == CONV1D else weight, requires_grad=False)
+        weight = self.matrices()[index]
+        linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
         if bias is not None:
             linear.bias = nn.Parameter(bias, requires_grad=False)
         return linear

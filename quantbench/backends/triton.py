@@ -1,16 +1,19 @@
 """The project's own packed low-bit format and Triton kernels (`quantbench.kernels`).
 
 Every nn.Linear and Conv1D that layer discovery finds (`backends.layers`) outside the skip list
-becomes a `QuantLinear`; fused MoE experts stay in float (the row's quantized_weight_fraction says
-so). The codes come from the `source` method's `codes` hook (the adapter contract), so the kernels
-can be compared independently of the algorithm that chose the codes:
+becomes a `QuantLinear`, and every fused MoE experts module a `QuantExperts`, which holds one
+QuantLinear per expert and projection and runs each expert's rows through it. The codes come
+from the `source` method's `codes` hook (the adapter contract, one call per matrix, each expert's
+its own), so the kernels can be compared independently of the algorithm that chose the codes:
 
 - rtn: round-to-nearest of the float weights (`kernels.format.quantize_rtn`);
 - hqq: each layer quantized by the `hqq` library (HQQLinear, axis=1, the layers' compute dtype
   is `dtype`), then converted (`kernels.hqq`);
 - gptq / awq: the model quantized and saved by GPTQModel exactly as the gptq/awq adapters do
   (with their default calibration), then each layer's qweight/qzeros/scales read from the
-  checkpoint and converted (`kernels.gptq`, `kernels.awq`).
+  checkpoint and converted (`kernels.gptq`, `kernels.awq`). GPTQModel stores fused experts as
+  per-expert layers of its own, which the converters do not read, so these sources refuse MoE
+  models unless their experts are skipped.
 
 Layers outside the skip list keep the float weights of the model loaded in `dtype`. On CUDA the
 Triton kernels run; elsewhere the pure-torch reference runs, and `kernel` says so, with the source.
@@ -36,7 +39,15 @@ from quantbench.backends.base import (
     stored_as,
     weight_count,
 )
-from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, check_group_size, measured_coverage, weight_matrices
+from quantbench.backends.layers import (
+    CONV1D,
+    EXPERTS,
+    LINEAR,
+    WeightMatrices,
+    check_group_size,
+    measured_coverage,
+    weight_matrices,
+)
 from quantbench.backends.layout import Layout
 from quantbench.backends.registry import get_backend
 from quantbench.backends.rtn import (
@@ -48,6 +59,7 @@ from quantbench.backends.rtn import (
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PACKABLE_BITS, pack_multiple
+from quantbench.kernels.quant_experts import QuantExperts
 from quantbench.kernels.quant_linear import QuantLinear
 from quantbench.models import ResolvedModel
 
@@ -92,7 +104,27 @@ class TritonBackend(Backend):
     library = "triton"
     Params = TritonParams
     headline = ("bits", "group_size", "source")
-    layer_kinds = frozenset({LINEAR, CONV1D})
+    layer_kinds = frozenset({LINEAR, CONV1D, EXPERTS})
+
+    def refusal(self, model: ResolvedModel, params: TritonParams, device: str) -> str:
+        """Also: a 3-D weight that is no transformers experts module (no per-expert forward to run it
+        in), and fused experts under a source whose codes are not read per expert (gptq, awq)."""
+        reason = super().refusal(model, params, device)
+        if reason:
+            return reason
+        skeleton = meta_model(model)
+        for m in weight_matrices(skeleton, params.skip).values():
+            if m.kind != EXPERTS:
+                continue
+            where = f"{type(skeleton).__name__}'s {m.layer_type} {m.name}"
+            if not hasattr(m.module, "has_gate"):
+                return f"triton cannot pack {where}: a 3-D weight outside transformers' experts interface (skip it)"
+            if params.source in ("gptq", "awq"):
+                return (
+                    f"triton source={params.source} cannot pack {where}: GPTQModel saves fused experts as "
+                    f"per-expert layers the converter does not read (use source=rtn or hqq, or skip them)"
+                )
+        return ""
 
     def layout(self, params: TritonParams, device: str) -> Layout:
         dtype = compute_dtype(params, device)
@@ -122,7 +154,7 @@ class TritonBackend(Backend):
         dtype = compute_dtype(params, device)
         # Shapes from the meta model first: a layout that does not fit fails before any weight is read.
         meta = meta_model(model)
-        skeleton = _packed_matrices(meta, params.skip)
+        skeleton = weight_matrices(meta, params.skip)
         check_group_size(skeleton.values(), params.group_size)
         for name, m in skeleton.items():
             group = m.cols if params.group_size == -1 else params.group_size
@@ -141,7 +173,8 @@ class TritonBackend(Backend):
         if not availability.ok:
             raise QuantbenchError(f"triton: source={params.source} needs {source.name}: {availability.reason}")
         module = models.load(model, dtype=dtype, device=device)
-        linears = {name: m.linear() for name, m in _packed_matrices(module, params.skip).items()}
+        matrices = weight_matrices(module, params.skip)
+        linears = {key: m.linear(index) for m in matrices.values() for index, key in enumerate(_keys(m))}
         count = weight_count(module)
         with torch.no_grad():
             codes = source.codes(
@@ -153,10 +186,18 @@ class TritonBackend(Backend):
                 device=device,
                 calibration=calibration,
             )
-            for name, layer in codes.items():
-                parent_name, _, child = name.rpartition(".")
-                quantized = QuantLinear(layer.weight, layer.bias, layer.in_perm, source=params.source)
-                setattr(module.get_submodule(parent_name), child, quantized.to(device))
+            layers = {
+                key: QuantLinear(c.weight, c.bias, c.in_perm, source=params.source).to(device)
+                for key, c in codes.items()
+            }
+            experts: dict[str, dict[str, list[QuantLinear]]] = {}
+            for m in matrices.values():
+                if m.kind == EXPERTS:
+                    experts.setdefault(m.module_name, {})[m.attribute] = [layers[key] for key in _keys(m)]
+                else:
+                    _set_submodule(module, m.module_name, layers[m.name])
+            for name, projections in experts.items():
+                _set_submodule(module, name, QuantExperts(module.get_submodule(name), projections))
         return TorchModel.measured(
             module,
             models.load_tokenizer(model),
@@ -167,9 +208,14 @@ class TritonBackend(Backend):
         )
 
 
-def _packed_matrices(module: nn.Module, skip: tuple[str, ...]) -> dict:
-    """The matrices QuantLinear replaces: linear and Conv1D layers (fused experts have no one layer to replace)."""
-    return {name: m for name, m in weight_matrices(module, skip).items() if m.kind != EXPERTS}
+def _keys(m: WeightMatrices) -> list[str]:
+    """The names `Backend.codes` knows `m`'s matrices by: its own, or one per expert (`name.index`)."""
+    return [f"{m.name}.{index}" for index in range(m.count)] if m.kind == EXPERTS else [m.name]
+
+
+def _set_submodule(module: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent), child, replacement)
 
 
 def compute_dtype(params: TritonParams, device: str) -> str:

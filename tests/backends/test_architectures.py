@@ -4,27 +4,36 @@ quantized model), or is refused before any weight is read, in one line naming th
 the layer type.
 
 Block matrices (what the fraction counts; embeddings and the output head are not in it), for the
-configs below (hidden 64, 4 heads of 16, 2 KV heads, 2 layers):
-- dense (Llama, Qwen2, Mistral, Phi-3, Gemma 2, GPT-2): all of them linear layers (GPT-2: Conv1D, and
-  no grouped KV heads);
-- Mixtral: attention 24 576 weights in nn.Linear, experts 98 304 in MixtralExperts (2 layers × 4
+configs below (hidden 64, 4 heads of 16, 4 KV heads: AWQ's clip search takes outputs in blocks of 64,
+2 layers):
+- dense (Llama, Qwen2, Mistral, Phi-3, Gemma 2, GPT-2): all of them linear layers (GPT-2: Conv1D);
+- Mixtral: attention 32 768 weights in nn.Linear, experts 98 304 in MixtralExperts (2 layers × 4
   experts × gate_up 128×64 + down 64×64), routers 512;
-- Qwen2-MoE: attention 24 576 and shared expert 24 576 in nn.Linear, its gate 128 (an nn.Linear
+- Qwen2-MoE: attention 32 768 and shared expert 24 576 in nn.Linear, its gate 128 (an nn.Linear
   router), experts 98 304, routers 512.
 
-Not in the matrix: gguf, which takes GGUF sources only (a directory is refused before anything else),
-and awq, which goes through GPTQModel's layer handling as gptq does but has no cells here yet.
+gguf takes GGUF files only: every transformers directory is refused (converting one needs llama.cpp's
+convert_hf_to_gguf.py, which the llama-cpp-python wheel lacks), and its cells are tiny GGUFs written
+here instead (tests/tiny_gguf.py): a Llama and a Mixtral-style MoE, as llama.cpp's converter lays them out.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
+from collections.abc import Callable
 
 import pytest
 import torch
+from architecture_cells import (
+    ARCHITECTURES,
+    GGUF_QUANT_TYPE,
+    GPTQMODEL_METHODS,
+    METHODS,
+    cell,
+    gptqmodel_cells,
+    write_architectures,
+    write_gguf_architectures,
+)
 from support import INPUT_IDS
 
 from quantbench import models
@@ -32,26 +41,9 @@ from quantbench.backends.base import meta_model
 from quantbench.backends.layers import all_matrices, weight_matrices
 from quantbench.backends.registry import get_backend
 from quantbench.errors import QuantbenchError
-from quantbench.spec import ModelRef, validate_params
+from quantbench.spec import validate_params
 
-COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
-              pad_token_id=0)  # fmt: skip
-CONFIGS = {
-    "llama": dict(model_type="llama", intermediate_size=128, **COMMON),
-    "qwen2": dict(model_type="qwen2", intermediate_size=128, **COMMON),
-    "mistral": dict(model_type="mistral", intermediate_size=128, sliding_window=32, **COMMON),
-    "phi3": dict(model_type="phi3", intermediate_size=128, **COMMON),
-    "gemma2": dict(model_type="gemma2", intermediate_size=128, head_dim=16, sliding_window=32, **COMMON),
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0),
-    "mixtral": dict(model_type="mixtral", intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, **COMMON),
-    "qwen2_moe": dict(model_type="qwen2_moe", intermediate_size=128, moe_intermediate_size=64, num_experts=4,
-                      shared_expert_intermediate_size=64, num_experts_per_tok=2, decoder_sparse_step=1, **COMMON),
-}  # fmt: skip
-ARCHITECTURES = tuple(CONFIGS)
-DENSE = ("llama", "qwen2", "mistral", "phi3", "gemma2", "gpt2")
-
-ATTENTION = 2 * (64 * 64 + 32 * 64 + 32 * 64 + 64 * 64)
+ATTENTION = 2 * 4 * 64 * 64
 EXPERTS = 2 * 4 * (128 * 64 + 64 * 64)
 ROUTERS = 2 * 4 * 64
 SHARED_EXPERT, SHARED_GATE = 2 * 3 * 64 * 64, 2 * 64
@@ -74,6 +66,10 @@ def refused(method: str, library_kinds: str) -> str:
            f"quantizes only {library_kinds}$"  # fmt: skip
 
 
+def awq_fails(arch: str, reason: str) -> str:
+    return rf"^awq cannot quantize {arch}: GPTQModel [0-9.]+'s AWQ {reason}$"
+
+
 def has_avx512bf16() -> bool:
     from bitsandbytes.functional import has_avx512bf16
 
@@ -94,9 +90,15 @@ def expected(method: str, arch: str) -> float | str:
     name = method.partition(":")[0]
     if name == "baseline":
         return 0.0
-    if name in ("rtn", "gptq"):  # GPTQModel quantizes each expert too
+    if name == "gguf":
+        return r"^gguf needs a GGUF source \(embedded:NAME or a \.gguf file\), not \w+'s transformers directory "
+    if name == "awq" and arch == "gpt2":  # its scale search reads weights as (out, in)
+        return refused(name, "fused experts, nn.Linear layers")
+    if name == "awq" and arch == "phi3":
+        return awq_fails("Phi3ForCausalLM", r"fails packing the fused qkv_proj \(KeyError 'q_zeros' in .*\)")
+    if name in ("rtn", "triton", "gptq", "awq"):  # each expert too (triton packs each; GPTQModel defuses them)
         return ALL_BUT_ROUTERS.get(arch, 1.0)
-    if name in ("triton", "hqq"):  # linear and Conv1D layers; no layer of theirs holds fused experts
+    if name == "hqq":  # linear and Conv1D layers; no HQQLinear holds fused experts
         return LINEAR_ONLY.get(arch, 1.0)
     if method == "bnb:bits=4" and arch == "qwen2_moe":
         return bnb4_qwen2_moe()
@@ -107,75 +109,72 @@ def expected(method: str, arch: str) -> float | str:
     return (LINEAR_ONLY if name == "dynamic" else EVERY_LINEAR).get(arch, 1.0)
 
 
-METHODS = ["baseline", "rtn", "triton", "hqq", "dynamic", "bnb:bits=4", "bnb:bits=8", "quanto", "quanto:weights=int4",
-           "torchao", "torchao:bits=4"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def architectures(tmp_path_factory, tiny_tokenizer) -> dict[str, models.ResolvedModel]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    return write_architectures(tmp_path_factory.mktemp("architectures"), tiny_tokenizer)
 
-    resolved = {}
-    for arch, raw in CONFIGS.items():
-        config = dict(raw, vocab_size=len(tiny_tokenizer))
-        torch.manual_seed(0)
-        module = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
-        path = tmp_path_factory.mktemp(arch)
-        module.save_pretrained(path)
-        tiny_tokenizer.save_pretrained(path)
-        resolved[arch] = models.resolve(ModelRef(str(path)))
-    return resolved
+
+def check(method: str, arch: str, result: dict) -> None:
+    """`result` (an architecture_cells cell) is what `expected` says."""
+    want = expected(method, arch)
+    if isinstance(want, str):
+        assert result["refusal"], f"expected a refusal matching {want!r}"
+        assert "\n" not in result["refusal"]
+        assert re.match(want, result["refusal"]), result["refusal"]
+    else:
+        assert result["refusal"] == "" and result["finite"] is True
+        assert result["fraction"] == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_quantizes_its_share_of_each_architecture_or_refuses_it(architectures, method, arch):
-    name, _, raw = method.partition(":")
-    backend = get_backend(name)
-    params = validate_params(backend.Params, dict(kv.split("=") for kv in raw.split(",") if kv), name)
-    cell = expected(method, arch)
-    refusal = backend.refusal(architectures[arch], params, "cpu")
-    if isinstance(cell, str):
-        assert refusal, f"expected a refusal matching {cell!r}"
-        assert "\n" not in refusal
-        assert re.match(cell, refusal), refusal
-        return
-    assert refusal == ""
-    model = backend.quantize(architectures[arch], params, "cpu")
-    assert model.coverage.fraction == pytest.approx(cell, abs=1e-12)
-    assert torch.isfinite(model.logits(INPUT_IDS)).all()
+    check(method, arch, cell(method, architectures[arch]))
 
 
-# One GPTQ cell in a fresh interpreter, as trials run: GPTQModel (through defuser) swaps transformers'
-# MoE classes for the whole process, which would change what every later test here builds.
-GPTQ_CELL = """
-import json, sys, torch
-from quantbench import models
-from quantbench.backends.registry import get_backend
-from quantbench.spec import ModelRef, validate_params
-backend = get_backend("gptq")
-params = validate_params(backend.Params, {"n_samples": 4, "seq_len": 32}, "gptq")
-model = models.resolve(ModelRef(sys.argv[1]))
-refusal = backend.refusal(model, params, "cpu")
-quantized = None if refusal else backend.quantize(model, params, "cpu")
-finite = refusal or bool(torch.isfinite(quantized.logits(torch.tensor([[1, 2, 3, 4]]))).all())
-print(json.dumps({"refusal": refusal, "fraction": quantized and quantized.coverage.fraction, "finite": finite}))
-"""
+@pytest.fixture(scope="module")
+def gptqmodel_results(architectures) -> Callable[[str], list[dict]]:
+    """method -> its cells in ARCHITECTURES order, each method run once per module."""
+    pytest.importorskip("gptqmodel")
+    done = {}
+
+    def results(method: str) -> list[dict]:
+        if method not in done:
+            done[method] = gptqmodel_cells(method, [architectures[arch].path for arch in ARCHITECTURES])
+        return done[method]
+
+    return results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_gptq_quantizes_its_share_of_each_architecture(architectures, arch):
-    """GPTQModel calibrates (~10 s a cell here), so these cells run with the slow tier."""
-    run = subprocess.run([sys.executable, "-c", GPTQ_CELL, str(architectures[arch].path)],
-                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    cell, result = expected("gptq:n_samples=4,seq_len=32", arch), json.loads(run.stdout.splitlines()[-1])
-    if isinstance(cell, str):
-        assert re.match(cell, result["refusal"]), result["refusal"]
-    else:
-        assert result["refusal"] == "" and result["finite"] is True
-        assert result["fraction"] == pytest.approx(cell, abs=1e-12)
+@pytest.mark.parametrize("method", GPTQMODEL_METHODS)
+def test_gptqmodel_quantizes_its_share_of_each_architecture(gptqmodel_results, method, arch):
+    """GPTQModel calibrates (~2-5 s a cell here, ~15 s to start), so these cells run with the slow tier."""
+    check(method, arch, gptqmodel_results(method)[ARCHITECTURES.index(arch)])
+
+
+# The tiny GGUFs (hidden 256, 2 KV heads of 64, 2 layers; Mixtral-style: 4 experts of 512): attention
+# 196 608 weights a layer, dense FFN 393 216, experts 1 572 864 and a router of 1 024.
+GGUF_ATTENTION, GGUF_MOE_EXPERTS, GGUF_ROUTER = 256 * 256 * 2 + 2 * 128 * 256, 4 * 3 * 512 * 256, 4 * 256
+GGUF_MOE = GGUF_ATTENTION + GGUF_MOE_EXPERTS + GGUF_ROUTER
+GGUF_CELLS = {"llama": 1.0, "mixtral": (GGUF_MOE - GGUF_ROUTER) / GGUF_MOE}
+
+
+@pytest.fixture(scope="module")
+def gguf_architectures(tmp_path_factory, tiny_tokenizer) -> dict[str, models.ResolvedModel]:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'quantbench[gguf]')")
+    root = tmp_path_factory.mktemp("gguf-architectures")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUANTBENCH_CACHE", str(root / "cache"))
+        yield write_gguf_architectures(root, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("arch", GGUF_CELLS)
+def test_gguf_quantizes_each_expert_and_keeps_routers_in_float(gguf_architectures, arch):
+    result = cell(f"gguf:quant_type={GGUF_QUANT_TYPE}", gguf_architectures[arch])
+    assert result["refusal"] == "" and result["finite"] is True
+    assert result["fraction"] == pytest.approx(GGUF_CELLS[arch], abs=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -210,6 +209,49 @@ def test_rtn_rounds_each_expert_with_its_own_groups(architectures):
     original = base.model.layers[1].mlp.experts.down_proj[3]
     codes, scales, zeros = quantize_rtn(original, 4, 64, False)
     assert torch.equal(q.module.model.layers[1].mlp.experts.down_proj[3], dequantize_codes(codes, scales, zeros, 4).T)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_triton_packs_each_expert_with_rtn_arithmetic(architectures, arch):
+    """The packed experts compute what rtn's fake-quantized ones do: the same KL divergence from the
+    unquantized model, up to float summation order."""
+    from quantbench.kernels.quant_experts import QuantExperts
+
+    def kld(logits: torch.Tensor, base: torch.Tensor) -> float:
+        logp, logq = base.log_softmax(-1), logits.float().log_softmax(-1)
+        return (logp.exp() * (logp - logq)).sum(-1).mean().item()
+
+    with torch.inference_mode():
+        base = models.load(architectures[arch])(input_ids=INPUT_IDS).logits.float()
+    results = {}
+    for name in ("rtn", "triton"):
+        backend = get_backend(name)
+        params = validate_params(backend.Params, {"bits": 4, "group_size": 32}, name)
+        results[name] = backend.quantize(architectures[arch], params, "cpu")
+    packed = [m for m in results["triton"].module.modules() if isinstance(m, QuantExperts)]
+    assert len(packed) == 2 and results["triton"].kernel == "torch reference (no CUDA) on rtn codes"
+    rtn, triton = (kld(results[name].logits(INPUT_IDS), base) for name in ("rtn", "triton"))
+    assert rtn > 1e-5  # the rounding is visible, so equal divergences say the same arithmetic ran
+    assert triton == pytest.approx(rtn, rel=1e-6)
+
+
+def test_triton_packs_each_expert_from_hqq_codes(architectures):
+    result = cell("triton:source=hqq,group_size=32", architectures["qwen2_moe"])
+    assert result["refusal"] == "" and result["finite"] is True
+    assert result["fraction"] == pytest.approx(ALL_BUT_ROUTERS["qwen2_moe"], abs=1e-12)
+
+
+def test_triton_refuses_experts_it_cannot_read_codes_for(architectures):
+    backend = get_backend("triton")
+    params = validate_params(backend.Params, {"source": "gptq"}, "triton")
+    assert backend.refusal(architectures["mixtral"], params, "cpu") == (
+        "triton source=gptq cannot pack MixtralForCausalLM's MixtralExperts model.layers.0.mlp.experts.gate_up_proj: "
+        "GPTQModel saves fused experts as per-expert layers the converter does not read (use source=rtn or hqq, "
+        "or skip them)"
+    )
+    skip = "lm_head+model.layers.0.mlp.experts+model.layers.1.mlp.experts"
+    params = validate_params(backend.Params, {"source": "gptq", "skip": skip}, "triton")
+    assert backend.refusal(architectures["mixtral"], params, "cpu") == ""
 
 
 def test_an_unknown_skip_name_is_refused(architectures):

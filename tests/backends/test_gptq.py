@@ -1,6 +1,7 @@
 """GPTQ and AWQ through GPTQModel (7.6, in the main environment)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import torch
 from support import INPUT_IDS, build_tiny_llama
 
 from quantbench import models
-from quantbench.backends.awq import AwqBackend
+from quantbench.backends.awq import AwqBackend, AwqParams
 from quantbench.backends.gptq import GptqBackend
 from quantbench.errors import QuantbenchError
 from quantbench.runner.trial import plan_trial, prepare_trial
@@ -127,7 +128,12 @@ def test_awq_bytes_and_kernel(tmp_path, tiny_tokenizer):
 
 
 def test_awq_rejects_narrow_layers(resolved):
-    with pytest.raises(QuantbenchError, match=r"divisible by 64: layer model\.layers\.0\.self_attn\.k_proj has 32"):
+    narrow = (
+        r"^awq cannot quantize LlamaForCausalLM: its Linear model\.layers\.0\.self_attn\.k_proj has 32 outputs, "
+        r"and GPTQModel's AWQ clip search needs a multiple of 64$"
+    )
+    assert re.match(narrow, AwqBackend().refusal(resolved, AwqParams(), "cpu"))
+    with pytest.raises(QuantbenchError, match=narrow):
         quantize(AwqBackend(), resolved)
 
 
@@ -154,11 +160,18 @@ def test_invalid_params_fail_in_one_line(backend, raw, needle):
 
 
 @pytest.mark.parametrize(("method", "params"), [("gptq", {}), ("awq", {}), ("quanto", {"activations": "int8"})])
-def test_missing_calibration_file_fails_before_any_trial(tiny_model_dir, tmp_path, method, params):
+def test_missing_calibration_file_fails_before_any_trial(tiny_model_dir, tiny_tokenizer, tmp_path, method, params):
     """The calibration corpus is read while the runner checks a trial's inputs, as eval corpora are
-    (quanto's int8 activations calibrate through the same parameter)."""
+    (quanto's int8 activations calibrate through the same parameter). AWQ refuses the tiny model's
+    32-wide k/v projections before that, so it gets a wider one."""
+    model_dir = tiny_model_dir
+    if method == "awq":
+        model_dir = tmp_path / "wide"
+        wide = build_tiny_llama(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256)
+        wide.save_pretrained(model_dir)
+        tiny_tokenizer.save_pretrained(model_dir)
     spec = MethodSpec(method, {**params, "calibration": str(tmp_path / "absent.txt")})
-    trial = plan_trial(ModelRef(str(tiny_model_dir)), spec, [EvalSpec("perplexity")])
+    trial = plan_trial(ModelRef(str(model_dir)), spec, [EvalSpec("perplexity")])
     with pytest.raises(QuantbenchError, match=r"^corpus '.*absent\.txt' not found") as err:
         prepare_trial(trial, tmp_path / "store")
     assert "\n" not in str(err.value)

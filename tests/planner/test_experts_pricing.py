@@ -21,7 +21,7 @@ def tiny_mixtral(tiny_mixtral_dir) -> models.ResolvedModel:
     return models.resolve(ModelRef(str(tiny_mixtral_dir)))
 
 
-@pytest.mark.parametrize(("method", "params"), [("rtn", {}), ("torchao", {"compute_dtype": "float32"})])
+@pytest.mark.parametrize(("method", "params"), [("rtn", {}), ("triton", {}), ("torchao", {"compute_dtype": "float32"})])
 def test_the_prediction_is_the_measured_weight_bytes(tiny_mixtral, method, params):
     backend = get_backend(method)
     model = backend.quantize(tiny_mixtral, validate_params(backend.Params, params, method), "cpu")
