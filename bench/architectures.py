@@ -26,6 +26,7 @@ from architecture_cells import (  # the tests' matrix
     GPTQMODEL_METHODS,
     METHODS,
     cell,
+    gguf_cell,
     gptqmodel_cells,
     write_architectures,
     write_gguf_architectures,
@@ -45,7 +46,7 @@ def main() -> None:
         for method in GPTQMODEL_METHODS:
             cells[method] = gptqmodel_cells(method, [resolved[arch].path for arch in ARCHITECTURES])
         ggufs = write_gguf_architectures(root, tokenizer)
-        gguf_files = {arch: cell(f"gguf:quant_type={GGUF_QUANT_TYPE}", model) for arch, model in ggufs.items()}
+        gguf_files = {arch: gguf_cell(path) for arch, path in ggufs.items()}
         cells = {method: [_portable(c, tmp) for c in row] for method, row in cells.items()}
     report = {
         "date": dt.date.today().isoformat(),

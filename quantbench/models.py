@@ -168,9 +168,19 @@ def _dequantize_gguf(gguf: Path, target: Path) -> None:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            module = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            module, info = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, output_loading_info=True
+            )
         except Exception as exc:  # the GGUF reader raises many types for a damaged file
             raise QuantbenchError(f"cannot read GGUF file {gguf}: {_first_line(exc)}") from None
+        # transformers initialises what its GGUF mapping misses (a Mixtral-style file's experts load as a
+        # dense Llama's MLP) at random: every metric against that reference would be of another model.
+        missing = sorted(info["missing_keys"])
+        if missing:
+            raise QuantbenchError(
+                f"transformers' GGUF loader cannot read {len(missing)} tensors of {gguf} (e.g. {missing[0]}): "
+                "this model's GGUF layout is not supported as a source"
+            )
         # The loaded model is marked as gguf-quantized, which blocks saving; its weights are
         # plain dense tensors by now, so drop the marker and save them as safetensors.
         module.hf_quantizer = None

@@ -22,6 +22,7 @@ from support import INPUT_IDS
 
 from quantbench import models
 from quantbench.backends.registry import get_backend
+from quantbench.errors import QuantbenchError
 from quantbench.spec import ModelRef, validate_params
 
 # 4 KV heads, so k/v projections are 64 wide: AWQ's clip search takes outputs in blocks of 64.
@@ -66,14 +67,21 @@ def write_architectures(root: Path, tokenizer) -> dict[str, models.ResolvedModel
     return resolved
 
 
-def write_gguf_architectures(root: Path, tokenizer) -> dict[str, models.ResolvedModel]:
-    """The tiny GGUFs of GGUF_EXPERTS, resolved (quantbench's cache must be private to the caller)."""
+def write_gguf_architectures(root: Path, tokenizer) -> dict[str, Path]:
+    """The tiny GGUFs of GGUF_EXPERTS, written under `root`."""
     from tiny_gguf import write_tiny_gguf
 
-    return {
-        arch: models.resolve(ModelRef(str(write_tiny_gguf(root / f"{arch}.gguf", tokenizer, experts=experts))))
-        for arch, experts in GGUF_EXPERTS.items()
-    }
+    return {arch: write_tiny_gguf(root / f"{arch}.gguf", tokenizer, experts=n) for arch, n in GGUF_EXPERTS.items()}
+
+
+def gguf_cell(path: Path) -> dict:
+    """gguf on the GGUF file `path`, or the one line that refuses the file as a source (quantbench's cache
+    must be private to the caller: resolving writes the file's dequantized copy there)."""
+    try:
+        model = models.resolve(ModelRef(str(path)))
+    except QuantbenchError as exc:
+        return {"refusal": str(exc), "fraction": None, "finite": None}
+    return cell(f"gguf:quant_type={GGUF_QUANT_TYPE}", model)
 
 
 def cell(method: str, model: models.ResolvedModel) -> dict:
