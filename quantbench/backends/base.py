@@ -19,7 +19,7 @@ import torch
 from packaging.version import InvalidVersion, Version
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, all_matrices
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, WeightMatrices, all_matrices
 from quantbench.engines.protocol import QuantizedModel
 
 # Re-exported: every backend builds a TorchModel and measures its module with these.
@@ -165,6 +165,20 @@ class Backend:
         parameters keep the method's defaults; `calibration` is the corpus its default names,
         when already read. QuantbenchError where the method cannot give codes in that format."""
         raise QuantbenchError(f"{self.name} cannot give its codes in the packed format")
+
+    def float_model(self, model: ResolvedModel, params: MethodParams, device: str) -> torch.nn.Module:
+        """The unquantized module as this method's quantized model computes around its weights (dtype,
+        device), into which a sensitivity map swaps `rounded` weights one unit at a time. Only methods
+        that fake-quantize, or whose layers compute with their dequantized weights, can give both."""
+        raise QuantbenchError(
+            f"{self.name} cannot be mapped unit by unit: it quantizes inside its library and gives no "
+            "dequantized weights to swap into a float model (methods that can: rtn, hqq, triton)"
+        )
+
+    def rounded(self, matrices: WeightMatrices, bits: int, params: MethodParams) -> torch.Tensor:
+        """`matrices` (a `float_model`'s) as this method at `bits` (other parameters from `params`)
+        computes with them: dequantized, (count, out, in), in their dtype. See `float_model`."""
+        raise QuantbenchError(f"{self.name} gives no dequantized weights")
 
     def layout(self, params: MethodParams, device: str) -> Layout:
         """How `params` store the weights on `device`: what the planner prices."""

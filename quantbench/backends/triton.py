@@ -45,6 +45,7 @@ from quantbench.backends.rtn import (
     check_group_size_value,
     project_layout,
 )
+from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, unit_bits
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PACKABLE_BITS, pack_multiple
@@ -69,7 +70,10 @@ class TritonParams(MethodParams):
         description="dtype of activations and unquantized layers; auto = float16 on CUDA, float32 on CPU",
     )
 
+    layer_bits: str = layer_bits_field()
+
     _group_size = field_validator("group_size")(check_group_size_value)
+    _layer_bits = layer_bits_validator(PACKABLE_BITS)
 
     @field_validator("bits")
     @classmethod
@@ -124,17 +128,20 @@ class TritonBackend(Backend):
         meta = meta_model(model)
         skeleton = _packed_matrices(meta, params.skip)
         check_group_size(skeleton.values(), params.group_size)
+        bits = unit_bits(skeleton, params.layer_bits, params.bits)
         for name, m in skeleton.items():
+            if bits[name] is None:
+                continue
             group = m.cols if params.group_size == -1 else params.group_size
             if group % KERNEL_GROUP_MULTIPLE:
                 raise QuantbenchError(
                     f"layer {name}: per-channel groups need in_features divisible by {KERNEL_GROUP_MULTIPLE}, "
                     f"got {m.cols}"
                 )
-            if m.cols % pack_multiple(params.bits):
+            if m.cols % pack_multiple(bits[name]):
                 raise QuantbenchError(
-                    f"layer {name}: {params.bits}-bit packing needs in_features divisible by "
-                    f"{pack_multiple(params.bits)}, got {m.cols}"
+                    f"layer {name}: {bits[name]}-bit packing needs in_features divisible by "
+                    f"{pack_multiple(bits[name])}, got {m.cols}"
                 )
         source = get_backend(params.source)
         availability = source.check(device)
@@ -143,16 +150,19 @@ class TritonBackend(Backend):
         module = models.load(model, dtype=dtype, device=device)
         linears = {name: m.linear() for name, m in _packed_matrices(module, params.skip).items()}
         count = weight_count(module)
+        codes = {}
         with torch.no_grad():
-            codes = source.codes(
-                model,
-                linears,
-                bits=params.bits,
-                group_size=params.group_size,
-                symmetric=params.symmetric,
-                device=device,
-                calibration=calibration,
-            )
+            # One call per bit width: a calibrated source (gptq, awq) quantizes each group in one pass.
+            for width in sorted({b for b in bits.values() if b is not None}):
+                codes |= source.codes(
+                    model,
+                    {name: linear for name, linear in linears.items() if bits[name] == width},
+                    bits=width,
+                    group_size=params.group_size,
+                    symmetric=params.symmetric,
+                    device=device,
+                    calibration=calibration,
+                )
             for name, layer in codes.items():
                 parent_name, _, child = name.rpartition(".")
                 quantized = QuantLinear(layer.weight, layer.bias, layer.in_perm, source=params.source)
