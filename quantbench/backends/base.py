@@ -166,19 +166,28 @@ class Backend:
         when already read. QuantbenchError where the method cannot give codes in that format."""
         raise QuantbenchError(f"{self.name} cannot give its codes in the packed format")
 
-    def float_model(self, model: ResolvedModel, params: MethodParams, device: str) -> torch.nn.Module:
-        """The unquantized module as this method's quantized model computes around its weights (dtype,
-        device), into which a sensitivity map swaps `rounded` weights one unit at a time. Only methods
-        that fake-quantize, or whose layers compute with their dequantized weights, can give both."""
-        raise QuantbenchError(
+    def unit_map_refusal(self, params: MethodParams) -> str:
+        """Why a sensitivity map (evals/sensitivity.py) cannot quantize this method's units one at a time
+        at `params`, or "" when it can: only methods whose quantized model computes with dequantized
+        weights give weights to swap into a float model (`float_model`, `rounded`)."""
+        if type(self).rounded is not Backend.rounded:
+            return ""
+        return (
             f"{self.name} cannot be mapped unit by unit: it quantizes inside its library and gives no "
-            "dequantized weights to swap into a float model (methods that can: rtn, hqq, triton)"
+            "dequantized weights to swap into a float model (methods that can: rtn, hqq, triton with source=rtn)"
         )
+
+    def float_model(
+        self, model: ResolvedModel, params: MethodParams, device: str
+    ) -> tuple[torch.nn.Module, dict[str, WeightMatrices]]:
+        """The unquantized module as this method's quantized model computes around its weights (dtype,
+        device), and the matrices in it that the method quantizes, by name. See `unit_map_refusal`."""
+        raise QuantbenchError(self.unit_map_refusal(params))
 
     def rounded(self, matrices: WeightMatrices, bits: int, params: MethodParams) -> torch.Tensor:
         """`matrices` (a `float_model`'s) as this method at `bits` (other parameters from `params`)
-        computes with them: dequantized, (count, out, in), in their dtype. See `float_model`."""
-        raise QuantbenchError(f"{self.name} gives no dequantized weights")
+        computes with them: dequantized, (count, out, in), in their dtype. See `unit_map_refusal`."""
+        raise QuantbenchError(self.unit_map_refusal(params))
 
     def layout(self, params: MethodParams, device: str) -> Layout:
         """How `params` store the weights on `device`: what the planner prices."""

@@ -91,9 +91,8 @@ class HqqBackend(Backend):
 
         skeleton = meta_model(model)
         unit_bits(_layers(skeleton), params.layer_bits, params.bits)  # unknown units fail before any read
-        module = self.float_model(model, params, device)
+        module, layers = self.float_model(model, params, device)
         count = weight_count(module)
-        layers = _layers(module)
         bits = unit_bits(layers, params.layer_bits, params.bits)
         dtype = models.DTYPES[params.compute_dtype]
         for name, m in layers.items():
@@ -113,7 +112,7 @@ class HqqBackend(Backend):
             coverage=measured_coverage(skeleton, module),
         )
 
-    def float_model(self, model: ResolvedModel, params: HqqParams, device: str) -> nn.Module:
+    def float_model(self, model: ResolvedModel, params: HqqParams, device: str) -> tuple[nn.Module, dict]:
         check_group_size(_layers(meta_model(model)).values(), params.group_size)
         module = models.load(model, dtype=params.compute_dtype, device=device)
         module.requires_grad_(False)
@@ -123,7 +122,7 @@ class HqqBackend(Backend):
         for leaf in module.modules():
             if not isinstance(leaf, nn.Linear) and next(leaf.children(), None) is None:
                 leaf.to(device=device, dtype=dtype)
-        return module
+        return module, _layers(module)
 
     def rounded(self, matrices: WeightMatrices, bits: int, params: HqqParams) -> torch.Tensor:
         """What HQQLinear's forward multiplies by: its dequantized weight (hqq's pytorch backend)."""

@@ -114,8 +114,7 @@ class RtnBackend(Backend):
         skeleton = meta_model(model)
         check_group_size(weight_matrices(skeleton, params.skip).values(), params.group_size)
         unit_bits(weight_matrices(skeleton, params.skip), params.layer_bits, params.bits)  # unknown units, unread
-        module = models.load(model, dtype=params.compute_dtype, device=device)
-        matrices = weight_matrices(module, params.skip)
+        module, matrices = self.float_model(model, params, device)
         bits = unit_bits(matrices, params.layer_bits, params.bits)
         matrices = {name: m for name, m in matrices.items() if bits[name] is not None}
         count = weight_count(module)
@@ -139,9 +138,11 @@ class RtnBackend(Backend):
             coverage=rounded_coverage(skeleton, matrices),
         )
 
-    def float_model(self, model: ResolvedModel, params: RtnParams, device: str) -> nn.Module:
-        check_group_size(weight_matrices(meta_model(model), params.skip).values(), params.group_size)
-        return models.load(model, dtype=params.compute_dtype, device=device).requires_grad_(False)
+    def float_model(self, model: ResolvedModel, params: RtnParams, device: str) -> tuple[nn.Module, dict]:
+        module = models.load(model, dtype=params.compute_dtype, device=device)
+        matrices = weight_matrices(module, params.skip)
+        check_group_size(matrices.values(), params.group_size)
+        return module, matrices
 
     def rounded(self, matrices: WeightMatrices, bits: int, params: RtnParams) -> torch.Tensor:
         """The (count, out, in) matrices as the packed format at `bits` would give them back, in their dtype."""

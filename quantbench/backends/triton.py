@@ -36,7 +36,15 @@ from quantbench.backends.base import (
     stored_as,
     weight_count,
 )
-from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, check_group_size, measured_coverage, weight_matrices
+from quantbench.backends.layers import (
+    CONV1D,
+    EXPERTS,
+    LINEAR,
+    WeightMatrices,
+    check_group_size,
+    measured_coverage,
+    weight_matrices,
+)
 from quantbench.backends.layout import Layout
 from quantbench.backends.registry import get_backend
 from quantbench.backends.rtn import (
@@ -174,6 +182,29 @@ class TritonBackend(Backend):
             kernel_of(module),
             weights=count,
             coverage=measured_coverage(meta, module),
+        )
+
+    def unit_map_refusal(self, params: TritonParams) -> str:
+        if params.source == "rtn":
+            return ""
+        return (
+            f"triton with source={params.source} cannot be mapped unit by unit: its codes come from "
+            f"{params.source}'s whole-model pass; map {params.source} itself, or triton with source=rtn"
+        )
+
+    def float_model(self, model: ResolvedModel, params: TritonParams, device: str) -> tuple[nn.Module, dict]:
+        if params.source != "rtn":
+            raise QuantbenchError(self.unit_map_refusal(params))
+        module = models.load(model, dtype=compute_dtype(params, device), device=device)
+        matrices = _packed_matrices(module, params.skip)
+        check_group_size(matrices.values(), params.group_size)
+        return module, matrices
+
+    def rounded(self, matrices: WeightMatrices, bits: int, params: TritonParams) -> torch.Tensor:
+        """What the packed codes of source=rtn dequantize to (the reference path computes with exactly these)."""
+        rtn = get_backend("rtn")
+        return rtn.rounded(
+            matrices, bits, rtn.Params(bits=bits, group_size=params.group_size, symmetric=params.symmetric)
         )
 
 
