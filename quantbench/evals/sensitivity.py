@@ -114,15 +114,21 @@ def map_units(
         module, models.load_tokenizer(source), device, "sensitivity map: float model", weight_count(module)
     )
     bits = method_params.bits
-    with progress.stage("sensitivity"):
-        floor = divergence.evaluate(model, corpus, params, source)
-        damages = []
-        for i, (unit, names) in enumerate(grouped.items()):
-            with _swapped(matrices, names, lambda m: backend.rounded(m, bits, method_params)):
-                result = divergence.evaluate(model, corpus, params, source)
-            damages.append(UnitDamage(unit, float(result.kld.mean()), 100.0 * result.top1_agree / len(result.kld)))
-            progress.report(i + 1, len(grouped))
+    todo = len(grouped) + 1
+    floor = _quiet(divergence.evaluate, model, corpus, params, source)
+    progress.report(1, todo)  # in units: a unit's own windows would flood the console
+    damages = []
+    for i, (unit, names) in enumerate(grouped.items()):
+        with _swapped(matrices, names, lambda m: backend.rounded(m, bits, method_params)):
+            result = _quiet(divergence.evaluate, model, corpus, params, source)
+        damages.append(UnitDamage(unit, float(result.kld.mean()), 100.0 * result.top1_agree / len(result.kld)))
+        progress.report(i + 2, todo)
     return float(floor.kld.mean()), damages
+
+
+def _quiet(evaluate: Callable[..., divergence.DivergenceResult], *args: object) -> divergence.DivergenceResult:
+    with progress.reporting(None):
+        return evaluate(*args)
 
 
 @contextmanager
