@@ -4,14 +4,9 @@ unit from stored maps under a byte budget, in quantbench's, GPTQModel's and llam
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
-from quantbench.errors import QuantbenchError
 from quantbench.runner.environment import quiet_library_logs
 from quantbench.spec import DEFAULT_MODEL, EvalSpec, MethodSpec, ModelRef
 
@@ -82,45 +77,16 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 
 def run_recipe(args: argparse.Namespace) -> int:
-    from quantbench import models
-    from quantbench.backends.registry import get_backend
-    from quantbench.engines.torch_model import weight_bytes
-    from quantbench.evals.sensitivity import group_units
-    from quantbench.results.recipe import UnitOption, allocate, render
-    from quantbench.results.sensitivity import one_map, unit_maps
+    from quantbench.results.recipe import from_maps, render
     from quantbench.results.store import read_results
 
     quiet_library_logs()
-    frame = read_results(args.store).frame
-    maps = unit_maps(frame)
-    chosen = pd.concat([one_map(maps, key) for key in args.from_sensitivity])
-    for column in ("model_ref", "method", "units"):
-        if chosen[column].nunique() != 1:
-            raise QuantbenchError(
-                f"the maps differ in {column}: {', '.join(sorted(map(str, chosen[column].unique())))}"
-            )
-    first = chosen.iloc[0]
-    backend = get_backend(first["method"])
-    stored = json.loads(frame.loc[frame["trial_key"] == first["trial_key"], "params_json"].iloc[0])
-    params = backend.Params.model_validate(stored)
-    module, matrices = backend.float_model(models.resolve(ModelRef(first["model_ref"])), params, "cpu")
-    grouped = group_units(list(matrices), first["units"])
-    options = []
-    for row in chosen.itertuples():
-        layout = backend.layout(params.model_copy(update={"bits": int(row.bits)}), "cpu")
-        size = sum(
-            matrices[n].count * layout.linear_bytes(matrices[n].rows, matrices[n].cols) for n in grouped[row.unit]
-        )
-        options.append(UnitOption(row.unit, int(row.bits), size, max(row.kld - row.floor, 0.0)))
-    numel = sum(m.numel for m in matrices.values())
-    rest = weight_bytes(module) - sum(m.numel * m.matrices().element_size() for m in matrices.values())
-    budget = math.floor(args.avg_bits * numel / 8) if args.avg_bits is not None else args.weight_bytes - rest
-    recipe = allocate(options, budget)
-    canonical = params.model_dump(mode="json", exclude_defaults=True)
-    print(render(backend.name, canonical, recipe))
+    planned = from_maps(read_results(args.store).frame, args.from_sensitivity, args.avg_bits, args.weight_bytes)
+    recipe = planned.recipe
+    print(render(planned.method, planned.params, recipe))
     print(
-        f"units: {recipe.unit_bytes} bytes of a {budget}-byte budget "
-        f"({8 * recipe.unit_bytes / numel:.4f} bits per weight); "
-        f"model weight bytes {rest + recipe.unit_bytes}; predicted KLD above the float floor {recipe.damage:.6f} nats"
+        f"units: {recipe.unit_bytes} bytes of a {recipe.budget}-byte budget "
+        f"({8 * recipe.unit_bytes / planned.unit_weights:.4f} bits per weight); "
+        f"model weight bytes {planned.weight_bytes}; predicted KLD above the float floor {recipe.damage:.6f} nats"
     )
     return 0

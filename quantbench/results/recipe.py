@@ -19,13 +19,17 @@ The GGUF types are the k-quants nearest in bits, not the measured method: a star
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
 
+import pandas as pd
+
 from quantbench.backends.unit_bits import format_layer_bits
 from quantbench.errors import QuantbenchError
-from quantbench.evals.sensitivity import block_of
+from quantbench.evals.sensitivity import block_of, group_units
+from quantbench.results.sensitivity import one_map, unit_maps
 
 # HF projection name -> GGUF tensor name (llama.cpp's convert_hf_to_gguf tensor map, llama family).
 GGUF_TENSORS = {
@@ -95,6 +99,58 @@ def allocate(options: list[UnitOption], budget: int) -> Recipe:
         chosen[best.unit] = best.bits
     damage = sum(by_unit[u][b].damage for u, b in chosen.items())
     return Recipe(chosen, spent, budget, damage)
+
+
+@dataclass(frozen=True)
+class PlannedRecipe:
+    """A recipe for one model and method, with what a trial of it will store."""
+
+    method: str
+    params: dict  # the maps' method parameters, as a trial key dumps them
+    recipe: Recipe
+    unit_weights: int  # weights in the mapped units
+    weight_bytes: int  # the whole model's, as the recipe's trial counts them
+
+    def method_string(self) -> str:
+        return method_string(self.method, self.params, self.recipe)
+
+
+def from_maps(
+    frame: pd.DataFrame, keys: list[str], avg_bits: float | None = None, weight_bytes: int | None = None
+) -> PlannedRecipe:
+    """The recipe from the stored maps whose trial keys start with `keys` (one model, method and kind
+    of unit; one map per bit width) under a budget of `avg_bits` stored bits per mapped weight (codes
+    and scales) or of `weight_bytes` for the whole model. Each unit's bytes at each width come from
+    the method's layout, the formula its trials' weight_bytes count, over the matrices of the model."""
+    from quantbench import models
+    from quantbench.backends.registry import get_backend
+    from quantbench.engines.torch_model import weight_bytes as module_bytes
+    from quantbench.spec import ModelRef
+
+    maps = unit_maps(frame)
+    chosen = pd.concat([one_map(maps, key) for key in keys])
+    for column in ("model_ref", "method", "units"):
+        if chosen[column].nunique() != 1:
+            raise QuantbenchError(
+                f"the maps differ in {column}: {', '.join(sorted(map(str, chosen[column].unique())))}"
+            )
+    first = chosen.iloc[0]
+    backend = get_backend(first["method"])
+    stored = json.loads(frame.loc[frame["trial_key"] == first["trial_key"], "params_json"].iloc[0])
+    params = backend.Params.model_validate(stored)
+    module, matrices = backend.float_model(models.resolve(ModelRef(first["model_ref"])), params, "cpu")
+    grouped = group_units(list(matrices), first["units"])
+    options = []
+    for row in chosen.itertuples():
+        layout = backend.layout(params.model_copy(update={"bits": int(row.bits)}), "cpu")
+        size = sum(m.count * layout.linear_bytes(m.rows, m.cols) for m in (matrices[n] for n in grouped[row.unit]))
+        options.append(UnitOption(row.unit, int(row.bits), size, max(row.kld - row.floor, 0.0)))
+    numel = sum(m.numel for m in matrices.values())
+    rest = module_bytes(module) - sum(m.numel * m.matrices().element_size() for m in matrices.values())
+    budget = math.floor(avg_bits * numel / 8) if avg_bits is not None else weight_bytes - rest
+    recipe = allocate(options, budget)
+    canonical = params.model_dump(mode="json", exclude_defaults=True)
+    return PlannedRecipe(backend.name, canonical, recipe, numel, rest + recipe.unit_bytes)
 
 
 def method_string(method: str, params: dict, recipe: Recipe) -> str:

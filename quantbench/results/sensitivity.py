@@ -62,6 +62,6 @@ def heat_grid(unit_map: pd.DataFrame) -> pd.DataFrame:
     """A projections map as a grid: one row per block, one column per projection type (the unit's
     name after its block, e.g. `self_attn.q_proj`), KLD in the cells."""
     blocks = [block_of(u) for u in unit_map["unit"]]
-    kinds = [u[len(b) + 1 :] or u for u, b in zip(unit_map["unit"], blocks, strict=True)]
+    kinds = [u[len(b) + 1 :] or "block" for u, b in zip(unit_map["unit"], blocks, strict=True)]
     grid = pd.DataFrame({"block": blocks, "projection": kinds, "kld": unit_map["kld"].to_numpy()})
     return grid.pivot_table(index="block", columns="projection", values="kld", sort=False)

@@ -4,8 +4,10 @@ import re
 
 from quantbench import models
 from quantbench.app.cli import main
+from quantbench.app.ui.sensitivity_tab import map_choices
 from quantbench.backends.registry import get_backend
 from quantbench.results.sensitivity import unit_maps
+from quantbench.results.sensitivity_charts import bar_chart, heat_map
 from quantbench.results.store import read_results
 from quantbench.runner.trial import execute, plan_trial, prepare_trial
 from quantbench.spec import EvalSpec, MethodSpec, ModelRef, validate_params
@@ -21,6 +23,13 @@ def test_maps_at_two_widths_give_a_recipe_that_runs_at_its_predicted_bytes(tiny_
     assert re.search(r"worst blocks .*\n  model\.layers\.[01] +kld \d\.\d+  top-1", capsys.readouterr().out)
     maps = unit_maps(read_results(tmp_path).frame)
     assert sorted(maps["bits"]) == [2, 2, 4, 4] and set(maps["unit"]) == {"model.layers.0", "model.layers.1"}
+
+    choices = map_choices(tmp_path)
+    assert [key for _, key in choices] == sorted(set(maps["trial_key"]), key=list(maps["trial_key"]).index)
+    unit_map = maps[maps["trial_key"] == choices[0][1]]
+    assert heat_map(unit_map).data[0].z.shape == (2, 1) and list(bar_chart(unit_map).data[0].x) == list(
+        unit_map["unit"]
+    )
 
     recipe = ["recipe", "--store", str(tmp_path)]
     for key in sorted(set(maps["trial_key"])):
