@@ -25,20 +25,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
 
 from quantbench import models
-from quantbench.backends.base import Backend, MethodParams, TorchModel, weight_count
-from quantbench.backends.layers import WeightMatrices
 from quantbench.corpora import Corpus
 from quantbench.engines.protocol import QuantizedModel
+from quantbench.engines.torch_model import TorchModel, weight_count
 from quantbench.errors import QuantbenchError
 from quantbench.evals import divergence, progress
 from quantbench.evals.divergence import DivergenceParams
 from quantbench.models import ResolvedModel
+
+if TYPE_CHECKING:
+    from quantbench.backends.base import Backend, MethodParams
+    from quantbench.backends.layers import WeightMatrices
 
 UNIT_KLD, UNIT_TOP1, FLOAT_KLD, ALL_KLD = "unit_kld_mean", "unit_top1_agreement", "float_kld_mean", "all_kld_mean"
 _BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")  # the first indexed module on a name's path: the decoder block
