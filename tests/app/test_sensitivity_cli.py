@@ -23,6 +23,12 @@ def test_maps_at_two_widths_give_a_recipe_that_runs_at_its_predicted_bytes(tiny_
     assert re.search(r"worst blocks .*\n  model\.layers\.[01] +kld \d\.\d+  top-1", capsys.readouterr().out)
     maps = unit_maps(read_results(tmp_path).frame)
     assert sorted(maps["bits"]) == [2, 2, 4, 4] and set(maps["unit"]) == {"model.layers.0", "model.layers.1"}
+    # Beside the units: the trial's fully quantized model, which at 2 bits damages more than any unit alone
+    # (at 4 bits the tiny random model's KLD is within the tail estimate's noise of zero).
+    stored = read_results(tmp_path).frame
+    whole = stored.loc[stored["metric"] == "all_kld_mean"].set_index("trial_key")["value"]
+    two = maps[maps["bits"] == 2]
+    assert (whole[two["trial_key"]].to_numpy() > two["kld"].to_numpy()).all()
 
     choices = map_choices(tmp_path)
     assert [key for _, key in choices] == sorted(set(maps["trial_key"]), key=list(maps["trial_key"]).index)
