@@ -27,7 +27,7 @@ from quantbench.app.cli import main as quantbench
 from quantbench.backends.registry import method_label
 from quantbench.results.query import wide
 from quantbench.results.recipe import from_maps
-from quantbench.results.sensitivity import top_offenders, unit_maps
+from quantbench.results.sensitivity_maps import top_offenders, unit_maps
 from quantbench.results.store import read_results
 from quantbench.runner import environment
 from quantbench.spec import MethodSpec

@@ -50,7 +50,7 @@ def add_parsers(
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     from quantbench.app.cli import _run_specs
-    from quantbench.results.sensitivity import top_offenders, unit_maps
+    from quantbench.results.sensitivity_maps import top_offenders, unit_maps
     from quantbench.results.store import read_results
     from quantbench.runner.trial import plan_trial
 

@@ -29,7 +29,7 @@ import pandas as pd
 from quantbench.backends.unit_bits import format_layer_bits
 from quantbench.errors import QuantbenchError
 from quantbench.evals.sensitivity import block_of, group_units
-from quantbench.results.sensitivity import one_map, unit_maps
+from quantbench.results.sensitivity_maps import one_map, unit_maps
 
 # HF projection name -> GGUF tensor name (llama.cpp's convert_hf_to_gguf tensor map, llama family).
 GGUF_TENSORS = {

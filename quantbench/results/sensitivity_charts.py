@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from quantbench.results.sensitivity import heat_grid
+from quantbench.results.sensitivity_maps import heat_grid
 
 
 def heat_map(unit_map: pd.DataFrame) -> go.Figure:

@@ -6,8 +6,8 @@ from quantbench import models
 from quantbench.app.cli import main
 from quantbench.app.ui.sensitivity_tab import map_choices
 from quantbench.backends.registry import get_backend
-from quantbench.results.sensitivity import unit_maps
 from quantbench.results.sensitivity_charts import bar_chart, heat_map
+from quantbench.results.sensitivity_maps import unit_maps
 from quantbench.results.store import read_results
 from quantbench.runner.trial import execute, plan_trial, prepare_trial
 from quantbench.spec import EvalSpec, MethodSpec, ModelRef, validate_params

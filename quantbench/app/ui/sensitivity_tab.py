@@ -8,8 +8,8 @@ import gradio as gr
 
 from quantbench.app.ui.common import error_box, guarded, read_trials
 from quantbench.errors import QuantbenchError
-from quantbench.results.sensitivity import one_map, unit_maps
 from quantbench.results.sensitivity_charts import bar_chart, heat_map
+from quantbench.results.sensitivity_maps import one_map, unit_maps
 
 
 def map_choices(store: Path) -> list[tuple[str, str]]:

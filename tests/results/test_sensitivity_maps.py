@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from quantbench.results.sensitivity import heat_grid, top_offenders
+from quantbench.results.sensitivity_maps import heat_grid, top_offenders
 
 UNITS = [f"model.layers.{b}.{p}" for b in (0, 1) for p in ("self_attn.q_proj", "mlp.down_proj")]
 MAP = pd.DataFrame({"unit": UNITS, "kld": [0.1, 0.4, 0.2, 0.3]})
