@@ -96,7 +96,8 @@ def main() -> None:
         "recipes": [],
     }
     # map_seconds: the map's own loop (stored with it), so a map already in the store keeps its time.
-    print("| map | units | map time | float floor | whole model KLD | sum of unit KLDs | worst blocks (KLD) |")
+    print("| map | units | map time (loop only) | float floor | whole model KLD | sum of unit KLDs ", end="")
+    print("| worst blocks (KLD) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for m in walls:
         unit_map = maps[maps["trial_key"] == key_of[m]]
