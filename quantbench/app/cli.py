@@ -12,7 +12,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantbench.app import env_cli, plan_cli, recommend_cli, results_cli
+from quantbench.app import env_cli, plan_cli, recommend_cli, results_cli, sensitivity_cli
 from quantbench.app.inputs import (
     DEFAULT_EVALS,
     default_help,
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cli.add_parser(sub)
     recommend_cli.add_parser(sub)
     env_cli.add_parser(sub)
+    sensitivity_cli.add_parsers(sub, _execution_args)
 
     ui = sub.add_parser("ui", help="the browser dashboard (Gradio), on 127.0.0.1 unless --public")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this machine)")
@@ -335,6 +336,7 @@ COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods
 COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export, "plan": plan_cli.run}
 COMMANDS |= {"recommend": recommend_cli.run}
 COMMANDS |= {"env": env_cli.run}
+COMMANDS |= {"sensitivity": sensitivity_cli.run_sensitivity, "recipe": sensitivity_cli.run_recipe}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import torch
 from packaging.version import InvalidVersion, Version
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, all_matrices
+from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, WeightMatrices, all_matrices
 from quantbench.engines.protocol import QuantizedModel
 
 # Re-exported: every backend builds a TorchModel and measures its module with these.
@@ -170,6 +170,29 @@ class Backend:
         parameters keep the method's defaults; `calibration` is the corpus its default names,
         when already read. QuantbenchError where the method cannot give codes in that format."""
         raise QuantbenchError(f"{self.name} cannot give its codes in the packed format")
+
+    def unit_map_refusal(self, params: MethodParams) -> str:
+        """Why a sensitivity map (evals/sensitivity.py) cannot quantize this method's units one at a time
+        at `params`, or "" when it can: only methods whose quantized model computes with dequantized
+        weights give weights to swap into a float model (`float_model`, `rounded`)."""
+        if type(self).rounded is not Backend.rounded:
+            return ""
+        return (
+            f"{self.name} cannot be mapped unit by unit: it quantizes inside its library and gives no "
+            "dequantized weights to swap into a float model (methods that can: rtn, hqq, triton with source=rtn)"
+        )
+
+    def float_model(
+        self, model: ResolvedModel, params: MethodParams, device: str
+    ) -> tuple[torch.nn.Module, dict[str, WeightMatrices]]:
+        """The unquantized module as this method's quantized model computes around its weights (dtype,
+        device), and the matrices in it that the method quantizes, by name. See `unit_map_refusal`."""
+        raise QuantbenchError(self.unit_map_refusal(params))
+
+    def rounded(self, matrices: WeightMatrices, bits: int, params: MethodParams) -> torch.Tensor:
+        """`matrices` (a `float_model`'s) as this method at `bits` (other parameters from `params`)
+        computes with them: dequantized, (count, out, in), in their dtype. See `unit_map_refusal`."""
+        raise QuantbenchError(self.unit_map_refusal(params))
 
     def layout(self, params: MethodParams, device: str) -> Layout:
         """How `params` store the weights on `device`: what the planner prices."""

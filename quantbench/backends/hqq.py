@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
@@ -23,16 +24,27 @@ from quantbench.backends.base import (
     stored_as,
     weight_count,
 )
-from quantbench.backends.layers import CONV1D, EXPERTS, LINEAR, check_group_size, measured_coverage, weight_matrices
+from quantbench.backends.layers import (
+    CONV1D,
+    EXPERTS,
+    LINEAR,
+    WeightMatrices,
+    check_group_size,
+    measured_coverage,
+    weight_matrices,
+)
 from quantbench.backends.layout import DTYPE_BYTES, Layout, groups_per_row
+from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, unit_bits
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.hqq import convert_hqq
 from quantbench.models import ResolvedModel
 
+HQQ_BITS = (1, 2, 3, 4, 5, 6, 8)
+
 
 class HqqParams(MethodParams):
-    bits: int_choice(1, 2, 3, 4, 5, 6, 8) = stored_as(
+    bits: int_choice(*HQQ_BITS) = stored_as(
         "bits", "nbits", 4, description="bits per weight code (hqq 0.2 stores 5 and 6 bits in whole bytes)"
     )
     group_size: PositiveInt = Field(64, description="weights sharing one scale and zero; a multiple of 8")
@@ -40,6 +52,9 @@ class HqqParams(MethodParams):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="dtype of the matmuls and of the layers left unquantized"
     )
+    layer_bits: str = layer_bits_field()
+
+    _layer_bits = layer_bits_validator(HQQ_BITS)
 
     @field_validator("group_size")
     @classmethod
@@ -72,23 +87,19 @@ class HqqBackend(Backend):
     def quantize(
         self, model: ResolvedModel, params: HqqParams, device: str, calibration: Corpus | None = None
     ) -> QuantizedModel:
-        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+        from hqq.core.quantize import HQQLinear
 
         skeleton = meta_model(model)
-        check_group_size(_layers(skeleton).values(), params.group_size)
-        module = models.load(model, dtype=params.compute_dtype, device=device)
-        module.requires_grad_(False)
+        unit_bits(_layers(skeleton), params.layer_bits, params.bits)  # unknown units fail before any read
+        module, layers = self.float_model(model, params, device)
         count = weight_count(module)
-        config = BaseQuantizeConfig(nbits=params.bits, group_size=params.group_size, axis=params.axis)
+        bits = unit_bits(layers, params.layer_bits, params.bits)
         dtype = models.DTYPES[params.compute_dtype]
-        # As hqq's quantize_model: every other leaf module goes to the compute dtype too, the rotary
-        # embedding's fp32 inv_freq included, which the logits depend on.
-        for leaf in module.modules():
-            if not isinstance(leaf, nn.Linear) and next(leaf.children(), None) is None:
-                leaf.to(device=device, dtype=dtype)
-        for name, m in _layers(module).items():
+        for name, m in layers.items():
+            if bits[name] is None:
+                continue
             parent, _, child = name.rpartition(".")
-            quantized = HQQLinear(m.linear(), config, compute_dtype=dtype, device=device)
+            quantized = HQQLinear(m.linear(), _config(bits[name], params), compute_dtype=dtype, device=device)
             setattr(module.get_submodule(parent), child, quantized)
         layer = next(m for m in module.modules() if isinstance(m, HQQLinear))
         path = f"{layer.meta['packing']} unpack + dequantize + {params.compute_dtype} matmul"
@@ -100,6 +111,28 @@ class HqqBackend(Backend):
             weights=count,
             coverage=measured_coverage(skeleton, module),
         )
+
+    def float_model(self, model: ResolvedModel, params: HqqParams, device: str) -> tuple[nn.Module, dict]:
+        check_group_size(_layers(meta_model(model)).values(), params.group_size)
+        module = models.load(model, dtype=params.compute_dtype, device=device)
+        module.requires_grad_(False)
+        dtype = models.DTYPES[params.compute_dtype]
+        # As hqq's quantize_model: every other leaf module goes to the compute dtype too, the rotary
+        # embedding's fp32 inv_freq included, which the logits depend on.
+        for leaf in module.modules():
+            if not isinstance(leaf, nn.Linear) and next(leaf.children(), None) is None:
+                leaf.to(device=device, dtype=dtype)
+        return module, _layers(module)
+
+    def rounded(self, matrices: WeightMatrices, bits: int, params: HqqParams) -> torch.Tensor:
+        """What HQQLinear's forward multiplies by: its dequantized weight (hqq's pytorch backend)."""
+        from hqq.core.quantize import HQQLinear
+
+        linear = matrices.linear()
+        dtype = models.DTYPES[params.compute_dtype]
+        device = str(linear.weight.device)
+        quantized = HQQLinear(linear, _config(bits, params), compute_dtype=dtype, device=device, del_orig=False)
+        return quantized.dequantize().reshape(matrices.rows, matrices.cols)[None]
 
     def codes(
         self,
@@ -126,6 +159,12 @@ class HqqBackend(Backend):
             bias = quantized.bias.detach().clone() if quantized.bias is not None else None
             codes[name] = LayerCodes(convert_hqq(quantized), bias)
         return codes
+
+
+def _config(bits: int, params: HqqParams) -> dict:
+    from hqq.core.quantize import BaseQuantizeConfig
+
+    return BaseQuantizeConfig(nbits=bits, group_size=params.group_size, axis=params.axis)
 
 
 def _layers(module: nn.Module) -> dict:

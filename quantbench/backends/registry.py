@@ -21,7 +21,7 @@ from quantbench.spec import MethodSpec, validate_params
 
 # The modules of this package that hold the contract, not a method. A helper module shared by
 # several methods goes here too.
-CONTRACT_MODULES = frozenset({"base", "layers", "layout", "registry"})
+CONTRACT_MODULES = frozenset({"base", "layers", "layout", "registry", "unit_bits"})
 
 
 def builtin_backends() -> dict[str, str]:

@@ -32,11 +32,13 @@ from quantbench.backends.layers import (
     CONV1D,
     EXPERTS,
     LINEAR,
+    WeightMatrices,
     check_group_size,
     rounded_coverage,
     weight_matrices,
 )
 from quantbench.backends.layout import Layout, grouping
+from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, unit_bits
 from quantbench.corpora import Corpus
 from quantbench.kernels.format import dequantize_codes, pack_linear_weight, packed_bytes, quantize_rtn
 from quantbench.models import ResolvedModel
@@ -72,8 +74,21 @@ class RtnParams(MethodParams):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = stored_as(
         "compute_dtype", "dtype", "float32", description="dtype the model is loaded in and computes in"
     )
+    layer_bits: str = layer_bits_field()
 
     _group_size = field_validator("group_size")(check_group_size_value)
+    _layer_bits = layer_bits_validator(range(2, 9))
+
+
+def _round(weight: torch.Tensor, bits: int, params: RtnParams) -> torch.Tensor:
+    """One (out, in) matrix as the packed format would give it back, in its own dtype."""
+    codes, scales, zeros = quantize_rtn(weight.contiguous(), bits, params.group_size, params.symmetric)
+    return dequantize_codes(codes, scales, zeros, bits, weight.dtype).T
+
+
+def _bits_label(params: RtnParams) -> str:
+    """The bits the kernel string names: `4`, or `3 (per unit: model.layers.0:8)` with overrides."""
+    return f"{params.bits} (per unit: {params.layer_bits})" if params.layer_bits else str(params.bits)
 
 
 def project_layout(method: str, bits: int, group_size: int, symmetric: bool, dtype: str) -> Layout:
@@ -98,19 +113,21 @@ class RtnBackend(Backend):
         # Shapes from the meta model first: a group size that does not fit fails before any weight is read.
         skeleton = meta_model(model)
         check_group_size(weight_matrices(skeleton, params.skip).values(), params.group_size)
-        module = models.load(model, dtype=params.compute_dtype, device=device)
-        matrices = weight_matrices(module, params.skip)
+        unit_bits(weight_matrices(skeleton, params.skip), params.layer_bits, params.bits)  # unknown units, unread
+        module, matrices = self.float_model(model, params, device)
+        bits = unit_bits(matrices, params.layer_bits, params.bits)
+        matrices = {name: m for name, m in matrices.items() if bits[name] is not None}
         count = weight_count(module)
         packed = 0
         fake_bytes = 0
         with torch.no_grad():
-            for m in matrices.values():
-                fake = torch.stack([self._round(w, params) for w in m.matrices()])
+            for name, m in matrices.items():
+                fake = self.rounded(m, bits[name], params)
                 m.replace(fake)
-                packed += m.count * packed_bytes(m.rows, m.cols, params.bits, params.group_size, params.symmetric)
+                packed += m.count * packed_bytes(m.rows, m.cols, bits[name], params.group_size, params.symmetric)
                 fake_bytes += fake.numel() * fake.element_size()
         size = weight_bytes(module) - fake_bytes + packed
-        fmt = f"w{params.bits} g{params.group_size} {'sym' if params.symmetric else 'asym'}"
+        fmt = f"w{_bits_label(params)} g{params.group_size} {'sym' if params.symmetric else 'asym'}"
         return TorchModel.measured(
             module,
             models.load_tokenizer(model),
@@ -121,11 +138,15 @@ class RtnBackend(Backend):
             coverage=rounded_coverage(skeleton, matrices),
         )
 
-    @staticmethod
-    def _round(weight: torch.Tensor, params: RtnParams) -> torch.Tensor:
-        """One (out, in) matrix as the packed format would give it back, in its own dtype."""
-        codes, scales, zeros = quantize_rtn(weight.contiguous(), params.bits, params.group_size, params.symmetric)
-        return dequantize_codes(codes, scales, zeros, params.bits, weight.dtype).T
+    def float_model(self, model: ResolvedModel, params: RtnParams, device: str) -> tuple[nn.Module, dict]:
+        module = models.load(model, dtype=params.compute_dtype, device=device)
+        matrices = weight_matrices(module, params.skip)
+        check_group_size(matrices.values(), params.group_size)
+        return module, matrices
+
+    def rounded(self, matrices: WeightMatrices, bits: int, params: RtnParams) -> torch.Tensor:
+        """The (count, out, in) matrices as the packed format at `bits` would give them back, in their dtype."""
+        return torch.stack([_round(w, bits, params) for w in matrices.matrices()])
 
     def codes(
         self,

@@ -56,6 +56,7 @@ from quantbench.backends.rtn import (
     check_group_size_value,
     project_layout,
 )
+from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, unit_bits
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.format import KERNEL_GROUP_MULTIPLE, PACKABLE_BITS, pack_multiple
@@ -81,7 +82,10 @@ class TritonParams(MethodParams):
         description="dtype of activations and unquantized layers; auto = float16 on CUDA, float32 on CPU",
     )
 
+    layer_bits: str = layer_bits_field()
+
     _group_size = field_validator("group_size")(check_group_size_value)
+    _layer_bits = layer_bits_validator(PACKABLE_BITS)
 
     @field_validator("bits")
     @classmethod
@@ -156,17 +160,20 @@ class TritonBackend(Backend):
         meta = meta_model(model)
         skeleton = weight_matrices(meta, params.skip)
         check_group_size(skeleton.values(), params.group_size)
+        bits = unit_bits(skeleton, params.layer_bits, params.bits)
         for name, m in skeleton.items():
+            if bits[name] is None:
+                continue
             group = m.cols if params.group_size == -1 else params.group_size
             if group % KERNEL_GROUP_MULTIPLE:
                 raise QuantbenchError(
                     f"layer {name}: per-channel groups need in_features divisible by {KERNEL_GROUP_MULTIPLE}, "
                     f"got {m.cols}"
                 )
-            if m.cols % pack_multiple(params.bits):
+            if m.cols % pack_multiple(bits[name]):
                 raise QuantbenchError(
-                    f"layer {name}: {params.bits}-bit packing needs in_features divisible by "
-                    f"{pack_multiple(params.bits)}, got {m.cols}"
+                    f"layer {name}: {bits[name]}-bit packing needs in_features divisible by "
+                    f"{pack_multiple(bits[name])}, got {m.cols}"
                 )
         source = get_backend(params.source)
         availability = source.check(device)
@@ -176,22 +183,27 @@ class TritonBackend(Backend):
         matrices = weight_matrices(module, params.skip)
         linears = {key: m.linear(index) for m in matrices.values() for index, key in enumerate(_keys(m))}
         count = weight_count(module)
+        codes = {}
         with torch.no_grad():
-            codes = source.codes(
-                model,
-                linears,
-                bits=params.bits,
-                group_size=params.group_size,
-                symmetric=params.symmetric,
-                device=device,
-                calibration=calibration,
-            )
+            # One call per bit width: a calibrated source (gptq, awq) quantizes each group in one pass.
+            for width in sorted({b for b in bits.values() if b is not None}):
+                codes |= source.codes(
+                    model,
+                    {key: linears[key] for m in matrices.values() if bits[m.name] == width for key in _keys(m)},
+                    bits=width,
+                    group_size=params.group_size,
+                    symmetric=params.symmetric,
+                    device=device,
+                    calibration=calibration,
+                )
             layers = {
                 key: QuantLinear(c.weight, c.bias, c.in_perm, source=params.source).to(device)
                 for key, c in codes.items()
             }
             experts: dict[str, dict[str, list[QuantLinear]]] = {}
             for m in matrices.values():
+                if bits[m.name] is None:
+                    continue
                 if m.kind == EXPERTS:
                     experts.setdefault(m.module_name, {})[m.attribute] = [layers[key] for key in _keys(m)]
                 else:
@@ -205,6 +217,29 @@ class TritonBackend(Backend):
             kernel_of(module),
             weights=count,
             coverage=measured_coverage(meta, module),
+        )
+
+    def unit_map_refusal(self, params: TritonParams) -> str:
+        if params.source == "rtn":
+            return ""
+        return (
+            f"triton with source={params.source} cannot be mapped unit by unit: its codes come from "
+            f"{params.source}'s whole-model pass; map {params.source} itself, or triton with source=rtn"
+        )
+
+    def float_model(self, model: ResolvedModel, params: TritonParams, device: str) -> tuple[nn.Module, dict]:
+        if params.source != "rtn":
+            raise QuantbenchError(self.unit_map_refusal(params))
+        module = models.load(model, dtype=compute_dtype(params, device), device=device)
+        matrices = weight_matrices(module, params.skip)
+        check_group_size(matrices.values(), params.group_size)
+        return module, matrices
+
+    def rounded(self, matrices: WeightMatrices, bits: int, params: TritonParams) -> torch.Tensor:
+        """What the packed codes of source=rtn dequantize to (the reference path computes with exactly these)."""
+        rtn = get_backend("rtn")
+        return rtn.rounded(
+            matrices, bits, rtn.Params(bits=bits, group_size=params.group_size, symmetric=params.symmetric)
         )
 
 

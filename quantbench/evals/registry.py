@@ -7,6 +7,9 @@
   `source` is the ResolvedModel it came from (to load the unquantized reference, for example).
   A row may carry a fourth element, a note: why the metric has no value (NaN) on this model, and a
   fifth, a series: the per-window parts of the value (a sum), for paired comparisons.
+- instead of `run`, an eval that needs the method itself (a sensitivity map quantizes one unit at a
+  time) has `run_method(model, params, corpus, source, backend, method_params)`, and may have
+  `check_method(backend, method_params)` that refuses a method before any work.
 - optional `not_measurable(method, method_params, params) -> rows`: the rows this eval cannot measure
   for a method (a `Backend` and its validated parameters; e.g. a checkpoint of one that cannot be
   saved with them), each with NaN and its note.
@@ -29,6 +32,7 @@ EVALS: dict[str, str] = {
     "tasks": "quantbench.evals.tasks",
     "latency": "quantbench.evals.latency",
     "memory": "quantbench.evals.memory",
+    "sensitivity": "quantbench.evals.sensitivity",
 }
 
 

@@ -25,7 +25,7 @@ from quantbench.backends.base import Availability, Backend
 from quantbench.backends.registry import get_backend, method_label
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.engines.coverage import Coverage
-from quantbench.engines.protocol import engine_facts
+from quantbench.engines.protocol import QuantizedModel, engine_facts
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 from quantbench.evals.registry import EVALS, get_eval
@@ -125,6 +125,8 @@ def prepare_trial(spec: TrialSpec, store: Path) -> PreparedTrial:
             corpora[ref] = load_corpus(ref)
         corpus = corpora.get(ref) if ref is not None else None
         module.check_inputs(resolved, params, corpus)
+        if hasattr(module, "check_method"):
+            module.check_method(backend, backend.Params.model_validate(spec.method.params))
         evals.append(PreparedEval(eval_spec.name, module, params, corpus))
     calibration = corpora[calibration_ref] if calibration_ref is not None else None
     return PreparedTrial(spec, backend, resolved, tuple(evals), calibration, python)
@@ -194,13 +196,20 @@ def _measure(trial: PreparedTrial) -> tuple[list[Metric], str]:
         if hasattr(ev.module, "not_measurable"):
             unmeasured = ev.module.not_measurable(trial.backend, params, ev.params)
         with progress.stage(ev.name), PeakMemory() as eval_memory:
-            rows = unmeasured or ev.module.run(model, ev.params, ev.corpus, trial.model)
+            rows = unmeasured or _run_eval(ev, model, trial, params)
         tags = {"protocol": ev.params.model_dump(mode="json")}
         if ev.corpus is not None:
             tags.update(corpus=ev.corpus.name, corpus_hash=ev.corpus.content_hash)
         metrics += [eval_metric(ev.name, row, tags) for row in rows]
         metrics += eval_peak_metrics(ev.name, eval_memory.peak, spec.device, **tags)
     return metrics, model.kernel
+
+
+def _run_eval(ev: PreparedEval, model: QuantizedModel, trial: PreparedTrial, method_params: BaseModel) -> list[tuple]:
+    """An eval's rows; one that needs the method itself (a sensitivity map quantizes unit by unit) has `run_method`."""
+    if hasattr(ev.module, "run_method"):
+        return ev.module.run_method(model, ev.params, ev.corpus, trial.model, trial.backend, method_params)
+    return ev.module.run(model, ev.params, ev.corpus, trial.model)
 
 
 def _coverage_metrics(trial: PreparedTrial, coverage: Coverage | None) -> list[Metric]:

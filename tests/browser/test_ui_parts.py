@@ -79,7 +79,7 @@ def test_default_form_values_validate_and_change_nothing(name):
 
 def test_only_changed_parameters_are_passed():
     fields = get_backend("rtn").Params.model_fields
-    values = [8, 64, False, "lm_head", "bfloat16"]
+    values = [8, 64, False, "lm_head", "bfloat16", ""]  # the last: layer_bits, unset
     assert changed_params(fields, values) == {"bits": 8, "compute_dtype": "bfloat16"}
     # labelled as the same trial typed on the command line is stored: under rtn's stored spelling
     assert method_label(MethodSpec("rtn", changed_params(fields, values))) == "rtn:bits=8,dtype=bfloat16,group_size=64"

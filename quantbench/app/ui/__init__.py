@@ -15,7 +15,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from quantbench.app.ui import charts_tab, compare_tab, export_tab, planner_tab, recommend_tab, results_tab, run_tab
+from quantbench.app.ui import (
+    charts_tab,
+    compare_tab,
+    export_tab,
+    planner_tab,
+    recommend_tab,
+    results_tab,
+    run_tab,
+    sensitivity_tab,
+)
 from quantbench.app.ui.common import method_updates
 from quantbench.app.ui.run_session import RunSession
 from quantbench.errors import QuantbenchError
@@ -66,6 +75,8 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
                 charts_parts = charts_tab.build(store)
             with gr.Tab("Planner", id="planner"):
                 loads.append(planner_tab.build(store)["load"])
+            with gr.Tab("Sensitivity", id="sensitivity"):
+                loads.append(sensitivity_tab.build(store)["load"])
             with gr.Tab("Export", id="export") as exports:
                 export_parts = export_tab.build(store, export_dir)
         chart = charts_parts["load"]

@@ -1,0 +1,129 @@
+"""Per-block sensitivity maps of the embedded model, and mixed-precision recipes against uniform bits.
+
+1. `quantbench sensitivity` for each `--map` method (default: rtn at 4 bits, hqq at 4, rtn at 3, 8 and 2),
+   on the builtin corpus's first `--tokens` tokens: wall time, and the worst blocks.
+2. `quantbench recipe` from the rtn maps: 2/3/4 bits at uniform 3-bit's stored bytes, and 3/4/8
+   bits at uniform 4-bit's.
+3. `quantbench run --eval divergence` of uniform 3, the 2/3/4 recipe, uniform 4 and the 3/4/8
+   recipe on held-out text (WikiText-2 test, not the text the maps were measured on), for each
+   recipe whose maps are in the store: maps already there are not measured again, so a first call
+   with a few `--map`s and a second with all of them add up.
+
+Prints one JSON object (machine, versions, date, numbers) and the Markdown tables used in README.
+
+    nice .venv/bin/python bench/sensitivity.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from quantbench.app.cli import main as quantbench
+from quantbench.backends.registry import method_label
+from quantbench.results.query import wide
+from quantbench.results.recipe import from_maps
+from quantbench.results.sensitivity_maps import top_offenders, unit_maps
+from quantbench.results.store import read_results
+from quantbench.runner import environment
+from quantbench.spec import MethodSpec
+
+MAPS = ["rtn:bits=4", "hqq:bits=4", "rtn:bits=3", "rtn:bits=8", "rtn:bits=2"]
+# (uniform method, its stored bits per mapped weight with group 64 asymmetric, the widths the recipe may use)
+RECIPES = [("rtn:bits=3", 3.5, (2, 3, 4)), ("rtn:bits=4", 4.5, (3, 4, 8))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded:smollm2-135m")
+    parser.add_argument("--map", action="append", help=f"repeatable (default: {' '.join(MAPS)})")
+    parser.add_argument("--tokens", type=int, default=256, help="builtin-corpus tokens each map scores per unit")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="held-out WikiText-2 tokens for the recipes")
+    parser.add_argument("--store", type=Path, help="results directory (default: a fresh temp dir)")
+    args = parser.parse_args()
+    store = args.store or Path(tempfile.mkdtemp(prefix="quantbench-sensitivity-"))
+    window = ["--tokens", str(args.tokens), "--seq-len", str(args.seq_len), "--store", str(store)]
+
+    walls = {}
+    for method in args.map or MAPS:
+        start = time.perf_counter()
+        if quantbench(["sensitivity", "--model", args.model, "--method", method, "--top", "5", *window]) != 0:
+            raise SystemExit(f"sensitivity map of {method} failed")
+        walls[method] = time.perf_counter() - start
+    frame = read_results(store).frame
+    maps = unit_maps(frame)
+    table = wide(frame).set_index("trial_key")
+    key_of = {m: _key(maps, m) for m in walls}
+
+    recipes = []
+    for uniform, avg_bits, widths in RECIPES:
+        keys = [key_of[f"rtn:bits={b}"] for b in widths if f"rtn:bits={b}" in key_of]
+        if len(keys) == len(widths):
+            planned = from_maps(frame, keys, avg_bits=avg_bits)
+            recipes.append((uniform, planned.method_string(), planned.recipe.bits))
+    methods = [m for uniform, mixed, _ in recipes for m in (uniform, mixed)]
+    held_out = args.data / "wikitext2" / "wiki.test.raw"
+    run = ["run", "--model", args.model, "--eval", "divergence", "--corpus", str(held_out), "--store", str(store)]
+    run += ["--seq-len", "512", "--max-tokens", str(args.eval_tokens)]
+    for method in methods:
+        run += ["--method", method]
+    if methods and quantbench(run) != 0:
+        raise SystemExit("a recipe trial failed")
+    results = wide(read_results(store).frame)
+    evaluated = results[results["kld_mean"].notna()].drop_duplicates("method_label").set_index("method_label")
+
+    report = {
+        "machine": environment.hardware("cpu"),
+        "versions": environment.versions("torch"),
+        "date": dt.date.today().isoformat(),
+        "tokens": args.tokens,
+        "maps": {
+            m: {
+                "wall_s": round(walls[m], 1),
+                "map_s": round(float(table.loc[key_of[m], "map_seconds"]), 1),
+                "floor": float(table.loc[key_of[m], "float_kld_mean"]),
+                "all_kld": float(table.loc[key_of[m], "all_kld_mean"]),
+                "units": {r.unit: round(r.kld, 6) for r in maps[maps["trial_key"] == key_of[m]].itertuples()},
+            }
+            for m in walls
+        },
+        "recipes": [],
+    }
+    # map_seconds: the map's own loop (stored with it), so a map already in the store keeps its time.
+    print("| map | units | map time (loop only) | float floor | whole model KLD | sum of unit KLDs ", end="")
+    print("| worst blocks (KLD) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for m in walls:
+        unit_map = maps[maps["trial_key"] == key_of[m]]
+        worst = ", ".join(f"{r.unit.rpartition('.')[2]} ({r.kld:.4f})" for r in top_offenders(unit_map, 3).itertuples())
+        entry = report["maps"][m]
+        print(f"| `{m}` | {len(unit_map)} | {entry['map_s']:.0f} s | {entry['floor']:.6f} | {entry['all_kld']:.4f} | "
+              f"{unit_map['kld'].sum():.4f} | {worst} |")  # fmt: skip
+    print("\n| method | weight bytes | bits/weight | KLD mean ± se | top-1 % |")
+    print("|---|---:|---:|---:|---:|")
+    for uniform, mixed, bits in recipes:
+        for method in (uniform, mixed):
+            row = evaluated.loc[method_label(MethodSpec.parse(method))]
+            measured = {"weight_bytes": int(row["weight_bytes"]), "kld_mean": float(row["kld_mean"])}
+            report["recipes"].append({"method": method, **measured, "top1": float(row["top1_agreement"])})
+            shown = method if method == uniform else f"recipe {'/'.join(map(str, sorted(set(bits.values()))))}"
+            print(f"| `{shown}` | {int(row['weight_bytes'])} | {row['bits_per_weight']:.3f} | "
+                  f"{row['kld_mean']:.4f} ± {row['kld_mean_stderr']:.4f} | {row['top1_agreement']:.2f} |")  # fmt: skip
+    print(json.dumps(report, indent=1))
+
+
+def _key(maps, method: str) -> str:
+    """The stored map of `method` (its bits) — the newest if the store holds several."""
+    spec = MethodSpec.parse(method)
+    rows = maps[(maps["method"] == spec.name) & (maps["bits"] == int(spec.params["bits"]))]
+    return rows["trial_key"].iloc[-1]
+
+
+if __name__ == "__main__":
+    main()
