@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 from quantbench.errors import QuantbenchError
 
 LOGS = "logs"
+KEY = re.compile(r"[0-9A-Za-z_-]+")  # what a trial key is made of; anything else could name another file
 
 
 def log_path(store: Path, trial_key: str) -> Path:
@@ -44,6 +46,8 @@ def remove(store: Path, trial_key: str) -> None:
 
 def read_log(store: Path, trial_key: str) -> str:
     """The whole log of a trial; QuantbenchError when the store has none for that key."""
+    if not KEY.fullmatch(trial_key):
+        raise QuantbenchError(f"{trial_key!r} is not a trial key (letters, digits, - and _ only)")
     path = log_path(store, trial_key)
     try:
         return path.read_text(errors="replace")

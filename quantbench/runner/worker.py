@@ -243,4 +243,6 @@ def serve(control_fd: str, start_log: str) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--serve"]:
         sys.exit("usage: python -m quantbench.runner.worker --serve CONTROL_FD START_LOG")
-    sys.exit(serve(*sys.argv[2:]))
+    code = serve(*sys.argv[2:])
+    sys.stdout.flush()
+    os._exit(code)  # tearing down torch and transformers' modules only delays the exit of a server let go
