@@ -85,7 +85,7 @@ def run_in_worker(
         except forkserver.ServerDied as exc:
             os.close(progress_read)
             forkserver.forget(server)
-            return _server_failure(trial, store, exc.returncode, exc.stderr_tail)
+            return _died(trial, store, exc.returncode, exc.stderr_tail)
         finally:
             os.close(progress_write)  # the worker holds the only write end: EOF when it exits
             os.close(log_fd)
@@ -96,15 +96,17 @@ def run_in_worker(
             raise
         finally:
             os.close(progress_read)
-        if child.server_died:
+        server_tail = server.stderr_tail() if child.server_died else []
+        if child.server_died:  # the next trial gets a fresh server
             forkserver.forget(server)
-            return _server_failure(trial, store, child.returncode, server.stderr_tail())
         tail = trial_log.tail(store, trial.spec.key, STDERR_TAIL_LINES)
         if ended == "cancelled":
             trial_log.remove(store, trial.spec.key)
             return TrialOutcome(trial.spec, "cancelled")
         if ended == "timeout":
             return record_failure(trial, store, f"timed out after {timeout_s:g} s (worker killed)", "".join(tail))
+        if child.server_died:
+            return _died(trial, store, child.returncode, server_tail)  # it could not import, or was killed
         if outcome_file.is_file():
             outcome = json.loads(outcome_file.read_text())
             if outcome["status"] == "error":
@@ -112,15 +114,12 @@ def run_in_worker(
                 raise QuantbenchError(outcome["error"])
             path = Path(outcome["path"]) if outcome["path"] else None
             return TrialOutcome(trial.spec, outcome["status"], error=outcome["error"], path=path)
-        return _died(trial, store, f"worker died ({_describe_exit(child.returncode)})", tail)
+        return _died(trial, store, child.returncode, tail)
 
 
-def _server_failure(trial: PreparedTrial, store: Path, returncode: int, tail: list[str]) -> TrialOutcome:
-    """The interpreter could not serve the trial (it failed importing, or was killed): its last words."""
-    return _died(trial, store, f"worker died ({_describe_exit(returncode)})", tail)
-
-
-def _died(trial: PreparedTrial, store: Path, reason: str, tail: list[str]) -> TrialOutcome:
+def _died(trial: PreparedTrial, store: Path, returncode: int, tail: list[str]) -> TrialOutcome:
+    """A worker (or its server) that ended without an outcome: a failed trial with its exit and last lines."""
+    reason = f"worker died ({_describe_exit(returncode)})"
     if trial.python != sys.executable:  # most often the environment itself is broken: its last word says how
         last = next((line.strip() for line in reversed(tail) if line.strip()), "")
         reason += f" in the {trial.backend.environment!r} environment" + (f": {last}" if last else "")
