@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/worker_overhead.py --repeats 5
 
-The difference of the medians is the worker's start-up (a fresh interpreter importing torch and
-transformers) plus the spec/outcome hand-over.
+The difference of the medians is the worker's start-up (a child forked by the interpreter's warm
+server; before the fork server, a fresh interpreter importing torch and transformers) plus the
+spec/outcome hand-over. The first worker trial, which starts the server, is timed apart
+(`first_worker_s`) and not among the repeats. It also prints the memory rows the last worker trial
+stored, so runs of two versions of the worker show whether a trial's peak RSS stays what it was.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantbench.results.store import read_results
 from quantbench.runner import environment
 from quantbench.runner.trial import execute, plan_trial, prepare_trial
 from quantbench.runner.worker import run_in_worker
@@ -40,12 +44,19 @@ def main() -> None:
         spec = plan_trial(ModelRef(str(model_dir)), MethodSpec("baseline"), evals)
         trial = prepare_trial(spec, store)
         execute(trial, store)  # warm caches (file hashes, imports) before timing either way
+        start = time.perf_counter()
+        assert run_in_worker(trial, store).status == "ok"  # starts the interpreter's fork server, once
+        first_worker_s = time.perf_counter() - start
         timings = {"in_process": [], "worker": []}
         for _ in range(args.repeats):
             for name, run in [("in_process", execute), ("worker", run_in_worker)]:
                 start = time.perf_counter()
-                assert run(trial, store).status == "ok"
+                outcome = run(trial, store)
+                assert outcome.status == "ok", outcome.error
                 timings[name].append(time.perf_counter() - start)
+        frame = read_results(store).frame
+        rows = frame[(frame["trial_key"] == spec.key) & frame["metric"].str.contains("rss")]
+        memory = {f"{r.eval}/{r.metric}": int(r.value) for r in rows.itertuples()}
     medians = {k: statistics.median(v) for k, v in timings.items()}
     report = {
         "date": dt.date.today().isoformat(),
@@ -55,6 +66,8 @@ def main() -> None:
         "in_process_s": {"median": round(medians["in_process"], 3), "min": round(min(timings["in_process"]), 3)},
         "worker_s": {"median": round(medians["worker"], 3), "min": round(min(timings["worker"]), 3)},
         "isolation_overhead_s": round(medians["worker"] - medians["in_process"], 3),
+        "first_worker_s": round(first_worker_s, 3),  # with the fork server: its start-up, paid once per sweep
+        "last_worker_trial_bytes": memory,
     }
     print(json.dumps(report, indent=2))
 

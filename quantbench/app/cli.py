@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     results_cli.add_store_and_filters(results)
 
     sub.add_parser("methods", help="list quantization methods and whether they run here")
+    log = sub.add_parser("log", help="print a trial's log: what its libraries printed while it ran")
+    log.add_argument("key", help="the trial key, as `quantbench results` lists it")
+    _store_arg(log)
     results_cli.add_parsers(sub)
     plan_cli.add_parser(sub)
     recommend_cli.add_parser(sub)
@@ -315,6 +318,13 @@ def _print_trials(store: Path, keys: set[str] | None = None, filters: Filters | 
         print(f"{row.trial_key} {row.metric}: {row.note}")
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    from quantbench.runner.trial_log import read_log
+
+    sys.stdout.write(read_log(args.store, args.key))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     auth = None
     if args.auth is not None:
@@ -334,7 +344,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "results": cmd_results, "methods": cmd_methods, "ui": cmd_ui}
 COMMANDS |= {"compare": results_cli.run_compare, "export": results_cli.run_export, "plan": plan_cli.run}
-COMMANDS |= {"recommend": recommend_cli.run}
+COMMANDS |= {"recommend": recommend_cli.run, "log": cmd_log}
 COMMANDS |= {"env": env_cli.run}
 COMMANDS |= {"sensitivity": sensitivity_cli.run_sensitivity, "recipe": sensitivity_cli.run_recipe}
 

@@ -17,8 +17,10 @@ from quantbench.app.ui.common import (
     model_contains,
     read_trials,
 )
+from quantbench.errors import QuantbenchError
 from quantbench.results.columns import display_table, headline
 from quantbench.results.noise import with_verdicts
+from quantbench.runner.trial_log import read_log
 
 
 def results_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -36,6 +38,16 @@ def _first_line(error: object) -> str:
     if error is None or (isinstance(error, float) and math.isnan(error)):
         return ""
     return str(error).strip().splitlines()[0] if str(error).strip() else ""
+
+
+def log_text(store: Path, key: str) -> str:
+    """A trial's log for the log box, or why there is none."""
+    if not key.strip():
+        return ""
+    try:
+        return read_log(store, key.strip())
+    except QuantbenchError as exc:
+        return str(exc)
 
 
 def build(store: Path) -> dict[str, gr.components.Component]:
@@ -58,6 +70,19 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         wrap=True,
         elem_id="results-table",
     )
+
+    with gr.Row():
+        log_key = gr.Textbox(label="Trial key", placeholder="select a row, or paste a key", elem_id="results-log-key")
+        show_log = gr.Button("Show log", elem_id="results-show-log")
+    log_view = gr.Code(label="Trial log: what its libraries printed", interactive=False, elem_id="results-log")
+
+    def selected_log(frame: pd.DataFrame, evt: gr.SelectData) -> tuple[str, str]:
+        key = str(frame.iloc[evt.index[0]]["trial_key"]) if isinstance(frame, pd.DataFrame) and len(frame) else ""
+        return key, log_text(store, key)
+
+    table.select(selected_log, [table], [log_key, log_view], api_name=False)
+    show_log.click(lambda key: log_text(store, key), [log_key], [log_view], api_name="trial_log")
+    log_key.submit(lambda key: log_text(store, key), [log_key], [log_view], api_name=False)
 
     @guarded(3)
     def results(method_value: str, status_value: str, model_text: str) -> tuple:

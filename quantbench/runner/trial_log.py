@@ -1,0 +1,56 @@
+"""Each trial's log: what its worker and the libraries it calls print (progress bars, warnings,
+notices about optional kernels), kept beside the results as `<store>/logs/<trial key>.log` rather
+than on the terminal. A side folder: readers of the store look only at its top-level Parquet files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from quantbench.errors import QuantbenchError
+
+LOGS = "logs"
+KEY = re.compile(r"[0-9A-Za-z_-]+")  # what a trial key is made of; anything else could name another file
+
+
+def log_path(store: Path, trial_key: str) -> Path:
+    return store / LOGS / f"{trial_key}.log"
+
+
+def open_for_writing(store: Path, trial_key: str) -> int:
+    """A file descriptor on the trial's log, emptied: a re-run's log replaces the last one."""
+    path = log_path(store, trial_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+
+
+def tail(store: Path, trial_key: str, lines: int) -> list[str]:
+    """The last `lines` lines of the trial's log (empty when there is none)."""
+    try:
+        text = log_path(store, trial_key).read_text(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines(keepends=True)[-lines:]
+
+
+def remove(store: Path, trial_key: str) -> None:
+    """Drop the log of a trial that left nothing in the store (bad input, cancelled), and the folder if
+    that was its last log, so such a run leaves the store as it found it."""
+    log_path(store, trial_key).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # other logs remain, or another sweep just wrote one
+        (store / LOGS).rmdir()
+
+
+def read_log(store: Path, trial_key: str) -> str:
+    """The whole log of a trial; QuantbenchError when the store has none for that key."""
+    if not KEY.fullmatch(trial_key):
+        raise QuantbenchError(f"{trial_key!r} is not a trial key (letters, digits, - and _ only)")
+    path = log_path(store, trial_key)
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        why = "trials run before logs were kept have none"
+        raise QuantbenchError(f"no log for trial {trial_key!r} in {store} ({why})") from None
