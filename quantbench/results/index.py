@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantbench.files import atomic_path
-from quantbench.results.store import StoreContents, read_files, result_files
+from quantbench.results.store import StoreContents, read_files
 
 CACHE_MIN_FILES = 200  # below this, reading the files directly takes well under a second
 _STAMPS_KEY = b"quantbench.file_stamps"
@@ -87,7 +88,8 @@ class StoreIndex:
 
     def _current(self) -> StoreContents:
         # pandas copy-on-write: a shallow copy lets a caller change its frame without changing ours.
-        return StoreContents(self._frame.copy(deep=False), list(self._skipped.values()))
+        skipped = [self._skipped[name] for name in sorted(self._skipped)]
+        return StoreContents(self._frame.copy(deep=False), skipped)
 
     def _refresh(self) -> None:
         stamps = _stamps(self.store)
@@ -102,7 +104,7 @@ class StoreIndex:
             self._frame, self._stamps, self._skipped = pd.DataFrame(), {}, {}
         for name in changed & self._skipped.keys():  # an unreadable file replaced or removed: read it again
             del self._skipped[name], self._stamps[name]
-        fresh = read_files([self.store / name for name in stamps if name not in self._stamps])
+        fresh = read_files([self.store / name for name in sorted(stamps) if name not in self._stamps])
         for line in fresh.skipped:
             self._skipped[line.split(": ", 1)[0]] = line
         self._stamps = stamps
@@ -141,14 +143,18 @@ def store_view(store: Path, key: Hashable, compute: Callable[[StoreContents], An
 
 
 def _stamps(store: Path) -> dict[str, str]:
-    """File name -> what changes when the file is written or replaced, for each trial file."""
+    """File name -> what changes when the file is written or replaced, for each file `result_files`
+    lists (through scandir: a dashboard request pays this for every trial file)."""
     stamps = {}
-    for path in result_files(store):
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            continue  # removed since the directory was listed
-        stamps[path.name] = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
+    with os.scandir(store) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".parquet") or entry.name.startswith("."):
+                continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                continue  # removed since the directory was listed
+            stamps[entry.name] = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
     return stamps
 
 
