@@ -38,6 +38,7 @@ from quantbench.files import atomic_path
 from quantbench.results.store import StoreContents, read_files
 
 CACHE_MIN_FILES = 200  # below this, reading the files directly takes well under a second
+CACHE_STALE_FILES = 50
 _STAMPS_KEY = b"quantbench.file_stamps"
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ class StoreIndex:
         self._stamps: dict[str, str] = {}  # every file seen, readable or not
         self._skipped: dict[str, str] = {}  # file name -> its "name: problem" line
         self._frame = pd.DataFrame()
+        self._unsaved = 0  # readable files the cache file lacks
         self._views: dict[Hashable, Future] = {}  # of the current rows only
 
     def contents(self) -> StoreContents:
@@ -99,22 +101,38 @@ class StoreIndex:
         large = len(stamps) >= CACHE_MIN_FILES
         if not self._stamps and large:
             self._frame, self._stamps = _load_cache(cache_path(self.store))
+            self._unsaved = 0
         changed = {name for name, stamp in self._stamps.items() if stamps.get(name) != stamp}
         if changed - self._skipped.keys():  # a trial was rewritten or removed: its rows are not told apart
             self._frame, self._stamps, self._skipped = pd.DataFrame(), {}, {}
         for name in changed & self._skipped.keys():  # an unreadable file replaced or removed: read it again
             del self._skipped[name], self._stamps[name]
+        everything = not self._stamps
         fresh = read_files([self.store / name for name in sorted(stamps) if name not in self._stamps])
         for line in fresh.skipped:
             self._skipped[line.split(": ", 1)[0]] = line
+        self._unsaved += len(stamps) - len(self._stamps) - len(fresh.skipped)
         self._stamps = stamps
         if fresh.frame.empty:
             return
-        frame = pd.concat([df for df in (self._frame, fresh.frame) if not df.empty], ignore_index=True)
-        self._frame = frame.sort_values(["created_at", "trial_key"], kind="stable", ignore_index=True)
-        if large:
+        self._frame = _merged(self._frame, fresh.frame)
+        # Rewriting the cache file costs more than reading a few trial files: a new process reads
+        # up to CACHE_STALE_FILES of them beside it.
+        if large and (everything or self._unsaved >= CACHE_STALE_FILES):
             readable = {name: stamp for name, stamp in stamps.items() if name not in self._skipped}
             _save_cache(cache_path(self.store), self._frame, readable)
+            self._unsaved = 0
+
+
+def _merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Both frames' rows in store order (created_at, then trial key), each frame already in it."""
+    if old.empty:
+        return new
+    frame = pd.concat([old, new], ignore_index=True)
+    order = ["created_at", "trial_key"]
+    if tuple(new[order].iloc[0]) > tuple(old[order].iloc[-1]):  # the usual case: newer trials arrived
+        return frame
+    return frame.sort_values(order, kind="stable", ignore_index=True)
 
 
 _indexes: dict[Path, StoreIndex] = {}

@@ -49,6 +49,8 @@ def test_the_index_follows_added_rewritten_and_removed_trials(mixed_store, reads
     (mixed_store / "new.parquet").unlink()
     _same_as_store(mixed_store, index)
     assert "new" not in set(index.contents().frame["trial_key"])
+    fill(mixed_store, trial("older", "rtn", {"bits": 2}, day=-1, metrics={"perplexity": 40.0}))
+    _same_as_store(mixed_store, index)  # a trial dated before the others lands in its place
 
 
 def test_a_new_process_reads_the_cache_file_and_only_the_trials_added_since(cached, mixed_store, reads):
@@ -57,8 +59,8 @@ def test_a_new_process_reads_the_cache_file_and_only_the_trials_added_since(cach
     fill(mixed_store, trial("new", "rtn", {"bits": 3}, day=9, metrics={"perplexity": 15.0}))
     _same_as_store(mixed_store)  # a fresh index, as in another process
     assert reads[-1] == ["new.parquet"]
-    fill(mixed_store, trial("new", "rtn", {"bits": 3}, day=9, metrics={"perplexity": 16.0}))
-    _same_as_store(mixed_store)  # a rewritten trial: everything is read again
+    fill(mixed_store, trial("bnb4", "bnb", {"bits": 8}, day=1, metrics={"perplexity": 16.0}))
+    _same_as_store(mixed_store)  # a trial in the cache file rewritten: everything is read again
     assert len(reads[-1]) == 6
 
 
@@ -139,3 +141,17 @@ def test_requests_arriving_together_wait_for_one_computation(mixed_store):
 def test_query_and_views_of_a_missing_store_are_empty(tmp_path):
     assert query(tmp_path / "none").frame.empty
     assert store_view(tmp_path / "none", "rows", lambda contents: len(contents.frame)) == 0
+
+
+def test_the_cache_file_is_rewritten_once_it_lacks_enough_trials(cached, mixed_store, reads, monkeypatch):
+    monkeypatch.setattr(index_module, "CACHE_STALE_FILES", 2)
+    index = StoreIndex(mixed_store)
+    index.contents()
+    fill(mixed_store, trial("one", "rtn", {"bits": 3}, day=9, metrics={"perplexity": 15.0}))
+    index.contents()
+    StoreIndex(mixed_store).contents()  # another process: the cache file lacks one trial
+    assert reads[-1] == ["one.parquet"]
+    fill(mixed_store, trial("two", "rtn", {"bits": 4}, day=10, metrics={"perplexity": 13.0}))
+    index.contents()
+    _same_as_store(mixed_store)  # another process: the cache file now holds both
+    assert reads[-1] == []
