@@ -54,7 +54,7 @@ def is_half_precision_baseline(method: str, params_json: str | None) -> bool:
 def noise_floors(frame: pd.DataFrame, metric: str = FLOOR_METRIC) -> dict[str, NoiseFloor]:
     """Per comparability group of `metric`: the newest ok half-precision baseline's value of it.
     Groups without such a trial have no floor."""
-    if frame.empty or metric not in set(frame["metric"]):
+    if frame.empty or not frame["metric"].eq(metric).any():
         return {}
     return _floors(wide(frame[frame["status"] == "ok"]), comparability_groups(frame, metric), metric)
 
@@ -81,7 +81,7 @@ def _floors(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[st
 def verdicts(frame: pd.DataFrame) -> pd.Series:
     """Per trial key that measured the floor metric in a group with a floor: `INDISTINGUISHABLE`
     where its mean KLD is at or below the floor or not significantly above it, else ""."""
-    if frame.empty or FLOOR_METRIC not in set(frame["metric"]):
+    if frame.empty or not frame["metric"].eq(FLOOR_METRIC).any():
         return pd.Series(dtype=object)
     # One wide table and one grouping serve both the floors and the verdicts (stores run to 100k rows).
     table = wide(frame[frame["status"] == "ok"])

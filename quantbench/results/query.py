@@ -90,7 +90,7 @@ def select(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
         if value is not None:
             conditions.append(sql)
             params[name] = value
-    keys = set(frame["trial_key"])
+    keys = set(frame["trial_key"].unique())
     if conditions:
         with duckdb.connect() as con:
             con.register("rows", frame)
