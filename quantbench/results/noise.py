@@ -56,11 +56,11 @@ def noise_floors(frame: pd.DataFrame, metric: str = FLOOR_METRIC) -> dict[str, N
     Groups without such a trial have no floor."""
     if frame.empty or not frame["metric"].eq(metric).any():
         return {}
-    return _floors(wide(frame[frame["status"] == "ok"]), comparability_groups(frame, metric), metric)
+    return floors_in(wide(frame[frame["status"] == "ok"]), comparability_groups(frame, metric), metric)
 
 
-def _floors(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[str, NoiseFloor]:
-    """`noise_floors` from the store's wide table of ok trials and its comparability groups."""
+def floors_in(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[str, NoiseFloor]:
+    """`noise_floors` from the store's wide table of ok trials and its comparability groups of `metric`."""
     if metric not in table:
         return {}
     half = [is_half_precision_baseline(m, p) for m, p in zip(table["method"], table["params_json"], strict=True)]
@@ -86,7 +86,7 @@ def verdicts(frame: pd.DataFrame) -> pd.Series:
     # One wide table and one grouping serve both the floors and the verdicts (stores run to 100k rows).
     table = wide(frame[frame["status"] == "ok"])
     groups = comparability_groups(frame, FLOOR_METRIC)
-    floors = _floors(table, groups, FLOOR_METRIC)
+    floors = floors_in(table, groups, FLOOR_METRIC)
     if not floors:
         return pd.Series(dtype=object)
     table = table.set_index("trial_key")
