@@ -1,4 +1,5 @@
-"""Time the results path a person waits on: query the store, pivot it wide, draw the Pareto chart.
+"""Time the results path a person waits on: query the store, pivot it wide, draw the Pareto chart;
+and, with `--load`, the dashboard itself answering concurrent Results + Charts requests.
 
 Builds a synthetic store of `--trials` trial files × `--metrics` metric rows (default 2,000 ×
 50 = 100,000 rows, about what a trial with perplexity, divergence and a latency profile
@@ -6,7 +7,16 @@ writes), then times, `--repeats` times, a filtered query (DuckDB), the wide pivo
 quality-vs-size figure with its Pareto front serialized to JSON. The first query reads every
 trial file and fills the query cache; it is reported on its own, the median is of the others.
 
+With `--load`, it also starts `quantbench ui` on that store (a fresh cache dir each time), makes
+one Results request (cold: it reads every trial file), then `--rounds` times adds one trial file,
+as a running sweep does, and sends `--concurrent` Results and Charts requests at once (half each,
+the page's default filters), through the Gradio client. It reports the p50 / p90 / max latency of
+all those requests per start, and the median of those over `--repeats` starts. `--before DIR`
+(a checkout of an older commit) runs the same load against that code too, interleaved with this
+checkout's, for a before/after comparison on the same machine and moment.
+
     .venv/bin/python bench/store.py
+    .venv/bin/python bench/store.py --load --repeats 3 --before /tmp/quantbench-old
 
 Prints one JSON object (machine, versions, date, numbers) and the line used in README.
 """
@@ -14,21 +24,31 @@ Prints one JSON object (machine, versions, date, numbers) and the line used in R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import random
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantbench.results.charts import quality_vs_size
 from quantbench.results.query import Filters, query, wide
 from quantbench.results.schema import Metric, TrialHeader, trial_table
+from quantbench.results.store import write_trial
 from quantbench.runner import environment
 
 METHODS = [("rtn", "bits"), ("gptq", "bits"), ("hqq", "nbits"), ("bnb", "bits")]
@@ -37,22 +57,27 @@ METHODS = [("rtn", "bits"), ("gptq", "bits"), ("hqq", "nbits"), ("bnb", "bits")]
 def fill_store(store: Path, trials: int, metrics: int) -> None:
     """Trial files as the runner writes them (without its fsync, which only slows the set-up)."""
     rng = random.Random(0)
-    protocol = {"corpus": "builtin", "seq_len": 2048, "max_tokens": None, "batch_size": 1, "stride": None}
     for i in range(trials):
-        method, bits_key = METHODS[i % len(METHODS)]
-        bits = rng.choice([2, 3, 4, 8])
-        header = TrialHeader(
-            trial_key=f"{i:016x}", model_ref=f"model-{i % 3}", model_fingerprint=f"fp{i % 3}", method=method,
-            method_label=f"{method}:{bits_key}={bits}", params={bits_key: bits}, device="cpu", hardware="cpu",
-            hardware_fingerprint="hw", versions={"torch": "x"}, git_sha="", kernel="k",
-        )  # fmt: skip
-        rows = [
-            Metric("quantize", "weight_bytes", 1e8 * bits / 16 * rng.uniform(0.9, 1.1), "bytes"),
-            Metric("quantize", "bits_per_weight", bits + 0.5, "bits"),
-            Metric("perplexity", "perplexity", 10 + 40 / bits**2 * rng.uniform(0.8, 1.2), "", protocol, "builtin", "h"),
-        ]
-        rows += [Metric("latency", f"extra_{j}", rng.random(), "s", {"batch": 1}) for j in range(metrics - len(rows))]
-        pq.write_table(trial_table(header, rows), store / f"{header.trial_key}.parquet")
+        pq.write_table(synthetic_trial(i, metrics, rng), store / f"{i:016x}.parquet")
+
+
+def synthetic_trial(i: int, metrics: int, rng: random.Random) -> pa.Table:
+    """Trial number `i`'s rows, keyed `{i:016x}`."""
+    protocol = {"corpus": "builtin", "seq_len": 2048, "max_tokens": None, "batch_size": 1, "stride": None}
+    method, bits_key = METHODS[i % len(METHODS)]
+    bits = rng.choice([2, 3, 4, 8])
+    header = TrialHeader(
+        trial_key=f"{i:016x}", model_ref=f"model-{i % 3}", model_fingerprint=f"fp{i % 3}", method=method,
+        method_label=f"{method}:{bits_key}={bits}", params={bits_key: bits}, device="cpu", hardware="cpu",
+        hardware_fingerprint="hw", versions={"torch": "x"}, git_sha="", kernel="k",
+    )  # fmt: skip
+    rows = [
+        Metric("quantize", "weight_bytes", 1e8 * bits / 16 * rng.uniform(0.9, 1.1), "bytes"),
+        Metric("quantize", "bits_per_weight", bits + 0.5, "bits"),
+        Metric("perplexity", "perplexity", 10 + 40 / bits**2 * rng.uniform(0.8, 1.2), "", protocol, "builtin", "h"),
+    ]
+    rows += [Metric("latency", f"extra_{j}", rng.random(), "s", {"batch": 1}) for j in range(metrics - len(rows))]
+    return trial_table(header, rows)
 
 
 def time_once(store: Path) -> dict[str, float]:
@@ -74,11 +99,97 @@ def time_once(store: Path) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def serving(store: Path, code: Path, cache: Path) -> Iterator[str]:
+    """`quantbench ui` of the checkout at `code` serving `store` on a free loopback port: its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(code), "QUANTBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    args = ["ui", "--host", "127.0.0.1", "--port", str(port), "--store", str(store)]
+    command = [sys.executable, "-m", "quantbench.app.cli", *args]
+    proc = subprocess.Popen(
+        command, env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("quantbench ui: http://"):
+                threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+                yield line.split()[2]
+                return
+        raise SystemExit(f"quantbench ui from {code} did not start (exit status {proc.wait()})")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def request(client, endpoint: str) -> float:
+    """One Results or Charts API call with the page's default filters; its seconds. A call whose
+    error box is not empty stops the benchmark: a fast wrong answer is no answer."""
+    start = time.perf_counter()
+    if endpoint == "results":
+        out = client.predict("any", "any", "", api_name="/results")
+    else:
+        out = client.predict("pareto", "perplexity", 4096, "any", "", api_name="/chart")
+    box = out[-1]
+    if (box.get("value") if isinstance(box, dict) else box) or not out[0]:
+        raise SystemExit(f"the dashboard answered {endpoint} with an error: {box}")
+    return time.perf_counter() - start
+
+
+def dashboard_load(store: Path, code: Path, args: argparse.Namespace, next_key: list[int]) -> dict:
+    """One start of the dashboard: its cold Results call, then `rounds` × (one new trial file, then
+    `concurrent` requests at once); latencies over all the rounds' requests."""
+    from gradio_client import Client
+
+    rng = random.Random(next_key[0])
+    with tempfile.TemporaryDirectory() as cache, serving(store, code, Path(cache)) as url:
+        client = Client(url, verbose=False)
+        cold = request(client, "results")
+        latencies = []
+        for _ in range(args.rounds):
+            write_trial(store, f"{next_key[0]:016x}", synthetic_trial(next_key[0], args.metrics, rng))  # as a sweep
+            next_key[0] += 1
+            endpoints = ["results", "chart"] * (args.concurrent // 2)
+            with ThreadPoolExecutor(args.concurrent) as pool:
+                latencies += pool.map(lambda endpoint: request(client, endpoint), endpoints)
+    deciles = statistics.quantiles(latencies, n=10)
+    return {"cold_results_s": cold, "p50_s": deciles[4], "p90_s": deciles[8], "max_s": max(latencies)}
+
+
+def load_report(store: Path, args: argparse.Namespace) -> dict:
+    """Per checkout (this one, and `--before`'s), the median over `repeats` starts of each number;
+    the checkouts' starts interleaved so both see the same machine load."""
+    codes = {"after": Path(__file__).resolve().parents[1]}
+    if args.before:
+        codes = {"before": args.before.resolve(), **codes}
+    runs: dict[str, list[dict]] = {name: [] for name in codes}
+    next_key = [args.trials]
+    for _ in range(args.repeats):
+        for name, code in codes.items():
+            runs[name].append(dashboard_load(store, code, args, next_key))
+    return {
+        name: {
+            **{k: round(statistics.median(r[k] for r in done), 2) for k in done[0]},
+            "p50_s_each_start": [round(r["p50_s"], 2) for r in done],
+        }
+        for name, done in runs.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--metrics", type=int, default=50, help="metric rows per trial")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--load", action="store_true", help="also time the dashboard under concurrent requests")
+    parser.add_argument("--concurrent", type=int, default=20, help="requests at once, half Results, half Charts")
+    parser.add_argument("--rounds", type=int, default=3, help="new trial + concurrent requests, per dashboard start")
+    parser.add_argument("--before", type=Path, help="a checkout of older code to time the same load against")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +199,7 @@ def main() -> None:
         fill_store(store, args.trials, args.metrics)
         cold = time_once(store)  # reads every trial file and writes the query cache
         runs = [time_once(store) for _ in range(args.repeats)]
+        load = load_report(store, args) if args.load else None
     median = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
     report = {
         "date": dt.date.today().isoformat(),
@@ -101,6 +213,8 @@ def main() -> None:
         "median": median,
         "total_s_all_runs": [round(r["total_s"], 3) for r in runs],
     }
+    if load:
+        report["dashboard_load"] = {"concurrent": args.concurrent, "rounds_per_start": args.rounds, **load}
     print(json.dumps(report, indent=2))
     print(
         f"Query + wide pivot + Pareto chart over {report['rows']:,} metric rows in {args.trials:,} trial files: "
@@ -110,6 +224,13 @@ def main() -> None:
         f"every file and fills the query cache, {report['first_query_s']:.1f} s) on {report['machine']}, "
         f"load average {report['load_average_1min']}, {report['date']}."
     )
+    for name, numbers in (load or {}).items():
+        print(
+            f"Dashboard ({name}): {args.concurrent} concurrent Results + Charts requests on "
+            f"{report['rows']:,} rows, a new trial before each of {args.rounds} rounds: p50 {numbers['p50_s']:.2f} s, "
+            f"p90 {numbers['p90_s']:.2f} s, max {numbers['max_s']:.2f} s; cold first Results "
+            f"{numbers['cold_results_s']:.2f} s (median of {args.repeats} starts)."
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import progress
 
-PROGRESS_CHUNK = 32  # log-likelihood requests between two progress reports
+PROGRESS_CHUNK = 32  # log-likelihood requests between two progress reports (at least)
 
 Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (strings, context ids, continuation ids)
 
@@ -58,21 +58,19 @@ class ProtocolLM(TemplateLM):
         return self.tokenizer.encode(string, **special)
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """Scored in chunks, with a progress report after each (one document is one request per
-        choice). Chunking is part of the protocol: batches form within a chunk."""
-        results: list[tuple[float, bool]] = []
-        for at in range(0, len(requests), PROGRESS_CHUNK):
-            results += super().loglikelihood(requests[at : at + PROGRESS_CHUNK], disable_tqdm=True)
-            progress.report(len(results), len(requests))
-        return results
+        """All requests ordered and batched together, as HFLM does (one document is one request per
+        choice); lm-eval's bars stay off, progress is reported every PROGRESS_CHUNK requests."""
+        return super().loglikelihood(requests, disable_tqdm=True)
 
-    def _loglikelihood_tokens(self, requests: list[Request], **kwargs) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list[Request], report_progress: bool = True, **kwargs
+    ) -> list[tuple[float, bool]]:
         def longest_first(req: Request) -> tuple:
             tokens = req[1] + req[2]
             return -len(tokens), tuple(tokens)
 
         order = Collator(requests, sort_fn=longest_first, group_by="contexts", group_fn=lambda r: r[-2] + r[-1][:-1])
-        results = []
+        results, reported = [], 0
         for chunk in order.get_batched(n=self.batch_size):
             inputs = [
                 torch.tensor((context + continuation)[-(self.max_length + 1) :][:-1], dtype=torch.long)
@@ -93,6 +91,9 @@ class ProtocolLM(TemplateLM):
                     results.append(answer)
                     if strings_ is not None:
                         self.cache_hook.add_partial("loglikelihood", strings_, answer)
+            if report_progress and (len(results) - reported >= PROGRESS_CHUNK or len(results) == len(requests)):
+                progress.report(len(results), len(requests))
+                reported = len(results)
         return order.get_original(results)
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
@@ -104,7 +105,8 @@ class ProtocolLM(TemplateLM):
         totals = [0.0] * len(requests)
         for at in range(0, len(windows), self.batch_size):
             batch = windows[at : at + self.batch_size]
-            for (index, _), (logprob, _) in zip(batch, self._loglikelihood_tokens([w for _, w in batch]), strict=True):
+            scored = self._loglikelihood_tokens([w for _, w in batch], report_progress=False)
+            for (index, _), (logprob, _) in zip(batch, scored, strict=True):
                 totals[index] += logprob
         return totals
 

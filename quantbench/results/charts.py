@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 from quantbench.results.columns import MIB, column, natural_key
 from quantbench.results.compare import comparability_groups
 from quantbench.results.footprint import estimated_memory
-from quantbench.results.noise import noise_floors
+from quantbench.results.noise import floors_in
 from quantbench.results.query import wide
 from quantbench.trackers import names
 
@@ -65,12 +65,16 @@ def _hover(table: pd.DataFrame, metrics: list[str]) -> list[str]:
     return text.tolist()
 
 
-def _grouped(frame: pd.DataFrame, metric: str, by_hardware: bool = False) -> list[tuple[str, pd.DataFrame]]:
-    """(group label, wide rows sorted by trial key) for the ok trials that measured `metric`."""
+def _ok_trials(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The wide table of the ok trials and each trial's comparability group for `metric`."""
     table = wide(frame[frame["status"] == "ok"]) if not frame.empty else wide(frame)
+    return table, comparability_groups(frame, metric) if metric in table else {}
+
+
+def _grouped(table: pd.DataFrame, groups: dict[str, str], metric: str) -> list[tuple[str, pd.DataFrame]]:
+    """(group label, wide rows sorted by trial key) for the trials of `_ok_trials` that measured `metric`."""
     if metric not in table:
         return []
-    groups = comparability_groups(frame, metric, by_hardware)
     table = table[table[metric].notna()].sort_values("trial_key")
     table = table.assign(group=table["trial_key"].map(groups))
     return [(label, rows) for label, rows in table.groupby("group", sort=True)]
@@ -129,11 +133,13 @@ def _scatter(frame: pd.DataFrame, quality: str, x: pd.Series, x_title: str, titl
     one trace per method family in its colour, each point labelled with its short label, error bars
     from the stored standard errors, the Pareto front (points no other beats on both) as stars
     joined by a dotted line, and the noise floor as a dashed line where the group has one."""
-    groups = _grouped(frame, quality)
+    # One wide table and one grouping serve the points and the noise floors (stores run to 100k rows).
+    table, group_of = _ok_trials(frame, quality)
+    groups = _grouped(table, group_of, quality)
     if not groups:
         return _empty(title, f"no trial measured {quality}")
     higher = column(quality).better == "higher"
-    floors = noise_floors(frame, quality)
+    floors = floors_in(table, group_of, quality)
     figure = go.Figure(layout={"title": title, "template": TEMPLATE})
     metrics = [quality, names.WEIGHT_BYTES, "bits_per_weight"]
     stderr = f"{quality}_stderr"
@@ -197,7 +203,7 @@ def quality_vs_memory(
 def quality_vs_bits(frame: pd.DataFrame, quality: str = "perplexity") -> go.Figure:
     """Quality against effective bits per weight, one line per method family and group."""
     title = f"{column(quality).title} vs bits per weight"
-    groups = _grouped(frame, quality)
+    groups = _grouped(*_ok_trials(frame, quality), quality)
     if not groups:
         return _empty(title, f"no trial measured {quality}")
     figure = go.Figure(layout={"title": title, "template": TEMPLATE})

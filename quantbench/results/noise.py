@@ -54,13 +54,13 @@ def is_half_precision_baseline(method: str, params_json: str | None) -> bool:
 def noise_floors(frame: pd.DataFrame, metric: str = FLOOR_METRIC) -> dict[str, NoiseFloor]:
     """Per comparability group of `metric`: the newest ok half-precision baseline's value of it.
     Groups without such a trial have no floor."""
-    if frame.empty or metric not in set(frame["metric"]):
+    if frame.empty or not frame["metric"].eq(metric).any():
         return {}
-    return _floors(wide(frame[frame["status"] == "ok"]), comparability_groups(frame, metric), metric)
+    return floors_in(wide(frame[frame["status"] == "ok"]), comparability_groups(frame, metric), metric)
 
 
-def _floors(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[str, NoiseFloor]:
-    """`noise_floors` from the store's wide table of ok trials and its comparability groups."""
+def floors_in(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[str, NoiseFloor]:
+    """`noise_floors` from the store's wide table of ok trials and its comparability groups of `metric`."""
     if metric not in table:
         return {}
     half = [is_half_precision_baseline(m, p) for m, p in zip(table["method"], table["params_json"], strict=True)]
@@ -81,12 +81,12 @@ def _floors(table: pd.DataFrame, groups: dict[str, str], metric: str) -> dict[st
 def verdicts(frame: pd.DataFrame) -> pd.Series:
     """Per trial key that measured the floor metric in a group with a floor: `INDISTINGUISHABLE`
     where its mean KLD is at or below the floor or not significantly above it, else ""."""
-    if frame.empty or FLOOR_METRIC not in set(frame["metric"]):
+    if frame.empty or not frame["metric"].eq(FLOOR_METRIC).any():
         return pd.Series(dtype=object)
     # One wide table and one grouping serve both the floors and the verdicts (stores run to 100k rows).
     table = wide(frame[frame["status"] == "ok"])
     groups = comparability_groups(frame, FLOOR_METRIC)
-    floors = _floors(table, groups, FLOOR_METRIC)
+    floors = floors_in(table, groups, FLOOR_METRIC)
     if not floors:
         return pd.Series(dtype=object)
     table = table.set_index("trial_key")

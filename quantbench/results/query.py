@@ -8,7 +8,6 @@ corpus but still belong to it).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 from dataclasses import dataclass, fields
@@ -16,13 +15,11 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from quantbench.backends.registry import stored_params
 from quantbench.errors import QuantbenchError
-from quantbench.files import atomic_path
-from quantbench.results.store import StoreContents, read_files, result_files
+from quantbench.results.index import read_indexed
+from quantbench.results.store import StoreContents
 
 TRIAL_COLUMNS = ["trial_key", "created_at", "status", "model_ref", "method_label", "device", "kernel", "error"]
 # What the UI and exports show besides the display columns: enough to reproduce the trial.
@@ -93,7 +90,7 @@ def select(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
         if value is not None:
             conditions.append(sql)
             params[name] = value
-    keys = set(frame["trial_key"])
+    keys = set(frame["trial_key"].unique())
     if conditions:
         with duckdb.connect() as con:
             con.register("rows", frame)
@@ -107,70 +104,8 @@ def select(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
 
 def query(store: Path, filters: Filters | None = None) -> StoreContents:
     """Rows of the matching trials in the store, plus the files that could not be read."""
-    contents = read_cached(store)
+    contents = read_indexed(store)
     return StoreContents(select(contents.frame, filters or Filters()), contents.skipped)
-
-
-# Opening thousands of small trial files costs far more than reading their rows. For a large
-# store a query therefore keeps every row it read in one cache file (in the user's cache dir,
-# so a read-only or shared store works and the store holds only trial files), with the size,
-# mtime and inode of each trial file those rows came from. The next query reads that file plus
-# only the trial files added since; if any cached file changed or vanished, it reads them all.
-CACHE_MIN_FILES = 200  # below this, reading the files directly takes well under a second
-_STAMPS_KEY = b"quantbench.file_stamps"
-
-
-def cache_path(store: Path) -> Path:
-    from quantbench.models import cache_dir  # imports torch: only when a large store is read
-
-    digest = hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:16]
-    return cache_dir() / "query" / f"{digest}.parquet"
-
-
-def _stamp(path: Path) -> str:
-    info = path.stat()
-    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
-
-
-def read_cached(store: Path) -> StoreContents:
-    """What `read_results(store)` returns, read mostly from the query cache when it is current."""
-    if not store.is_dir():
-        return StoreContents(pd.DataFrame())
-    files = result_files(store)
-    if len(files) < CACHE_MIN_FILES:
-        return read_files(files)
-    stamps = {p.name: _stamp(p) for p in files}
-    cache = cache_path(store)
-    cached, cached_stamps = _load_cache(cache)
-    if any(stamps.get(name) != stamp for name, stamp in cached_stamps.items()):
-        cached, cached_stamps = pd.DataFrame(), {}  # a trial was rewritten or removed
-    fresh = read_files([store / name for name in stamps if name not in cached_stamps])
-    if fresh.frame.empty:
-        return StoreContents(cached, fresh.skipped)
-    bad = {line.split(": ", 1)[0] for line in fresh.skipped}  # "name: problem"; re-read, re-reported next time
-    cached_stamps |= {name: stamps[name] for name in stamps if name not in bad}
-    frame = pd.concat([df for df in (cached, fresh.frame) if not df.empty], ignore_index=True)
-    frame = frame.sort_values(["created_at", "trial_key"], kind="stable", ignore_index=True)
-    _save_cache(cache, frame, cached_stamps)
-    return StoreContents(frame, fresh.skipped)
-
-
-def _load_cache(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    try:
-        table = pq.read_table(path)
-        return table.to_pandas(), json.loads(table.schema.metadata[_STAMPS_KEY])
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
-        return pd.DataFrame(), {}  # no cache yet, or a damaged one: read the trial files
-
-
-def _save_cache(path: Path, frame: pd.DataFrame, stamps: dict[str, str]) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _STAMPS_KEY: json.dumps(stamps)})
-    try:
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-    except OSError:
-        pass  # no writable cache dir: queries still work, just uncached
 
 
 def wide(frame: pd.DataFrame) -> pd.DataFrame:
@@ -199,5 +134,10 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
 def trial_bits(frame: pd.DataFrame) -> pd.Series:
     """Nominal bit width per trial key (NaN where the method names none)."""
     trials = frame[["trial_key", "method", "params_json"]].drop_duplicates("trial_key")
-    bits = [nominal_bits(m, p) for m, p in zip(trials["method"], trials["params_json"], strict=True)]
+    # A store repeats a few settings over many trials: validate each distinct one once.
+    distinct: dict[tuple, float] = {}
+    bits = [
+        distinct[pair] if pair in distinct else distinct.setdefault(pair, nominal_bits(*pair))
+        for pair in zip(trials["method"], trials["params_json"], strict=True)
+    ]
     return pd.Series(bits, index=trials["trial_key"], dtype=float)

@@ -279,6 +279,30 @@ def test_the_protocol_lm_scores_exactly_as_lm_evals_hflm(tiny_model_dir, batch_s
     assert len(ours) == len(requests) and all(logprob < 0 for logprob, _ in ours)
 
 
+def _many_requests(tokenizer) -> list:
+    """More requests than one progress chunk: _requests' shapes and 20 piqa documents' two choices."""
+    from lm_eval.api.instance import Instance
+
+    piqa = tasks.local_rows("piqa", str(LOCAL["piqa"]))[:20]
+    pairs = [(f"Question: {row['goal']}\nAnswer:", f" {row[sol]}") for row in piqa for sol in ("sol1", "sol2")]
+    extra = [Instance("loglikelihood", {}, pair, 100 + i) for i, pair in enumerate(pairs)]
+    return _requests(tokenizer) + extra
+
+
+def test_batches_form_over_all_requests_as_hflms_and_score_as_one_at_a_time(tiny):
+    from lm_eval.models.huggingface import HFLM
+
+    from quantbench.evals.protocol_lm import PROGRESS_CHUNK, ProtocolLM
+
+    requests = _many_requests(tiny.tokenizer)
+    assert len(requests) > PROGRESS_CHUNK
+    batched = ProtocolLM(tiny, 8).loglikelihood(requests)
+    assert batched == HFLM(pretrained=tiny.module, tokenizer=tiny.tokenizer, batch_size=8).loglikelihood(requests)
+    alone = ProtocolLM(tiny, 1).loglikelihood(requests)
+    assert [greedy for _, greedy in batched] == [greedy for _, greedy in alone]
+    assert [logprob for logprob, _ in batched] == pytest.approx([logprob for logprob, _ in alone], rel=1e-5, abs=1e-5)
+
+
 def test_the_protocol_lm_rolling_loglikelihood_equals_hflms(tiny):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

@@ -1,14 +1,11 @@
 import datetime as dt
 
-import pandas as pd
 import pyarrow as pa
 import pytest
 from rows import T0, fill, trial
 
 from quantbench.errors import QuantbenchError
-from quantbench.results import query as query_module
 from quantbench.results.query import Filters, parse_when, query, wide
-from quantbench.results.store import read_results
 
 
 @pytest.mark.parametrize(
@@ -70,37 +67,3 @@ def test_bad_dates_are_one_line_errors():
         parse_when("yesterday", "--since")
     with pytest.raises(QuantbenchError, match="is not before --until"):
         Filters(since=T0, until=T0)
-
-
-@pytest.fixture
-def cached(monkeypatch, tmp_path):
-    """Query through the cache even for a handful of files, kept under tmp_path."""
-    monkeypatch.setattr(query_module, "CACHE_MIN_FILES", 1)
-    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
-
-
-def _same_as_store(store):
-    pd.testing.assert_frame_equal(query(store).frame, read_results(store).frame)
-
-
-def test_the_query_cache_follows_added_rewritten_and_removed_trials(cached, mixed_store):
-    _same_as_store(mixed_store)
-    assert query_module.cache_path(mixed_store).is_file()
-    _same_as_store(mixed_store)  # from the cache
-    fill(mixed_store, trial("new", "rtn", {"bits": 3}, day=9, metrics={"perplexity": 15.0}))
-    _same_as_store(mixed_store)
-    fill(mixed_store, trial("new", "rtn", {"bits": 3}, day=9, metrics={"perplexity": 16.0, "weight_bytes": 1.0}))
-    _same_as_store(mixed_store)
-    (mixed_store / "new.parquet").unlink()
-    _same_as_store(mixed_store)
-    assert "new" not in set(query(mixed_store).frame["trial_key"])
-
-
-def test_a_damaged_cache_is_rebuilt_and_bad_files_are_reported_every_time(cached, mixed_store):
-    query(mixed_store)
-    query_module.cache_path(mixed_store).write_bytes(b"garbage")
-    (mixed_store / "torn.parquet").write_bytes(b"PAR1")
-    for _ in range(2):
-        contents = query(mixed_store)
-        assert [s.split(":")[0] for s in contents.skipped] == ["torn.parquet"]
-    _same_as_store(mixed_store)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 # Before gradio is imported: it reads this once, and would otherwise phone home on launch.
@@ -25,9 +26,11 @@ from quantbench.app.ui import (
     run_tab,
     sensitivity_tab,
 )
-from quantbench.app.ui.common import method_updates
+from quantbench.app.ui.common import ANY, method_updates
 from quantbench.app.ui.run_session import RunSession
+from quantbench.app.ui.warm import keep_warm
 from quantbench.errors import QuantbenchError
+from quantbench.results.charts import DEFAULT_CONTEXT
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -94,6 +97,12 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
         for handler, inputs, outputs in loads:
             app.load(handler, inputs, outputs, api_name=False)
     app.export_dir = export_dir  # where launch() must allow downloads from
+    # What a visitor sees first, which serve() keeps computed as trials arrive (the handlers'
+    # guards turn any failure into their error box, so these never raise).
+    app.default_views = [
+        lambda: shown["handler"](ANY, ANY, ""),
+        lambda: chart[0]("pareto", "perplexity", DEFAULT_CONTEXT, ANY, ""),
+    ]
     return app
 
 
@@ -122,9 +131,12 @@ def serve(
         raise QuantbenchError(f"cannot listen on {host}:{port}: {str(exc).split('. ')[0]}; pass --port N") from None
     shown_host = f"[{host}]" if ":" in host else host
     print(f"quantbench ui: http://{shown_host}:{app.server_port}/ (store {store}; Ctrl-C to stop)", flush=True)
+    stop = threading.Event()
+    keep_warm(app.default_views, stop)
     try:
         app.block_thread()
     finally:
+        stop.set()
         app.close()
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import plotly.graph_objects as go
 
 from quantbench.app.ui.common import error_box, filter_controls, guarded, make_filters, model_contains, read_trials
 from quantbench.errors import QuantbenchError
 from quantbench.results.charts import CHARTS, DEFAULT_CONTEXT, quality_vs_memory
+from quantbench.results.index import store_view
+from quantbench.results.store import StoreContents
 
 CHART_CHOICES = [
     ("Quality vs size: quality against weight MiB, Pareto front starred", "pareto"),
@@ -69,16 +72,24 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         if quality_value not in dict((v, k) for k, v in QUALITY_CHOICES):
             valid = ", ".join(v for _, v in QUALITY_CHOICES)
             raise QuantbenchError(f"unknown quality {quality_value!r}; valid: {valid}")
-        frame, table = read_trials(store, make_filters(method_value, "ok"))
-        keys = set(model_contains(table, model_text)["trial_key"])
-        frame = frame[frame["trial_key"].isin(keys)] if not frame.empty else frame
-        if kind_value == "footprint":
-            if context_value is None or context_value < 1 or context_value != int(context_value):
-                raise QuantbenchError(f"context must be a positive whole number of tokens, got {context_value!r}")
-            return (quality_vs_memory(frame, quality_value, int(context_value)),)
-        if kind_value in QUALITY_CHARTS:
-            return (CHARTS[kind_value](frame, quality_value),)
-        return (CHARTS[kind_value](frame),)
+        if kind_value == "footprint" and (
+            context_value is None or context_value < 1 or context_value != int(context_value)
+        ):
+            raise QuantbenchError(f"context must be a positive whole number of tokens, got {context_value!r}")
+
+        def figure(_: StoreContents) -> go.Figure:
+            frame, table = read_trials(store, make_filters(method_value, "ok"))
+            keys = set(model_contains(table, model_text)["trial_key"])
+            frame = frame[frame["trial_key"].isin(keys)] if not frame.empty else frame
+            if kind_value == "footprint":
+                return quality_vs_memory(frame, quality_value, int(context_value))
+            if kind_value in QUALITY_CHARTS:
+                return CHARTS[kind_value](frame, quality_value)
+            return CHARTS[kind_value](frame)
+
+        # Everyone drawing the same chart of the same store gets one figure (Gradio only reads it).
+        tokens = int(context_value) if kind_value == "footprint" else None
+        return (store_view(store, ("chart", kind_value, quality_value, tokens, method_value, model_text), figure),)
 
     inputs, outputs = [kind, quality, context, method, model], [plot, error]
     draw.click(chart, inputs, outputs, api_name="chart")

@@ -20,7 +20,9 @@ import pandas as pd
 from pydantic import ValidationError
 
 from quantbench.errors import QuantbenchError
-from quantbench.results.query import Filters, query, wide
+from quantbench.results.index import store_view
+from quantbench.results.query import Filters, select, wide
+from quantbench.results.store import StoreContents
 
 log = logging.getLogger("quantbench.ui")
 
@@ -70,11 +72,18 @@ def guarded(n_outputs: int) -> Callable[[Callable[..., tuple]], Callable[..., tu
 
 
 def read_trials(store: Path, filters: Filters | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tidy rows, wide table) of the store's trials that match `filters`; unreadable files are logged."""
-    contents = query(store, filters or Filters())
-    for problem in contents.skipped:
+    """(tidy rows, wide table) of the store's trials that match `filters`, kept by the store's index
+    until the store changes (treat them as read-only); unreadable files are logged."""
+    filters = filters or Filters()
+
+    def trials(contents: StoreContents) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+        frame = select(contents.frame, filters)
+        return frame, wide(frame), contents.skipped
+
+    frame, table, skipped = store_view(store, ("trials", filters), trials)
+    for problem in skipped:
         log.warning("skipped %s", problem)
-    return contents.frame, wide(contents.frame)
+    return frame, table
 
 
 def trial_label(row: pd.Series) -> str:

@@ -19,6 +19,7 @@ from quantbench.app.ui.common import (
 )
 from quantbench.errors import QuantbenchError
 from quantbench.results.columns import display_table, headline
+from quantbench.results.index import store_view
 from quantbench.results.noise import with_verdicts
 from quantbench.runner.trial_log import read_log
 
@@ -84,17 +85,24 @@ def build(store: Path) -> dict[str, gr.components.Component]:
     show_log.click(lambda key: log_text(store, key), [log_key], [log_view], api_name="trial_log")
     log_key.submit(lambda key: log_text(store, key), [log_key], [log_view], api_name=False)
 
-    @guarded(3)
-    def results(method_value: str, status_value: str, model_text: str) -> tuple:
+    def shown(method_value: str, status_value: str, model_text: str) -> tuple[pd.DataFrame, str, list[str] | None]:
         _, wide_table = read_trials(store, make_filters(method_value, status_value))
         wide_table = model_contains(wide_table, model_text)
         if wide_table.empty:
-            return pd.DataFrame(), "No trials match. Start one from the **Run** tab.", gr.update()
+            return pd.DataFrame(), "No trials match. Start one from the **Run** tab.", None
         all_rows, everything = read_trials(store)
         wide_table = with_verdicts(wide_table, all_rows)
         failed = int((wide_table["status"] == "failed").sum())
         line = f"{len(wide_table)} trials ({failed} failed)."
-        return results_frame(wide_table), line, gr.update(choices=method_choices(everything))
+        return results_frame(wide_table), line, method_choices(everything)
+
+    @guarded(3)
+    def results(method_value: str, status_value: str, model_text: str) -> tuple:
+        # Everyone looking at the same filters of the same store sees one computed table.
+        key = ("results tab", method_value, status_value, model_text)
+        table, line, choices = store_view(store, key, lambda _: shown(method_value, status_value, model_text))
+        # A shallow copy (copy-on-write): Gradio may change its own table, not the one kept.
+        return table.copy(deep=False), line, gr.update() if choices is None else gr.update(choices=choices)
 
     inputs = [method, status, model]
     outputs = [table, summary, method, error]
