@@ -7,6 +7,9 @@ test, chunks of 512 (the first 256 tokens fill the cache, the other 255 are scor
 
     nice .venv/bin/python bench/kv_cache.py --corpus ../shared/data/wikitext2/wiki.test.raw
 
+On a busy machine, OMP_NUM_THREADS=1 keeps torch's threads from spinning at barriers while the other
+is descheduled (one-token forwards are mostly barriers).
+
 Prints one JSON object per cache (machine, versions, date, numbers) and the Markdown table used in README.
 """
 
@@ -21,7 +24,7 @@ import torch
 
 from quantbench import models
 from quantbench.backends.registry import get_backend
-from quantbench.corpora import load_corpus
+from quantbench.corpora import Corpus, load_corpus
 from quantbench.evals import kv_cache
 from quantbench.evals.kv_cache import KvCacheParams
 from quantbench.runner import environment
@@ -38,6 +41,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--buckets", type=int, default=4)
+    parser.add_argument(
+        "--rows", type=int, default=None, help="the corpus's first N rows only (saves tokenizing it whole)"
+    )
     parser.add_argument("--torch-caches", nargs="*", default=TORCH_CACHES)
     parser.add_argument("--llama-cpp-caches", nargs="*", default=LLAMA_CPP_CACHES)
     args = parser.parse_args()
@@ -45,6 +51,8 @@ def main() -> None:
     environment.quiet_library_logs()
     source = models.resolve(ModelRef(args.model))
     corpus = load_corpus(args.corpus)
+    if args.rows:
+        corpus = Corpus(f"{corpus.name}[:{args.rows}]", corpus.rows[: args.rows])
     engines = []
     if args.torch_caches:
         baseline = get_backend("baseline")
