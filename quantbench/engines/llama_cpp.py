@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from quantbench.engines.coverage import Coverage
+from quantbench.engines.kv_cache import KvCache, ggml_type
 from quantbench.engines.torch_model import TorchModel, reference_model
 from quantbench.errors import QuantbenchError
 from quantbench.models import ResolvedModel
@@ -122,15 +123,8 @@ class LlamaCppModel:
             self._model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         except ValueError as exc:
             raise QuantbenchError(f"llama.cpp cannot load {path}: {exc}") from None
-        # llama.cpp's defaults otherwise, as llama-cli and llama-perplexity run: an f16 KV cache and
-        # flash attention where the CPU build has it (both round K and V to f16; logits move ~1e-3).
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self._model.n_ctx_train()
-        params.n_batch = params.n_ubatch = BATCH
-        params.n_seq_max = MAX_SEQUENCES
-        params.kv_unified = True  # all sequences share the n_ctx cells, as one batch of prompts needs
-        params.n_threads = params.n_threads_batch = threads
-        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._ctx = self._context()
+        self._kv_contexts: dict[KvCache, object] = {}
         self._batch = llama_cpp.llama_batch_init(BATCH, 0, MAX_SEQUENCES)
         weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
         self.context_length = self._ctx.n_ctx()
@@ -138,6 +132,29 @@ class LlamaCppModel:
         types = " ".join(f"{name}×{n}" for name, n in self.facts.types.most_common())
         buffers = "" if model_params.use_extra_bufts else ", no AMX/repacking"
         self.kernel = f"{label} (llama.cpp CPU, {threads} threads{buffers}, f16 KV cache; tensors {types})"
+
+    def _context(self, kv: KvCache | None = None) -> object:
+        """A llama.cpp context of the model's training length. llama.cpp's defaults otherwise, as llama-cli
+        and llama-perplexity run: an f16 KV cache and flash attention where the CPU build has it (both round
+        K and V to f16; logits move ~1e-3); `kv`'s ggml type for K and V instead, with flash attention on,
+        which llama.cpp needs to read a quantized V."""
+        from llama_cpp import _internals
+
+        params = self._lib.llama_context_default_params()
+        params.n_ctx = self._model.n_ctx_train()
+        params.n_batch = params.n_ubatch = BATCH
+        params.n_seq_max = MAX_SEQUENCES
+        params.kv_unified = True  # all sequences share the n_ctx cells, as one batch of prompts needs
+        params.n_threads = params.n_threads_batch = self.threads
+        if kv is not None:
+            params.type_k = params.type_v = ggml_type(kv)
+            params.flash_attn_type = self._lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        try:
+            return _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise QuantbenchError(
+                f"llama.cpp cannot make a context with KV cache {kv.label if kv else 'f16'}: {exc}"
+            ) from None
 
     @classmethod
     def open(
@@ -172,36 +189,54 @@ class LlamaCppModel:
     def decode_weight_bytes(self) -> int:
         return self.facts.weight_bytes - (0 if self.facts.tied else self.facts.embedding_bytes)
 
-    def _decode(self, tokens: list[tuple[int, int, int, bool]]) -> None:
-        """One llama_decode of (token, position, sequence, wants logits) entries."""
+    def _decode(self, tokens: list[tuple[int, int, int, bool]], ctx: object = None) -> None:
+        """One llama_decode of (token, position, sequence, wants logits) entries, in `ctx` (default: the
+        model's own context)."""
+        ctx = ctx or self._ctx
         batch = self._batch
         batch.n_tokens = len(tokens)
         for i, (token, pos, seq, wants) in enumerate(tokens):
             batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wants
             batch.seq_id[i][0] = seq
-        code = self._lib.llama_decode(self._ctx.ctx, batch)
+        code = self._lib.llama_decode(ctx.ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code} (context {self.context_length} tokens)")
 
-    def _outputs(self, n: int) -> np.ndarray:
+    def _outputs(self, n: int, ctx: object = None) -> np.ndarray:
         """The last decode's logits, (n, vocab) for the n tokens it asked for in batch order: a view of
         llama.cpp's buffer, valid until the next decode."""
-        pointer = self._lib.llama_get_logits(self._ctx.ctx)
+        pointer = self._lib.llama_get_logits((ctx or self._ctx).ctx)
         return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (n, self.vocab_size))
 
-    def _feed(self, rows: list[list[int]], all_logits: bool) -> np.ndarray:
-        """Decode each row as its own sequence from position 0, BATCH tokens per call; return the
+    def _feed(self, rows: list[list[int]], all_logits: bool, ctx: object = None, start: int = 0) -> np.ndarray:
+        """Decode each row as its own sequence from position `start`, BATCH tokens per call; return the
         logits (tokens asked for, vocab), copied: every token's, or each row's last."""
-        entries = [(token, pos, seq, all_logits or pos == len(row) - 1)
+        entries = [(token, start + pos, seq, all_logits or pos == len(row) - 1)
                    for seq, row in enumerate(rows) for pos, token in enumerate(row)]  # fmt: skip
         out = []
         for begin in range(0, len(entries), BATCH):
             chunk = entries[begin : begin + BATCH]
-            self._decode(chunk)
+            self._decode(chunk, ctx)
             wanted = sum(entry[3] for entry in chunk)
             if wanted:
-                out.append(self._outputs(wanted))
+                out.append(self._outputs(wanted, ctx))
         return np.concatenate(out) if out else np.empty((0, self.vocab_size), np.float32)
+
+    def kv_logits(self, windows: torch.Tensor, context: int, step: int, kv: KvCache | None) -> torch.Tensor:
+        """The protocol's optional cached logits (engines/protocol.py `kv_logits_of`): each row's first
+        `context` tokens fill a cache of `kv`'s ggml type (None: the f16 default), the rest follow `step`
+        tokens per decode, each reading every cached K/V quantized, its own included."""
+        if kv is not None and kv not in self._kv_contexts:
+            ggml_type(kv)  # a torch cache named here is refused before a context is made
+            self._kv_contexts[kv] = self._context(kv)
+        ctx = self._ctx if kv is None else self._kv_contexts[kv]
+        out = []
+        for row in windows.tolist():
+            ctx.kv_cache_clear()
+            self._feed([row[:context]], all_logits=False, ctx=ctx)
+            steps = [self._feed([row[s : s + step]], True, ctx, start=s) for s in range(context, len(row), step)]
+            out.append(np.concatenate(steps))
+        return torch.from_numpy(np.stack(out))
 
     def logits(self, windows: torch.Tensor) -> torch.Tensor:
         out = []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 
 from quantbench.engines.coverage import Coverage
+from quantbench.errors import QuantbenchError
 
 if TYPE_CHECKING:
     from quantbench.models import ResolvedModel
@@ -73,6 +74,18 @@ class QuantizedModel(Protocol):
         engine's own fp32 run agrees with it (llama.cpp: mean KL ~1e-6), so every method shares one
         reference and its cached pass (the cache key does not name an engine)."""
         ...
+
+
+def kv_logits_of(model: QuantizedModel) -> Callable:
+    """The engine's optional `kv_logits(windows, context, step, kv)`: logits (batch, seq - context,
+    vocab), fp32 on the CPU, of positions `context`… of `windows`, read through a KV cache stored as
+    `kv` (engines/kv_cache.py, None: full precision) says; the first `context` tokens fill the cache,
+    the rest follow `step` tokens per forward. An engine without a cache to quantize has none."""
+    fn = getattr(model, "kv_logits", None)
+    if fn is None:
+        engine = type(model).__name__
+        raise QuantbenchError(f"the engine running this model ({engine}) has no KV cache an eval can quantize")
+    return fn
 
 
 def engine_facts(model: QuantizedModel) -> list[tuple]:

@@ -12,6 +12,8 @@ import torch
 
 from quantbench import models
 from quantbench.engines.coverage import Coverage
+from quantbench.engines.kv_cache import KvCache, transformers_cache
+from quantbench.errors import QuantbenchError
 from quantbench.models import ResolvedModel
 
 # Config attributes that carry a context length, in the order lm-eval's `resolve_max_length` reads
@@ -65,6 +67,26 @@ class TorchModel:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> None:
         self.module(input_ids=ids, use_cache=True, **self._last_logits_only)
+
+    @torch.inference_mode()
+    def kv_logits(self, windows: torch.Tensor, context: int, step: int, kv: KvCache | None) -> torch.Tensor:
+        """Logits (batch, seq - context, vocab), fp32 on the CPU, of positions `context`… of `windows`,
+        read through a KV cache stored as `kv` says (engines/kv_cache.py): the first `context` tokens
+        fill it in one forward, the rest follow `step` tokens per forward."""
+        cache = transformers_cache(kv, self.module.config)
+        ids = windows.to(self.device)
+        try:
+            self.module(input_ids=ids[:, :context], cache=cache, use_cache=True, **self._last_logits_only)
+            out = [
+                self.module(input_ids=ids[:, s : s + step], cache=cache, use_cache=True).logits
+                for s in range(context, ids.shape[1], step)
+            ]
+        except ValueError as exc:  # the cache library refusing a shape, e.g. a group size that does not divide it
+            if kv is None:
+                raise
+            reason = str(exc).strip().splitlines()[0]
+            raise QuantbenchError(f"kv_cache {kv.label}: {reason}; try another kv_group_size") from None
+        return torch.cat(out, dim=1).float().cpu()
 
     @cached_property
     def _last_logits_only(self) -> dict:

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,14 @@ from quantbench.corpora import Corpus
 from quantbench.engines.protocol import QuantizedModel
 from quantbench.errors import QuantbenchError
 from quantbench.evals import perplexity, progress
-from quantbench.evals.perplexity import PerplexityParams, chunk_start_token, protocol_windows, scored_windows, tokenize
+from quantbench.evals.perplexity import (
+    PerplexityParams,
+    ScoredWindow,
+    chunk_start_token,
+    protocol_windows,
+    scored_windows,
+    tokenize,
+)
 from quantbench.evals.stats import mean_stderr, proportion_stderr
 from quantbench.files import atomic_path
 from quantbench.models import ResolvedModel
@@ -226,71 +233,123 @@ def write_cache(path: Path, key: dict, dtype: np.dtype, records: Iterator[np.nda
             f.write(chunk.tobytes())
 
 
+@dataclass
+class Tally:
+    """Per-window reductions of `compare`'s token statistics, in window order."""
+
+    kld: list[np.ndarray] = field(default_factory=list)  # per token, nats
+    agree: list[np.ndarray] = field(default_factory=list)  # per token, bool
+    kld_sq_sum: float = 0.0
+    delta_p_sum: float = 0.0
+    delta_p_sq_sum: float = 0.0
+    nll_base_sum: float = 0.0
+    nll_quant_sum: float = 0.0
+
+    def add(self, stats: TokenStats) -> None:
+        self.kld.append(stats.kld.numpy())
+        self.agree.append(stats.top1_agree.numpy())
+        self.kld_sq_sum += stats.kld.double().square().sum().item()
+        self.delta_p_sum += stats.delta_p.double().sum().item()
+        self.delta_p_sq_sum += stats.delta_p.double().square().sum().item()
+        self.nll_base_sum += stats.nll_base.double().sum().item()
+        self.nll_quant_sum += stats.nll_quant.double().sum().item()
+
+    def result(self, cache_hit: bool, cache_bytes_per_token: float) -> DivergenceResult:
+        return DivergenceResult(
+            kld=np.concatenate(self.kld),
+            kld_sq_sum=self.kld_sq_sum,
+            top1_agree=int(sum(a.sum() for a in self.agree)),
+            delta_p_sum=self.delta_p_sum,
+            delta_p_sq_sum=self.delta_p_sq_sum,
+            nll_base_sum=self.nll_base_sum,
+            nll_quant_sum=self.nll_quant_sum,
+            cache_hit=cache_hit,
+            cache_bytes_per_token=cache_bytes_per_token,
+            window_kld_sums=tuple(k.astype(np.float64).sum().item() for k in self.kld),
+            window_top1_agree=tuple(int(a.sum()) for a in self.agree),
+            window_tokens=tuple(len(k) for k in self.kld),
+        )
+
+
+class WindowProgress:
+    """Reports windows done out of `todo` (the baseline pass on a cache miss, then the quantized pass)."""
+
+    def __init__(self, todo: int) -> None:
+        self.done, self.todo = 0, todo
+
+    def step(self) -> None:
+        self.done += 1
+        progress.report(self.done, self.todo)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    records: np.ndarray  # one record per scored token, in window order
+    cache_hit: bool
+    bytes_per_token: float
+
+
+def baseline(
+    key: dict,
+    n_tokens: int,
+    params: DivergenceParams,
+    reference_windows: Callable[[], tuple[int, Iterator[ScoredWindow]]],
+    on_window: Callable[[], None],
+) -> Baseline:
+    """The cached baseline records under `key`, or, on a miss, those of the windows that
+    `reference_windows()` returns (with the reference's vocabulary size), written to the cache first.
+    `on_window` is called after each window the miss computes."""
+    path = cache_path(key)
+    base = read_cache(path, key, n_tokens)
+    cache_hit = base is not None
+    if base is None:
+        vocab, scored = reference_windows()
+        dtype = record_dtype(min(params.top_k, vocab), params.tail_samples, vocab)
+
+        def records() -> Iterator[np.ndarray]:
+            for s in scored:
+                yield baseline_records(s.logits, s.targets, dtype, seed=s.window.begin)
+                on_window()
+
+        write_cache(path, key, dtype, records())
+        del scored  # the reference model it holds
+        base = read_cache(path, key, n_tokens)
+        assert base is not None, f"baseline cache {path} unreadable right after writing"
+    return Baseline(base, cache_hit, path.stat().st_size / n_tokens)
+
+
+def tally(base: np.ndarray, scored: Iterator[ScoredWindow], on_window: Callable[[], None]) -> Tally:
+    """Compare each scored window with its slice of the baseline records (same window order)."""
+    out, at = Tally(), 0
+    for window in scored:
+        n = len(window.targets)
+        out.add(compare(base[at : at + n], window.logits, window.targets))
+        at += n
+        on_window()
+    return out
+
+
 def evaluate(
     model: QuantizedModel, corpus: Corpus, params: DivergenceParams, source: ResolvedModel
 ) -> DivergenceResult:
     """Compare `model` with the unquantized model behind `source`."""
-    device = model.device
     ids, _ = tokenize(model.tokenizer, corpus, params.max_tokens)
     start_token = chunk_start_token(model.tokenizer, params)
     n_tokens = sum(w.end - w.first_target for w in protocol_windows(len(ids), params))
-    key = cache_key(source, ids, params, device)
-    path = cache_path(key)
-    base = read_cache(path, key, n_tokens)
-    cache_hit = base is not None
+    key = cache_key(source, ids, params, model.device)
     # Progress in windows: the baseline pass (on a cache miss) and the quantized pass.
     per_pass = perplexity.window_count(len(ids), params.seq_len, params.stride or params.seq_len)
-    todo, done = per_pass * (1 if cache_hit else 2), 0
-    if base is None:
+    count = WindowProgress(per_pass * 2)
+
+    def reference_windows() -> tuple[int, Iterator[ScoredWindow]]:
         reference = model.reference(source)
-        vocab = reference.vocab_size
-        dtype = record_dtype(min(params.top_k, vocab), params.tail_samples, vocab)
+        return reference.vocab_size, scored_windows(reference.logits, ids, params, start_token)
 
-        def records() -> Iterator[np.ndarray]:
-            nonlocal done
-            for s in scored_windows(reference.logits, ids, params, start_token):
-                yield baseline_records(s.logits, s.targets, dtype, seed=s.window.begin)
-                done += 1
-                progress.report(done, todo)
-
-        write_cache(path, key, dtype, records())
-        del reference
-        base = read_cache(path, key, n_tokens)
-        assert base is not None, f"baseline cache {path} unreadable right after writing"
-
-    kld, agree, dp_sum, dp_sq, nll_p, nll_q, at = [], 0, 0.0, 0.0, 0.0, 0.0, 0
-    kld_sq, window_kld, window_agree, window_tokens = 0.0, [], [], []
-    for scored in scored_windows(model.logits, ids, params, start_token):
-        n = len(scored.targets)
-        stats = compare(base[at : at + n], scored.logits, scored.targets)
-        at += n
-        kld.append(stats.kld.numpy())
-        kld64 = stats.kld.double()
-        window_kld.append(kld64.sum().item())
-        kld_sq += kld64.square().sum().item()
-        window_agree.append(int(stats.top1_agree.sum()))
-        window_tokens.append(n)
-        agree += window_agree[-1]
-        dp_sum += stats.delta_p.double().sum().item()
-        dp_sq += stats.delta_p.double().square().sum().item()
-        nll_p += stats.nll_base.double().sum().item()
-        nll_q += stats.nll_quant.double().sum().item()
-        done += 1
-        progress.report(done, todo)
-    return DivergenceResult(
-        kld=np.concatenate(kld),
-        kld_sq_sum=kld_sq,
-        top1_agree=agree,
-        delta_p_sum=dp_sum,
-        delta_p_sq_sum=dp_sq,
-        nll_base_sum=nll_p,
-        nll_quant_sum=nll_q,
-        cache_hit=cache_hit,
-        cache_bytes_per_token=path.stat().st_size / n_tokens,
-        window_kld_sums=tuple(window_kld),
-        window_top1_agree=tuple(window_agree),
-        window_tokens=tuple(window_tokens),
-    )
+    base = baseline(key, n_tokens, params, reference_windows, count.step)
+    if base.cache_hit:
+        count.todo = per_pass
+    stats = tally(base.records, scored_windows(model.logits, ids, params, start_token), count.step)
+    return stats.result(base.cache_hit, base.bytes_per_token)
 
 
 def check_inputs(source: ResolvedModel, params: DivergenceParams, corpus: Corpus) -> None:

@@ -29,6 +29,7 @@ from quantbench.errors import QuantbenchError
 EVALS: dict[str, str] = {
     "perplexity": "quantbench.evals.perplexity",
     "divergence": "quantbench.evals.divergence",
+    "kv": "quantbench.evals.kv_cache",
     "tasks": "quantbench.evals.tasks",
     "latency": "quantbench.evals.latency",
     "memory": "quantbench.evals.memory",

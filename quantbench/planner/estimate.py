@@ -25,7 +25,8 @@ MIB = 2**20
 # which is negligible. int8/int4 follow transformers' QuantizedCache (quanto or HQQ backend,
 # q_group_size=64): codes plus an fp16 scale and zero per 64 elements. Its residual window of 128
 # recent tokens kept unquantized is not counted (< 0.4% of a 32k cache).
-KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1 + 4 / 64, "int4": 0.5 + 4 / 64}
+KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1 + 4 / 64, "int4": 0.5 + 4 / 64,
+            "int2": 0.25 + 4 / 64}  # fmt: skip
 
 # GPU memory used outside torch's allocator: the CUDA context (driver state, kernel images of
 # torch/cuBLAS/cuDNN). The PyTorch forums report ~700+ MiB on first CUDA use with eager module

@@ -128,10 +128,24 @@ def resolve_keys(frame: pd.DataFrame, keys: list[str]) -> list[str]:
     return resolved
 
 
+# Protocol fields that name what an eval measures rather than how: kv-eval trials of different caches
+# compare (their KLDs share one baseline pass), as trials of different methods do.
+TREATMENT_FIELDS = {"kv": ("kv_cache", "kv_group_size")}
+
+
 def _signature(rows: pd.DataFrame) -> dict[str, tuple[str, str, str]]:
-    """eval -> (corpus name, corpus hash, protocol JSON) of one trial's rows."""
+    """eval -> (corpus name, corpus hash, protocol JSON without its treatment fields) of one trial's rows."""
     measured = rows[rows["eval"].fillna("") != ""].drop_duplicates("eval")
-    return {r.eval: (r.corpus or "", r.corpus_hash or "", r.protocol_json or "{}") for r in measured.itertuples()}
+    return {
+        r.eval: (r.corpus or "", r.corpus_hash or "", _protocol(r.eval, r.protocol_json)) for r in measured.itertuples()
+    }
+
+
+def _protocol(eval_name: str, protocol_json: str | None) -> str:
+    if eval_name not in TREATMENT_FIELDS:
+        return protocol_json or "{}"
+    protocol = json.loads(protocol_json or "{}")
+    return json.dumps({k: v for k, v in protocol.items() if k not in TREATMENT_FIELDS[eval_name]}, sort_keys=True)
 
 
 def incomparability(frame: pd.DataFrame, a: str, b: str) -> str | None:

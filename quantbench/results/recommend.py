@@ -10,7 +10,10 @@ measure them with the evals and protocols the store's trials used.
 
 Bounds, each checked against what the store measured, with a margin (room left before the bound;
 negative: how far it is broken):
-- max mean KLD (nats) and min top-1 agreement (%), from the divergence eval;
+- max mean KLD (nats) and min top-1 agreement (%), from the divergence eval; at a quantized KV-cache
+  dtype (int8, int4, int2), from the kv eval (evals/kv_cache.py) of a trial whose cache held that dtype
+  (`kv_cache` quanto-int4, hqq-int4, llama.cpp-q4_0 are int4; llama.cpp-q8_0 is int8), so the cache's
+  error counts; a setting without such a trial is unmeasured, and its sweep runs the kv eval;
 - max perplexity increase (%) and max task-accuracy drop (points) against the baseline trial;
 - min decode tokens/s at the user's batch (the latency eval, on the machine that measured it);
 - memory: the planner's peak for this model at the user's workload, calibrated where the store measured
@@ -219,26 +222,50 @@ def _get(row: pd.Series, metric: str) -> float:
     return float(value) if value is not None and not pd.isna(value) else math.nan
 
 
-def _checks(frame: pd.DataFrame, row: pd.Series, ref: pd.Series | None, bounds: Bounds, batch: int):
-    """(checks, missing metrics) of one measured trial against the quality and speed bounds."""
+QUANTIZED_KV = {"int8": "hqq-int8", "int4": "quanto-int4", "int2": "quanto-int2"}  # the cache a sweep measures
+
+
+def kv_dtype(kv_cache: str) -> str:
+    """The planner's KV dtype (planner/estimate.py KV_BYTES) of a kv eval's `kv_cache`: its bits as intN,
+    ggml's q8_0/q4_0 as int8/int4 (one fp16 scale per 32 elements, within 1% of the planner's int8/int4)."""
+    dtype = kv_cache.rpartition("-")[2]
+    return "fp16" if kv_cache == "none" else {"q8_0": "int8", "q4_0": "int4"}.get(dtype, dtype)
+
+
+def _kv_dtypes(frame: pd.DataFrame) -> dict[str, str]:
+    """trial key -> the planner's KV dtype its kv eval measured, for the trials that ran one."""
+    rows = frame[frame["eval"] == "kv"].drop_duplicates("trial_key")
+    return {
+        k: kv_dtype(json.loads(p or "{}").get("kv_cache", ""))
+        for k, p in zip(rows["trial_key"], rows["protocol_json"], strict=True)
+    }
+
+
+def _checks(
+    frame: pd.DataFrame, row: pd.Series, ref: pd.Series | None, bounds: Bounds, batch: int, kv: str | None = None
+):
+    """(checks, missing metrics) of one measured trial against the quality and speed bounds; `kv`: the
+    quantized KV dtype whose kv-eval rows the KLD and top-1 bounds read (None: the divergence eval's)."""
     checks, missing = [], []
     key = row["trial_key"]
+    quality_eval, prefix = ("divergence", "") if kv is None else ("kv", "kv_")
+    measured_kv = kv is None or _kv_dtypes(frame[frame["trial_key"] == key]).get(key) == kv
     if bounds.max_kld is not None:
-        value = _get(row, "kld_mean")
+        value = _get(row, prefix + "kld_mean") if measured_kv else math.nan
         if math.isnan(value):
-            missing.append("kld_mean")
+            missing.append("kld_mean" if kv is None else f"kv_kld_mean (kv eval with an {kv} cache)")
         else:
-            err, dof = _own_mean_error(window_sums(frame, key, "divergence", "window_kld_sum"),
-                                       _get(row, "kld_mean_stderr"))  # fmt: skip
+            err, dof = _own_mean_error(window_sums(frame, key, quality_eval, prefix + "window_kld_sum"),
+                                       _get(row, prefix + "kld_mean_stderr"))  # fmt: skip
             margin = bounds.max_kld - value
             checks.append(Check(f"max KLD {bounds.max_kld:g}", value, margin, "nats", _noise(margin, err, dof)))
     if bounds.min_top1 is not None:
-        value = _get(row, "top1_agreement")
+        value = _get(row, prefix + "top1_agreement") if measured_kv else math.nan
         if math.isnan(value):
-            missing.append("top1_agreement")
+            missing.append("top1_agreement" if kv is None else f"kv_top1_agreement (kv eval with an {kv} cache)")
         else:
-            err, dof = _own_mean_error(window_sums(frame, key, "divergence", "window_top1_agree"), math.nan)
-            err = err * 100 if dof else _get(row, "top1_agreement_stderr")
+            err, dof = _own_mean_error(window_sums(frame, key, quality_eval, prefix + "window_top1_agree"), math.nan)
+            err = err * 100 if dof else _get(row, prefix + "top1_agreement_stderr")
             margin = value - bounds.min_top1
             checks.append(Check(f"min top-1 {bounds.min_top1:g}%", value, margin, "%", _noise(margin, err, dof)))
     if bounds.max_ppl_increase_pct is not None:
@@ -391,7 +418,8 @@ def _measured(trials: pd.DataFrame, ctx: _Context) -> tuple[str, Candidate]:
             failed = f"not comparable with the baseline {ctx.ref[:8]}: {why}"
             return "excluded", replace(base, trial_key=ok["trial_key"].iloc[0], failed=failed)
         ok = comparable
-    scored = [(row, *_checks(ctx.frame, row, ctx.ref_row, ctx.bounds, ctx.work.batch)) for _, row in ok.iterrows()]
+    kv = ctx.work.kv_dtype if ctx.work.kv_dtype in QUANTIZED_KV else None
+    scored = [(row, *_checks(ctx.frame, row, ctx.ref_row, ctx.bounds, ctx.work.batch, kv)) for _, row in ok.iterrows()]
     row, checks, missing = next(((r, c, m) for r, c, m in scored if not m), scored[0])
     candidate = replace(base, checks=(memory_check, *checks), trial_key=row["trial_key"], missing=tuple(missing))
     if candidate.broken:
@@ -450,7 +478,7 @@ def recommend(frame: pd.DataFrame, request: Request, arch: Architecture | None =
     excluded.sort(key=lambda c: (c.trial_key is None, c.label))
     unmeasured.sort(key=lambda c: (c.memory_bytes, c.label))
     model_ref = str(frame["model_ref"].iloc[0])
-    sweep = sweep_for(frame, table, model_ref, unmeasured, request.bounds) if unmeasured else None
+    sweep = sweep_for(frame, table, model_ref, unmeasured, request.bounds, work.kv_dtype) if unmeasured else None
     return Recommendation(request, budget, budget_name, work, ref, tuple(ranked), tuple(excluded),
                           tuple(unmeasured), sweep)  # fmt: skip
 
@@ -461,10 +489,16 @@ BOUND_EVALS = {"max_kld": "divergence", "min_top1": "divergence", "max_ppl_incre
 
 
 def sweep_for(
-    frame: pd.DataFrame, table: pd.DataFrame, model_ref: str, unmeasured: list[Candidate], bounds: Bounds
+    frame: pd.DataFrame,
+    table: pd.DataFrame,
+    model_ref: str,
+    unmeasured: list[Candidate],
+    bounds: Bounds,
+    kv: str = "fp16",
 ) -> dict[str, Any]:
     """The sweep (runner/sweep.py format) that measures exactly the `unmeasured` settings with the evals
-    and protocols of the model's newest ok trials, so the new trials compare with the stored ones."""
+    and protocols of the model's newest ok trials, so the new trials compare with the stored ones; at a
+    quantized KV dtype `kv` with a KLD or top-1 bound, with the kv eval at a cache of that dtype too."""
     ok = frame[(frame["status"] == "ok") & frame["eval"].isin(list(EVALS))].sort_values("created_at")
     evals: dict[str, dict[str, Any]] = {}
     for row in ok.drop_duplicates("eval", keep="last").itertuples():
@@ -472,6 +506,8 @@ def sweep_for(
     for name, eval_name in BOUND_EVALS.items():
         if getattr(bounds, name) is not None:
             evals.setdefault(eval_name, {})
+    if kv in QUANTIZED_KV and (bounds.max_kld is not None or bounds.min_top1 is not None):
+        evals["kv"] = {**evals.get("kv", {}), "kv_cache": QUANTIZED_KV[kv]}
     devices = table.loc[table["status"] == "ok", "device"]
     device = str(devices.iloc[0]).split(":")[0] if not devices.empty else "cpu"
     return {"models": [model_ref], "device": device, "methods": [c.label for c in unmeasured], "evals": evals}

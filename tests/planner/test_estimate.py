@@ -175,7 +175,7 @@ def test_largest_context_is_capped_by_the_model_and_zero_when_nothing_fits():
         (Workload(8, batch=0), "batch must be a positive integer, got 0"),
         (Workload(8, batch=True), "batch must be a positive integer, got True"),
         (Workload(8, prefill_chunk=-1), "prefill_chunk must be a positive integer"),
-        (Workload(8, kv_dtype="fp2"), "kv_dtype must be one of fp32, fp16, bf16, fp8, int8, int4, got 'fp2'"),
+        (Workload(8, kv_dtype="fp2"), "kv_dtype must be one of fp32, fp16, bf16, fp8, int8, int4, int2, got 'fp2'"),
         (Workload(8, attention="flash3"), "attention must be one of sdpa, eager"),
         (Workload(8, device="tpu"), "device must be one of cuda, cpu, got 'tpu'"),
         (Workload(8, mla_cache="zip"), "mla_cache must be one of latent, expanded"),

@@ -19,9 +19,10 @@ from recommend_trials import DIVERGENCE, PROTOCOL, fill, store_trials, trial
 from quantbench.backends.registry import method_label
 from quantbench.errors import QuantbenchError
 from quantbench.planner.calibrate import compare as calibration
+from quantbench.planner.estimate import KV_BYTES
 from quantbench.planner.gpus import GIB
 from quantbench.planner.presets import preset
-from quantbench.results.recommend import Bounds, Request, recommend, sweep_yaml
+from quantbench.results.recommend import Bounds, Request, kv_dtype, recommend, sweep_yaml
 from quantbench.results.schema import Metric
 from quantbench.results.store import read_results
 from quantbench.runner.sweep import load_sweep
@@ -216,3 +217,40 @@ def test_a_store_written_by_the_first_schema_is_recommended_from():
     assert labels(rec.ranked) == ["quanto:weights=int8", "torchao:bits=8", "baseline:dtype=float32"]
     assert all(c.calibration.startswith("×") for c in rec.ranked)
     assert [c.broken[0].bound for c in rec.excluded] == ["max ppl +5%"] * 4
+
+
+def _kv_trial(key, method, params, day, kv_cache, kld, top1):
+    """A trial that ran only the kv eval (evals/kv_cache.py) with `kv_cache`."""
+    protocol = {**DIVERGENCE, "protocol": "llamacpp", "kv_cache": kv_cache}
+    rows = [Metric("kv", name, value, "", protocol, "builtin", "hash-builtin") for name, value in
+            (("kv_kld_mean", kld), ("kv_kld_mean_stderr", kld / 50), ("kv_top1_agreement", top1),
+             ("kv_top1_agreement_stderr", 0.5))]  # fmt: skip
+    return trial(key, method, params, day=day, extra=rows)
+
+
+def test_a_quantized_kv_dtype_is_judged_on_the_kv_eval_of_that_dtype(tmp_path):
+    kv_rtn8 = _kv_trial("kv-rtn8", "rtn", {"bits": 8, "group_size": 64}, 6, "quanto-int4", 0.04, 95.0)
+    kv_rtn4 = _kv_trial("kv-rtn4", "rtn", {"bits": 4, "group_size": 64}, 7, "hqq-int4", 0.2, 80.0)
+    kv_base = _kv_trial("kv-base", "baseline", {"dtype": "float32"}, 8, "llama.cpp-q8_0", 0.01, 99.0)
+    rec = run(tmp_path, *STORE, kv_rtn8, kv_rtn4, kv_base, memory_gib=64, max_kld=0.1, kv_dtype="int4")
+    # rtn8's int4-cache trial meets the bound (its divergence trial's 0.01 is not what counts); rtn4's
+    # breaks it; the baseline measured an int8 cache only, so at int4 it is unmeasured, with its sweep, as
+    # are the settings that ran no kv eval.
+    assert labels(rec.ranked) == ["rtn:bits=8,group_size=64"] and rec.ranked[0].trial_key == "kv-rtn8"
+    assert rec.ranked[0].checks[1].value == 0.04
+    assert [(c.label, c.broken[0].value) for c in rec.excluded if c.broken] == [("rtn:bits=4,group_size=64", 0.2)]
+    assert labels(rec.unmeasured) == [
+        "hqq:nbits=4,group_size=64", "triton:bits=4,group_size=64", "baseline:dtype=float32",
+    ]  # fmt: skip
+    assert {c.missing for c in rec.unmeasured} == {("kv_kld_mean (kv eval with an int4 cache)",)}
+    assert rec.sweep["evals"]["kv"]["kv_cache"] == "quanto-int4"
+    # the same store at an fp16 cache reads the divergence eval, as before
+    fp16 = run(tmp_path, memory_gib=64, max_kld=0.1)
+    assert {c.label: c.trial_key for c in fp16.ranked}["rtn:bits=8,group_size=64"] == "rtn8"
+    assert labels(fp16.ranked) == labels(run(tmp_path / "plain", *STORE, memory_gib=64, max_kld=0.1).ranked)
+
+
+@pytest.mark.parametrize(("kv_cache", "dtype"), [("none", "fp16"), ("quanto-int2", "int2"), ("hqq-int4", "int4"),
+                                                  ("llama.cpp-q8_0", "int8"), ("llama.cpp-q4_0", "int4")])  # fmt: skip
+def test_a_kv_cache_maps_to_the_planners_dtype(kv_cache, dtype):
+    assert kv_dtype(kv_cache) == dtype and dtype in KV_BYTES
