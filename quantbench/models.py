@@ -14,8 +14,10 @@ loader; `trust_remote_code` stays off unless the user asks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import shutil
@@ -168,9 +170,10 @@ def _dequantize_gguf(gguf: Path, target: Path) -> None:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            module, info = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, output_loading_info=True
-            )
+            with contextlib.redirect_stderr(io.StringIO()):  # its per-tensor progress bar (tqdm, not logging)
+                module, info = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32, output_loading_info=True
+                )
         except Exception as exc:  # the GGUF reader raises many types for a damaged file
             raise QuantbenchError(f"cannot read GGUF file {gguf}: {_first_line(exc)}") from None
         # transformers initialises what its GGUF mapping misses (a Mixtral-style file's experts load as a

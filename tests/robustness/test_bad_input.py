@@ -116,6 +116,14 @@ def _truncated_gguf(s: Setup) -> list[str]:
         return s.run(model=s.file("cut.gguf", f.read(8_000_000)))
 
 
+def _moe_gguf(s: Setup) -> list[str]:
+    """A Mixtral-style GGUF (experts in `ffn_*_exps`), which transformers' loader reads as a dense Llama."""
+    from support import build_tokenizer
+    from tiny_gguf import write_tiny_gguf
+
+    return s.run(model=write_tiny_gguf(s.tmp / "moe.gguf", build_tokenizer(), experts=4))
+
+
 def _unknown_architecture(s: Setup) -> list[str]:
     model = s.model_copy()
     config = model / "config.json"
@@ -192,6 +200,9 @@ CASES = [
          "bytes, so it is not a GGUF file.", lambda s: s.run(model=s.file("noise.gguf", bytes(range(256)) * 64))),
     Case("gguf-method-truncated", "truncated GGUF to quantize with `gguf`", "cannot read GGUF file …: …",
          lambda s: [*_truncated_gguf(s), "--method", "gguf:quant_type=Q8_0"]),
+    Case("gguf-moe", "GGUF whose tensors transformers cannot all place (a Mixtral-style MoE)",
+         "transformers' GGUF loader cannot read 6 tensors of … (e.g. model.layers.0.mlp.down_proj.weight): "
+         "this model's GGUF layout is not supported as a source", _moe_gguf),
     Case("gguf-type-unknown", "unknown `gguf` quant_type", "method 'gguf': quant_type: Input should be 'Q8_0', "
          "'Q6_K', … or 'source'", lambda s: s.run("--method", "gguf:quant_type=Q4_K_X")),
     Case("architecture-unknown", "architecture transformers cannot build as a causal LM",
