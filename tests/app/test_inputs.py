@@ -50,7 +50,7 @@ def test_eval_specs_drop_unset_values_and_an_evals_own_parameters_win():
 
 
 def test_eval_specs_name_an_unknown_eval():
-    with pytest.raises(QuantbenchError, match="unknown eval 'perplexit'; valid evals: divergence, latency"):
+    with pytest.raises(QuantbenchError, match="unknown eval 'perplexit'; valid evals: divergence, kv, latency"):
         eval_specs([EvalSpec("perplexit")], {})
 
 
