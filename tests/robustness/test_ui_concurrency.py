@@ -83,8 +83,11 @@ def test_twenty_concurrent_results_and_chart_requests(ui):
     trials = trial_count(out)
     assert error_of(out) == "" and trials >= TRIALS  # the sweeps of the other test may have added theirs
     endpoints = ["results", "chart"] * (CONCURRENT // 2)
+    # One client (one session, one event stream) per request, as twenty browsers would be: threads sharing
+    # one gradio_client race on its stream (the server closes it between two submits -> CancelledError).
+    users = [gradio_client.Client(url, verbose=False) for _ in endpoints]
     with ThreadPoolExecutor(CONCURRENT) as pool:
-        answers = list(pool.map(lambda e: (e, *call(client, e)), endpoints))
+        answers = list(pool.map(lambda ue: (ue[1], *call(*ue)), zip(users, endpoints, strict=True)))
     errors = [(e, error_of(out)) for e, _, out in answers if error_of(out)]
     assert errors == []
     assert all(trial_count(out) == trials for e, _, out in answers if e == "results")
