@@ -48,6 +48,8 @@ def test_a_source_file_has_no_layout_to_price():
     ("Q4_K_M", 576, 18 * 22),  # 576 is no multiple of 256: Q5_0, 18 blocks of 32 in 22 bytes
     ("Q2_K", 576, 18 * 18),  # Q4_0, 18 bytes per 32 weights
     ("Q8_0", 576, 18 * 34),
+    ("Q5_1", 576, 18 * 24),  # Q5_K_M's fallback here: a scale and a minimum per 32 weights
+    ("Q4_1", 576, 18 * 20),
 ])  # fmt: skip
 def test_layout_prices_the_type_llama_cpp_writes(quant_type, cols, expected):
     layout = BACKEND.layout(validate_params(GgufBackend.Params, {"quant_type": quant_type}, "gguf"), "cpu")
