@@ -61,6 +61,7 @@ class PairedDifference(NamedTuple):
     mean_diff: float  # per-token mean of a minus that of b
     stderr: float
     significant: bool
+    margin: float  # half-width of the 95% interval of mean_diff: the smallest difference the windows can tell
 
 
 def paired_difference(a: WindowSums, b: WindowSums) -> PairedDifference:
@@ -74,11 +75,11 @@ def paired_difference(a: WindowSums, b: WindowSums) -> PairedDifference:
     diff = np.asarray(a.sums, dtype=float) - np.asarray(b.sums, dtype=float)
     mean = float(diff.sum()) / total
     if windows < 2:
-        return PairedDifference(mean, math.nan, False)
+        return PairedDifference(mean, math.nan, False, math.nan)
     residual = diff - mean * np.asarray(a.tokens, dtype=float)
     stderr = math.sqrt(windows / (windows - 1) * float(np.sum(residual**2))) / total
     critical = float(stats.t.ppf(0.5 + CONFIDENCE / 2, windows - 1))
-    return PairedDifference(mean, stderr, bool(abs(mean) > critical * stderr))
+    return PairedDifference(mean, stderr, bool(abs(mean) > critical * stderr), critical * stderr)
 
 
 def window_sums(frame: pd.DataFrame, key: str, eval_name: str, metric: str) -> WindowSums | None:
@@ -101,7 +102,7 @@ def paired_metric(frame: pd.DataFrame, a: str, b: str, metric: str) -> PairedDif
     if sums_a is None or sums_b is None:
         return None
     diff = paired_difference(sums_a, sums_b)
-    return PairedDifference(diff.mean_diff * scale, diff.stderr * scale, diff.significant)
+    return PairedDifference(diff.mean_diff * scale, diff.stderr * scale, diff.significant, diff.margin * scale)
 
 
 def render_paired(diff: PairedDifference) -> str:

@@ -8,8 +8,9 @@ of a comparability group (same model fingerprint, corpus hash and divergence pro
 trial's `kld_mean`; of several such trials, the newest.
 
 A quantized trial whose mean KLD is at or below the floor, or above it by no more than a paired
-test on the same windows can tell (results/compare.py), is labelled indistinguishable from the
-original: quantizing it cost no more than running the model in half precision.
+test on the same windows can tell (results/compare.py) where that test can tell a difference as
+small as the floor itself, is labelled indistinguishable from the original: quantizing it cost no
+more than running the model in half precision.
 """
 
 from __future__ import annotations
@@ -103,8 +104,12 @@ def _within_floor(frame: pd.DataFrame, key: str, kld: float, floor: NoiseFloor) 
     if kld <= floor.value:
         return True
     paired = paired_metric(frame, key, floor.trial_key, FLOOR_METRIC)
-    # Without per-window sums (an older store) only "at or below" can be told.
-    return paired is not None and not math.isnan(paired.stderr) and not paired.significant
+    # Without per-window sums (an older store) only "at or below" can be told. A test that cannot
+    # reject is evidence only where it could have told a difference as large as the floor itself:
+    # with a few noisy windows a 4-bit trial is "not significantly above" a floor 100 times smaller.
+    if paired is None or math.isnan(paired.stderr):
+        return False
+    return not paired.significant and paired.margin <= floor.value
 
 
 def with_verdicts(table: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:

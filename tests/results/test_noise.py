@@ -48,12 +48,16 @@ def store(tmp_path):
     floor = _sums(rng, 0.1)
     # Above the floor by 0.004 nats per token on average, window by window ±0.02: within the noise.
     twin = floor + TOKENS * (0.004 + np.tile([0.02, -0.02], WINDOWS // 2))
+    # Six times the floor, all of it in one window: a paired test on 8 windows cannot reject, nor
+    # could it have told a difference the floor's size (its 95% margin is ~1.2 nats per token).
+    loud = floor + TOKENS * np.array([4.0] + [0.0] * (WINDOWS - 1))
     for key, method, params, sums, day in [
         ("fp32", "baseline", {"compute_dtype": "float32"}, np.zeros(WINDOWS), 0),
         ("bf16old", "baseline", {"compute_dtype": "bfloat16"}, _sums(rng, 0.5), 1),
         ("bf16", "baseline", {"dtype": "bfloat16"}, floor, 2),  # the newest: the floor
         ("below", "rtn", {"bits": 8}, _sums(rng, 0.05), 3),
         ("twin", "torchao", {"bits": 8}, twin, 4),
+        ("loud", "bnb", {"bits": 4}, loud, 4),
         ("far", "rtn", {"bits": 4}, _sums(rng, 0.4), 5),
         ("wiki", "rtn", {"bits": 8}, _sums(rng, 0.01), 6),
     ]:
@@ -80,6 +84,7 @@ def test_verdicts_below_within_noise_and_beyond_the_floor(store):
         "far": "",
         "fp32": INDISTINGUISHABLE,  # the original itself
         "twin": INDISTINGUISHABLE,  # not significantly above it: paired on the same windows
+        "loud": "",  # not significantly above it either, but only because the windows cannot tell
     }  # "wiki" was measured on another corpus, which has no floor: no verdict
 
 
