@@ -1,17 +1,19 @@
-"""Per-block sensitivity maps of the embedded model, and mixed-precision recipes against uniform bits.
+"""Per-unit sensitivity maps of the embedded model, and mixed-precision recipes against uniform bits.
 
 1. `quantbench sensitivity` for each `--map` method (default: rtn at 4 bits, hqq at 4, rtn at 3, 8 and 2),
-   on the builtin corpus's first `--tokens` tokens: wall time, and the worst blocks.
-2. `quantbench recipe` from the rtn maps: 2/3/4 bits at uniform 3-bit's stored bytes, and 3/4/8
-   bits at uniform 4-bit's.
-3. `quantbench run --eval divergence` of uniform 3, the 2/3/4 recipe, uniform 4 and the 3/4/8
-   recipe on held-out text (WikiText-2 test, not the text the maps were measured on), for each
-   recipe whose maps are in the store: maps already there are not measured again, so a first call
-   with a few `--map`s and a second with all of them add up.
+   on the builtin corpus's first `--tokens` tokens, one unit per decoder block or (`--units
+   projections`) per weight matrix: wall time, and the worst units.
+2. `quantbench recipe` from the rtn maps, for each `--recipe B=W,W,...` (default 3=2,3,4 and
+   4=3,4,8): bits per unit among the widths W at exactly uniform B-bit's weight bytes.
+3. `quantbench run --eval divergence` of each uniform B and its recipe on held-out text (WikiText-2
+   test, not the text the maps were measured on), for each recipe whose maps are in the store:
+   maps already in `--store` are not measured again, so calls with a few `--map`s add up.
 
 Prints one JSON object (machine, versions, date, numbers) and the Markdown tables used in README.
 
     nice .venv/bin/python bench/sensitivity.py --data ../shared/data
+    nice .venv/bin/python bench/sensitivity.py --data ../shared/data --units projections --recipe 4=3,4,5,6,8 \
+        --map rtn:bits=3 --map rtn:bits=4 --map rtn:bits=5 --map rtn:bits=6 --map rtn:bits=8
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ from quantbench.runner import environment
 from quantbench.spec import MethodSpec
 
 MAPS = ["rtn:bits=4", "hqq:bits=4", "rtn:bits=3", "rtn:bits=8", "rtn:bits=2"]
-# (uniform method, its stored bits per mapped weight with group 64 asymmetric, the widths the recipe may use)
-RECIPES = [("rtn:bits=3", 3.5, (2, 3, 4)), ("rtn:bits=4", 4.5, (3, 4, 8))]
+RECIPES = ["3=2,3,4", "4=3,4,8"]  # uniform rtn bits = the widths its equal-size recipe may use
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded:smollm2-135m")
     parser.add_argument("--map", action="append", help=f"repeatable (default: {' '.join(MAPS)})")
+    parser.add_argument("--units", choices=("blocks", "projections"), default="blocks", help="what one unit is")
+    parser.add_argument(
+        "--recipe", action="append", help=f"B=W,W,...: repeatable (default: {' '.join(RECIPES)}); needs rtn maps at W"
+    )
     parser.add_argument("--tokens", type=int, default=256, help="builtin-corpus tokens each map scores per unit")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
@@ -49,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     store = args.store or Path(tempfile.mkdtemp(prefix="quantbench-sensitivity-"))
     window = ["--tokens", str(args.tokens), "--seq-len", str(args.seq_len), "--store", str(store)]
+    window += ["--units", args.units]
 
     walls = {}
     for method in args.map or MAPS:
@@ -59,13 +65,18 @@ def main() -> None:
     frame = read_results(store).frame
     maps = unit_maps(frame)
     table = wide(frame).set_index("trial_key")
-    key_of = {m: _key(maps, m) for m in walls}
+    key_of = {m: _key(maps, m, args.units) for m in walls}
 
     recipes = []
-    for uniform, avg_bits, widths in RECIPES:
-        keys = [key_of[f"rtn:bits={b}"] for b in widths if f"rtn:bits={b}" in key_of]
-        if len(keys) == len(widths):
-            planned = from_maps(frame, keys, avg_bits=avg_bits)
+    for text in args.recipe or RECIPES:
+        base, _, widths = text.partition("=")
+        uniform = f"rtn:bits={base}"
+        keys = [key_of[f"rtn:bits={b}"] for b in widths.split(",") if f"rtn:bits={b}" in key_of]
+        if uniform in key_of and len(keys) == len(widths.split(",")):
+            # The budget is uniform B's own whole-model bytes by the same layout formula: its map alone
+            # leaves every unit at B bits.
+            size = from_maps(frame, [key_of[uniform]], avg_bits=float(base) + 8).weight_bytes
+            planned = from_maps(frame, keys, weight_bytes=size)
             recipes.append((uniform, planned.method_string(), planned.recipe.bits))
     methods = [m for uniform, mixed, _ in recipes for m in (uniform, mixed)]
     held_out = args.data / "wikitext2" / "wiki.test.raw"
@@ -83,6 +94,7 @@ def main() -> None:
         "versions": environment.versions("torch"),
         "date": dt.date.today().isoformat(),
         "tokens": args.tokens,
+        "units": args.units,
         "maps": {
             m: {
                 "wall_s": round(walls[m], 1),
@@ -97,11 +109,11 @@ def main() -> None:
     }
     # map_seconds: the map's own loop (stored with it), so a map already in the store keeps its time.
     print("| map | units | map time (loop only) | float floor | whole model KLD | sum of unit KLDs ", end="")
-    print("| worst blocks (KLD) |")
+    print(f"| worst {args.units} (KLD) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for m in walls:
         unit_map = maps[maps["trial_key"] == key_of[m]]
-        worst = ", ".join(f"{r.unit.rpartition('.')[2]} ({r.kld:.4f})" for r in top_offenders(unit_map, 3).itertuples())
+        worst = ", ".join(f"{_short(r.unit)} ({r.kld:.4f})" for r in top_offenders(unit_map, 3).itertuples())
         entry = report["maps"][m]
         print(f"| `{m}` | {len(unit_map)} | {entry['map_s']:.0f} s | {entry['floor']:.6f} | {entry['all_kld']:.4f} | "
               f"{unit_map['kld'].sum():.4f} | {worst} |")  # fmt: skip
@@ -112,17 +124,24 @@ def main() -> None:
             row = evaluated.loc[method_label(MethodSpec.parse(method))]
             measured = {"weight_bytes": int(row["weight_bytes"]), "kld_mean": float(row["kld_mean"])}
             report["recipes"].append({"method": method, **measured, "top1": float(row["top1_agreement"])})
-            shown = method if method == uniform else f"recipe {'/'.join(map(str, sorted(set(bits.values()))))}"
+            widths = "/".join(map(str, sorted(set(bits.values()))))
+            shown = method if method == uniform else f"recipe {widths} ({args.units})"
             print(f"| `{shown}` | {int(row['weight_bytes'])} | {row['bits_per_weight']:.3f} | "
                   f"{row['kld_mean']:.4f} ± {row['kld_mean_stderr']:.4f} | {row['top1_agreement']:.2f} |")  # fmt: skip
     print(json.dumps(report, indent=1))
 
 
-def _key(maps, method: str) -> str:
-    """The stored map of `method` (its bits) — the newest if the store holds several."""
+def _key(maps, method: str, units: str) -> str:
+    """The stored map of `method` (its bits) over `units` — the newest if the store holds several."""
     spec = MethodSpec.parse(method)
-    rows = maps[(maps["method"] == spec.name) & (maps["bits"] == int(spec.params["bits"]))]
+    rows = maps[(maps["method"] == spec.name) & (maps["bits"] == int(spec.params["bits"])) & (maps["units"] == units)]
     return rows["trial_key"].iloc[-1]
+
+
+def _short(unit: str) -> str:
+    """`29` for block model.layers.29, `29 mlp.down_proj` for one of its projections."""
+    head, _, projection = unit.partition(".layers.")[2].partition(".")
+    return f"{head} {projection}".strip() if head else unit
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from quantbench.backends.layers import (
     weight_matrices,
 )
 from quantbench.backends.layout import DTYPE_BYTES, Layout, groups_per_row
-from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, unit_bits
+from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, parse_layer_bits, unit_bits
 from quantbench.corpora import Corpus
 from quantbench.errors import QuantbenchError
 from quantbench.kernels.hqq import convert_hqq
@@ -77,11 +77,14 @@ class HqqBackend(Backend):
     def layout(self, params: HqqParams, device: str) -> Layout:
         return Layout(
             self.name,
-            f"hqq {params.bits}-bit group {params.group_size}",
+            f"hqq {params.bits}-bit group {params.group_size}"
+            + (f" (per unit: {params.layer_bits})" if params.layer_bits else ""),
             params.bits,
             params.compute_dtype,
             lambda rows, cols: _linear_bytes(rows, cols, params),
             dequantizes_weights=True,
+            unit_bits=parse_layer_bits(params.layer_bits),
+            bytes_at_bits=lambda rows, cols, bits: _linear_bytes(rows, cols, params.model_copy(update={"bits": bits})),
         )
 
     def quantize(

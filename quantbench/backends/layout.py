@@ -8,8 +8,10 @@ metadata of under 200 bytes (bnb's JSON quant_state, hqq's meta) is left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from quantbench.backends.unit_bits import bits_of
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -30,6 +32,17 @@ class Layout:
     # The method also quantizes routed experts (transformers 5's fused 3-D tensors); most libraries
     # replace nn.Linear layers only and keep them in the compute dtype. Set from `Backend.layer_kinds`.
     quantizes_experts: bool = False
+    # layer_bits (backends/unit_bits.py): module name -> bits of the units off `bits` (None: kept in
+    # `dtype`), and the bytes of one (rows, cols) weight at any bits, the formula `linear_bytes` applies.
+    unit_bits: Mapping[str, int | None] = field(default_factory=dict)
+    bytes_at_bits: Callable[[int, int, int], int] | None = None
+
+    def module_bytes(self, name: str, rows: int, cols: int) -> int:
+        """Bytes of the (rows, cols) weight of the module `name` (e.g. model.layers.3.mlp.down_proj)."""
+        bits = bits_of(self.unit_bits, name, self.bits)
+        if bits is None:
+            return rows * cols * self.dtype_bytes
+        return self.linear_bytes(rows, cols) if bits == self.bits else self.bytes_at_bits(rows, cols, bits)
 
     def quantizes(self, kind: str) -> bool:
         """Whether weights of this planner kind (planner/weights.py) are stored in this layout."""

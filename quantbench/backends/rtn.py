@@ -38,7 +38,7 @@ from quantbench.backends.layers import (
     weight_matrices,
 )
 from quantbench.backends.layout import Layout, grouping
-from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, unit_bits
+from quantbench.backends.unit_bits import layer_bits_field, layer_bits_validator, parse_layer_bits, unit_bits
 from quantbench.corpora import Corpus
 from quantbench.kernels.format import dequantize_codes, pack_linear_weight, packed_bytes, quantize_rtn
 from quantbench.models import ResolvedModel
@@ -91,10 +91,26 @@ def _bits_label(params: RtnParams) -> str:
     return f"{params.bits} (per unit: {params.layer_bits})" if params.layer_bits else str(params.bits)
 
 
-def project_layout(method: str, bits: int, group_size: int, symmetric: bool, dtype: str) -> Layout:
+def project_layout(
+    method: str, bits: int, group_size: int, symmetric: bool, dtype: str, layer_bits: str = ""
+) -> Layout:
     """The project's packed format (kernels/format.py), which rtn prices and triton stores."""
     label = f"{method} {bits}-bit {grouping(group_size)}" + (" symmetric" if symmetric else "")
-    return Layout(method, label, bits, dtype, lambda rows, cols: packed_bytes(rows, cols, bits, group_size, symmetric))
+    if layer_bits:
+        label += f" (per unit: {layer_bits})"
+
+    def at_bits(rows: int, cols: int, unit_bits: int) -> int:
+        return packed_bytes(rows, cols, unit_bits, group_size, symmetric)
+
+    return Layout(
+        method,
+        label,
+        bits,
+        dtype,
+        lambda rows, cols: at_bits(rows, cols, bits),
+        unit_bits=parse_layer_bits(layer_bits),
+        bytes_at_bits=at_bits,
+    )
 
 
 class RtnBackend(Backend):
@@ -105,7 +121,9 @@ class RtnBackend(Backend):
     layer_kinds = frozenset({LINEAR, CONV1D, EXPERTS})
 
     def layout(self, params: RtnParams, device: str) -> Layout:
-        return project_layout(self.name, params.bits, params.group_size, params.symmetric, params.compute_dtype)
+        return project_layout(
+            self.name, params.bits, params.group_size, params.symmetric, params.compute_dtype, params.layer_bits
+        )
 
     def quantize(
         self, model: ResolvedModel, params: RtnParams, device: str, calibration: Corpus | None = None

@@ -132,7 +132,7 @@ class TritonBackend(Backend):
 
     def layout(self, params: TritonParams, device: str) -> Layout:
         dtype = compute_dtype(params, device)
-        return project_layout(self.name, params.bits, params.group_size, params.symmetric, dtype)
+        return project_layout(self.name, params.bits, params.group_size, params.symmetric, dtype, params.layer_bits)
 
     def check(self, device: str) -> Availability:
         if device not in self.devices:

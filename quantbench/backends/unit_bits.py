@@ -65,11 +65,13 @@ def unit_bits(matrices: Mapping[str, WeightMatrices], text: str, default: int) -
     unknown = [unit for unit in overrides if not any(contains(unit, name) for name in matrices)]
     if unknown:
         raise QuantbenchError(f"layer_bits names no quantized module of this model: {', '.join(unknown)}")
-    bits = {}
-    for name in matrices:
-        units = [unit for unit in overrides if contains(unit, name)]
-        bits[name] = overrides[max(units, key=len)] if units else default
-    return bits
+    return {name: bits_of(overrides, name, default) for name in matrices}
+
+
+def bits_of(overrides: Mapping[str, int | None], name: str, default: int) -> int | None:
+    """The bits of the matrix `name`: those of the longest unit of `overrides` containing it, else `default`."""
+    units = [unit for unit in overrides if contains(unit, name)]
+    return overrides[max(units, key=len)] if units else default
 
 
 LAYER_BITS_HELP = (

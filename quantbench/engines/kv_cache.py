@@ -6,6 +6,13 @@
   design; its default, 128, would leave a 128-token scored step reading no quantized K/V at all),
   so with 0 every forward leaves the whole cache quantized and the next one reads it back
   dequantized. The forward that adds tokens still attends to its own new K/V in full precision.
+  Each forward re-quantizes the whole dequantized cache, so a group must hold the same elements
+  every time or the rounding compounds with every token. quanto's default axis groups consecutive
+  elements (one head's channels of one token); hqq's default (axis 0) groups elements strided across
+  the flattened cache, which move whenever a token is added: its int4 KLD grew with depth past
+  quanto-int2's. hqq runs with axis 1 (consecutive elements, as quanto), and unpacked: its packing
+  needs a row count that a cache growing one token at a time cannot keep even; the codes and the
+  dequantized values are the same.
 - `llama.cpp-q8_0`, `llama.cpp-q4_0`, ... (llama.cpp engine): the ggml types of `type_k` and
   `type_v`; llama.cpp writes a batch's K/V into the cache before attention reads it back, so every
   token reads quantized K/V, its own included.
@@ -61,14 +68,37 @@ def transformers_cache(kv: KvCache | None, config: object) -> object:
             f"kv_cache {kv.label} is a llama.cpp cache type, for GGUF trials; the torch engine takes "
             "transformers' backends (quanto-int4, hqq-int2, ...)"
         )
+    axes = {"axis_key": 1, "axis_value": 1} if kv.backend == "hqq" else {}
     try:
-        return QuantizedCache(
-            backend=kv.backend, config=config, nbits=int(kv.dtype[3:]), q_group_size=kv.group_size, residual_length=0
+        cache = QuantizedCache(
+            backend=kv.backend,
+            config=config,
+            nbits=int(kv.dtype[3:]),
+            q_group_size=kv.group_size,
+            residual_length=0,
+            **axes,
         )
     except (ValueError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0]
         version = transformers.__version__
         raise QuantbenchError(f"kv_cache {kv.label}: transformers {version} cannot build it: {reason}") from None
+    if kv.backend == "hqq":
+        unpacked = _unpacked_hqq()
+        for layer in cache.layers:
+            layer.quantizer = unpacked
+    return cache
+
+
+def _unpacked_hqq() -> type:
+    """hqq's Quantizer, leaving the codes unpacked (one per element, in the tensor's dtype)."""
+    from hqq.core.quantize import Quantizer
+
+    class Unpacked(Quantizer):
+        @classmethod
+        def quantize(cls, tensor, **kwargs):
+            return super().quantize(tensor, bitpack=False, **kwargs)
+
+    return Unpacked
 
 
 def ggml_type(kv: KvCache) -> int:

@@ -161,7 +161,10 @@ def weight_bytes(arch: Architecture, fmt: Layout) -> WeightBytes:
     quantized = kept = q_params = k_params = 0
     for g in weight_groups(arch):
         if fmt.quantizes(g.kind):
-            quantized += fmt.linear_bytes(g.rows, g.cols) * g.count
+            if fmt.unit_bits:  # layer_bits: each tensor at its own unit's bits
+                quantized += sum(fmt.module_bytes(name, g.rows, g.cols) for name in g.module_names())
+            else:
+                quantized += fmt.linear_bytes(g.rows, g.cols) * g.count
             q_params += g.numel
         else:
             kept += g.numel * fmt.dtype_bytes

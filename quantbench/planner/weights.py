@@ -26,10 +26,20 @@ class WeightGroup:
     cols: int
     count: int
     kind: str
+    first_layer: int = 0  # the decoder block of a per-block group's first tensor (MoE blocks follow the dense ones)
+    per_block: int = 1  # tensors of the group in each block (routed experts: one per expert)
 
     @property
     def numel(self) -> int:
         return self.rows * self.cols * self.count
+
+    def module_names(self) -> list[str]:
+        """The transformers module name of each tensor of a per-block group, in the llama family's
+        spelling (attention under `self_attn`, MLPs under `mlp`): `model.layers.3.self_attn.q_proj`."""
+        module = self.name.removeprefix("layers.")
+        if not module.startswith("mlp."):
+            module = f"self_attn.{module}"
+        return [f"model.layers.{self.first_layer + i // self.per_block}.{module}" for i in range(self.count)]
 
 
 def _attention(arch: Architecture) -> list[tuple[str, int, int, str]]:
@@ -98,14 +108,15 @@ def weight_groups(arch: Architecture) -> tuple[WeightGroup, ...]:
     if moe_layers:
         # Mixtral sizes its experts with intermediate_size; DeepSeek with moe_intermediate_size.
         inter = arch.moe_intermediate_size or arch.intermediate_size
-        groups.append(WeightGroup("layers.mlp.router", arch.num_experts, h, moe_layers, "router"))
+        first = dense_layers
+        groups.append(WeightGroup("layers.mlp.router", arch.num_experts, h, moe_layers, "router", first))
         groups += [
-            WeightGroup(f"layers.mlp.{name}", r, c, moe_layers * arch.num_experts, "experts")
+            WeightGroup(f"layers.mlp.{name}", r, c, moe_layers * arch.num_experts, "experts", first, arch.num_experts)
             for name, r, c, _ in _mlp("experts.", h, inter)
         ]
         if arch.num_shared_experts:  # DeepSeek runs its shared experts as one wider MLP
             groups += [
-                WeightGroup(f"layers.mlp.{name}", r, c, moe_layers, kind)
+                WeightGroup(f"layers.mlp.{name}", r, c, moe_layers, kind, first)
                 for name, r, c, kind in _mlp("shared_experts.", h, inter * arch.num_shared_experts)
             ]
     groups.append(WeightGroup("norm", 1, h, 1, "norm"))
