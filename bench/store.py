@@ -10,7 +10,7 @@ trial file and fills the query cache; it is reported on its own, the median is o
 With `--load`, it also starts `quantbench ui` on that store (a fresh cache dir each time), makes
 one Results request (cold: it reads every trial file), then `--rounds` times adds one trial file,
 as a running sweep does, and sends `--concurrent` Results and Charts requests at once (half each,
-the page's default filters), through the Gradio client. It reports the p50 / p90 / max latency of
+the page's default filters), each from its own Gradio client. It reports the p50 / p90 / max latency of
 all those requests per start, and the median of those over `--repeats` starts. `--before DIR`
 (a checkout of an older commit) runs the same load against that code too, interleaved with this
 checkout's, for a before/after comparison on the same machine and moment.
@@ -148,15 +148,19 @@ def dashboard_load(store: Path, code: Path, args: argparse.Namespace, next_key: 
 
     rng = random.Random(next_key[0])
     with tempfile.TemporaryDirectory() as cache, serving(store, code, Path(cache)) as url:
-        client = Client(url, verbose=False)
-        cold = request(client, "results")
+        cold = request(Client(url, verbose=False), "results")
+        endpoints = ["results", "chart"] * (args.concurrent // 2)
+        # One client (one session) per request, as that many browsers would be: threads sharing one
+        # gradio_client race on its event stream (CancelledError).
+        users = [Client(url, verbose=False) for _ in endpoints]
+        for user in users:  # as a browser has by the time it asks: its session (Gradio builds one per visitor)
+            user.predict("", api_name="/trial_log")
         latencies = []
         for _ in range(args.rounds):
             write_trial(store, f"{next_key[0]:016x}", synthetic_trial(next_key[0], args.metrics, rng))  # as a sweep
             next_key[0] += 1
-            endpoints = ["results", "chart"] * (args.concurrent // 2)
             with ThreadPoolExecutor(args.concurrent) as pool:
-                latencies += pool.map(lambda endpoint: request(client, endpoint), endpoints)
+                latencies += pool.map(lambda user_endpoint: request(*user_endpoint), zip(users, endpoints, strict=True))
     deciles = statistics.quantiles(latencies, n=10)
     return {"cold_results_s": cold, "p50_s": deciles[4], "p90_s": deciles[8], "max_s": max(latencies)}
 

@@ -51,18 +51,29 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
     return on_front
 
 
-def _hover(table: pd.DataFrame, metrics: list[str]) -> list[str]:
-    """The full configuration of each trial, for hover text (built column-wise: stores are large)."""
-    text = (
-        "<b>" + table["method_label"].astype(str) + "</b><br>trial " + table["trial_key"].astype(str)
-        + "<br>model " + table["model_ref"].astype(str) + "<br>device " + table["device"].astype(str)
-        + " · kernel " + table["kernel"].astype(str) + "<br>" + table["hardware"].astype(str)
-    )  # fmt: skip
-    for metric in metrics:
-        if metric in table:
-            spec = column(metric)
-            text = text + f"<br>{spec.title} " + table[metric].map(spec.show).astype(str)
-    return text.tolist()
+def _hover(table: pd.DataFrame, metrics: list[str]) -> dict:
+    """Trace arguments that show each trial's full configuration on hover: a hovertemplate holding the
+    words every point of the trace shares, and per point only what differs (`customdata`). Per-point
+    hover text repeated those words thousands of times: most of a large store's figure JSON, which the
+    dashboard sends on every Charts request."""
+    fields = [
+        ("<b>{}</b>", table["method_label"]), ("<br>trial {}", table["trial_key"]),
+        ("<br>model {}", table["model_ref"]), ("<br>device {}", table["device"]), (" · kernel {}", table["kernel"]),
+        ("<br>{}", table["hardware"]),
+    ]  # fmt: skip
+    fields += [(f"<br>{column(m).title} {{}}", table[m].map(column(m).show)) for m in metrics if m in table]
+    template, varying = "", []
+    for form, values in fields:
+        values = values.astype(str)
+        shared = values.iloc[0] if len(values) and (values == values.iloc[0]).all() else None
+        if shared is not None and "%" not in shared:  # "%{" would start a placeholder
+            template += form.format(shared)
+        else:
+            template += form.format(f"%{{customdata[{len(varying)}]}}")
+            varying.append(values.tolist())
+    # An array rather than nested lists, which plotly would check and copy element by element.
+    customdata = np.column_stack(varying) if varying else None
+    return {"hovertemplate": template + "<extra></extra>", "customdata": customdata}
 
 
 def _ok_trials(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -151,14 +162,15 @@ def _scatter(frame: pd.DataFrame, quality: str, x: pd.Series, x_title: str, titl
         front = np.array(pareto_front(rows["x"].tolist(), (-rows[quality] if higher else rows[quality]).tolist()))
         rows = rows.assign(on_front=front)
         for method, family in rows.groupby("method", sort=True):
-            errors = family[stderr].tolist() if stderr in family and family[stderr].notna().any() else None
+            errors = family[stderr].to_numpy(float) if stderr in family and family[stderr].notna().any() else None
             figure.add_scatter(
-                x=family["x"].tolist(), y=family[quality].tolist(), mode="markers+text", name=f"{method}{suffix}",
-                legendgroup=f"{method}{suffix}", text=[short_label(m) for m in family["method_label"]],
-                textposition="top center", hovertext=_hover(family, metrics), hoverinfo="text",
+                x=family["x"].to_numpy(float), y=family[quality].to_numpy(float), mode="markers+text",
+                name=f"{method}{suffix}", legendgroup=f"{method}{suffix}",
+                text=np.array([short_label(m) for m in family["method_label"]]), textposition="top center",
                 marker={"color": family_colour(method), "size": 10,
-                        "symbol": ["star" if f else "circle" for f in family["on_front"]]},
-                error_y={"type": "data", "array": errors, "visible": True} if errors else None,
+                        "symbol": np.where(family["on_front"], "star", "circle")},
+                **_hover(family, metrics),
+                error_y={"type": "data", "array": errors, "visible": True} if errors is not None else None,
             )  # fmt: skip
         on = rows[rows["on_front"]].sort_values(["x", quality, "trial_key"])
         figure.add_scatter(
@@ -212,8 +224,8 @@ def quality_vs_bits(frame: pd.DataFrame, quality: str = "perplexity") -> go.Figu
             family = family[family["bits_per_weight"].notna()].sort_values(["bits_per_weight", "trial_key"])
             figure.add_scatter(
                 x=family["bits_per_weight"].tolist(), y=family[quality].tolist(), mode="lines+markers+text",
-                name=f"{method} · {label}", legendgroup=label, hoverinfo="text",
-                hovertext=_hover(family, [quality, "bits_per_weight"]), marker={"color": family_colour(method)},
+                name=f"{method} · {label}", legendgroup=label, **_hover(family, [quality, "bits_per_weight"]),
+                marker={"color": family_colour(method)},
                 line={"color": family_colour(method)}, text=[short_label(m) for m in family["method_label"]],
                 textposition="top center",
             )  # fmt: skip
@@ -247,7 +259,7 @@ def metric_bars(frame: pd.DataFrame, metrics: list[str], title: str, unit: str, 
         methods = [f"{m} ({k[:6]})" for m, k in zip(rows["method_label"], rows["trial_key"], strict=True)]
         figure.add_bar(
             x=[rows["group"].tolist(), methods], y=(rows[name] / scale).tolist(), name=column(name).title,
-            hoverinfo="text", hovertext=_hover(rows, [name]),
+            **_hover(rows, [name]),
         )  # fmt: skip
     figure.update_layout(yaxis_title=unit)
     return figure
@@ -281,8 +293,8 @@ def add_budget(
 ) -> go.Figure:
     """Draw a memory budget (a vertical line, x in MiB) and a quality bound (a horizontal line) on a
     quality-vs-memory figure, as line traces spanning the points and the budget, so the legend names them."""
-    xs = [x for trace in figure.data for x in (trace.x or ()) if x is not None]
-    ys = [y for trace in figure.data for y in (trace.y or ()) if y is not None]
+    xs = [x for trace in figure.data for x in (() if trace.x is None else trace.x) if x is not None]
+    ys = [y for trace in figure.data for y in (() if trace.y is None else trace.y) if y is not None]
     ys += [] if bound is None else [bound]
     x_span, y_span = [min([*xs, memory_mib]), max([*xs, memory_mib])], [min(ys, default=0), max(ys, default=1)]
     style = {"dash": "dash", "color": "#c62828", "width": 2}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantbench.errors import QuantbenchError
+from quantbench.runner import trial_log
 from quantbench.runner.trial import PreparedTrial, TrialOutcome, completed_keys, prepare_trial
 from quantbench.runner.worker import run_in_worker
 from quantbench.spec import TrialSpec
@@ -48,8 +49,11 @@ def pending_trials(
     skipped = [TrialOutcome(spec, "skipped") for spec in specs if spec.key in done]
     for outcome in skipped:
         on_event(TrialEvent("skipped", 0, len(specs), outcome.spec, outcome))
-    # Check every input before the first trial starts: a typo in the last method fails now.
-    return skipped, [prepare_trial(spec, store) for spec in specs if spec.key not in done]
+    # Check every input before the first trial starts: a typo in the last method fails now. The checks
+    # import the methods' libraries here too, whose notices belong in a log, not between the progress lines.
+    with trial_log.to_sweep_log(store):
+        prepared = [prepare_trial(spec, store) for spec in specs if spec.key not in done]
+    return skipped, prepared
 
 
 class _StageClock:

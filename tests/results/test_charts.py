@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 from rows import fill, trial
@@ -36,6 +37,14 @@ def _trace(figure, name):
     return next(t for t in figure.data if t.name == name)
 
 
+def _hover(trace, point: int) -> str:
+    """What plotly shows on hovering `point` of `trace`: its hovertemplate filled from its customdata."""
+    data = trace.customdata[point] if trace.customdata is not None else []
+    text = re.sub(r"%\{customdata\[(\d+)\]\}", lambda m: str(data[int(m.group(1))]), trace.hovertemplate)
+    assert "%{" not in text, text  # every placeholder is one plotly fills from customdata
+    return text.removesuffix("<extra></extra>")
+
+
 def test_quality_vs_size_draws_one_coloured_labelled_trace_per_family_and_group(mixed_store):
     figure = quality_vs_size(read_results(mixed_store).frame)
     names = [t.name for t in figure.data]
@@ -52,8 +61,8 @@ def test_quality_vs_size_draws_one_coloured_labelled_trace_per_family_and_group(
     assert front.mode == "lines" and front.line.dash == "dot"
     bnb = _trace(figure, f"bnb · {BUILTIN}")
     assert list(bnb.marker.symbol) == ["star"]  # base, bnb4 and hqq2 are each best at something
-    assert "bnb:bits=4,quant_type=nf4" in bnb.hovertext[0] and "trial bnb4" in bnb.hovertext[0]
-    assert "ppl 11.000" in bnb.hovertext[0] and "weights MiB 1.0" in bnb.hovertext[0]
+    assert "bnb:bits=4,quant_type=nf4" in _hover(bnb, 0) and "trial bnb4" in _hover(bnb, 0)
+    assert "ppl 11.000" in _hover(bnb, 0) and "weights MiB 1.0" in _hover(bnb, 0)
     assert "broke" not in json.dumps(figure.to_plotly_json(), default=str)  # failed trials have no point
 
 
@@ -67,6 +76,21 @@ def test_a_dominated_point_is_a_circle_off_the_front(tmp_path):
     assert [t.name for t in figure.data] == ["baseline", "rtn", "Pareto front"]  # one group: no group label
     assert list(figure.data[1].marker.symbol) == ["circle"] and list(figure.data[0].marker.symbol) == ["star"]
     assert list(figure.data[2].x) == [4.0 / 2**20]
+
+
+def test_hover_names_each_point_and_writes_what_the_trace_shares_once(tmp_path):
+    fill(
+        tmp_path,
+        trial("a", "rtn", {"bits": 4}, metrics={"perplexity": 12.0, "weight_bytes": 5 * 2**20}),
+        trial("b", "rtn", {"bits": 8}, metrics={"perplexity": 10.5, "weight_bytes": 9 * 2**20}),
+    )
+    rtn = _trace(quality_vs_size(read_results(tmp_path).frame), "rtn")
+    shared = "<br>model tiny<br>device cpu · kernel rtn kernel<br>cpu: test"
+    assert [_hover(rtn, i) for i in range(2)] == [
+        f"<b>rtn:bits=4</b><br>trial a{shared}<br>ppl 12.000<br>weights MiB 5.0",
+        f"<b>rtn:bits=8</b><br>trial b{shared}<br>ppl 10.500<br>weights MiB 9.0",
+    ]
+    assert rtn.hovertemplate.count("model tiny") == 1 and "tiny" not in str(rtn.customdata.tolist())
 
 
 @pytest.mark.parametrize(
@@ -119,7 +143,7 @@ def test_error_bars_come_from_the_stored_standard_errors(tmp_path):
     rtn = _trace(figure, "rtn")
     assert list(rtn.text) == ["4b", "8b"] and list(rtn.error_y.array) == [0.02, 0.0002]
     assert rtn.error_y.visible and figure.layout.yaxis.title.text == "KLD"
-    assert _trace(figure, "baseline").error_y.array == (0.0004, 0.0)  # by trial key: bf16, fp32
+    assert list(_trace(figure, "baseline").error_y.array) == [0.0004, 0.0]  # by trial key: bf16, fp32
     # perplexity has no stderr rows in this store: no bars rather than bars of zero
     assert _trace(quality_vs_size(read_results(tmp_path).frame), "rtn").error_y.array is None
 

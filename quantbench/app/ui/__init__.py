@@ -88,14 +88,15 @@ def build_app(store: Path, export_dir: Path | None = None) -> gr.Blocks:
         recommend_parts["queued"].then(*run_poll, api_name=False)
         filters = [charts_parts["method"], export_parts["method"]]
         # Tabs over the store read it again when opened: a run may have finished meanwhile.
-        results.select(shown["handler"], shown["inputs"], shown["outputs"], api_name=False)
+        results.select(shown["handler"], shown["inputs"], shown["outputs"], api_name=False, **shown["listen"])
         compare.select(*choices, api_name=False)
         charts.select(chart[0], chart[1], chart[2], api_name=False)
         for tab in (charts, exports):
             tab.select(lambda: method_updates(store, len(filters)), None, filters, api_name=False)
-        loads += [(shown["handler"], shown["inputs"], shown["outputs"]), choices]
         for handler, inputs, outputs in loads:
             app.load(handler, inputs, outputs, api_name=False)
+        app.load(shown["handler"], shown["inputs"], shown["outputs"], api_name=False, **shown["listen"])
+        app.load(*choices, api_name=False)
     app.export_dir = export_dir  # where launch() must allow downloads from
     # What a visitor sees first, which serve() keeps computed as trials arrive (the handlers'
     # guards turn any failure into their error box, so these never raise).

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import plotly.graph_objects as go
+from gradio.components.plot import PlotData
 
 from quantbench.app.ui.common import error_box, filter_controls, guarded, make_filters, model_contains, read_trials
 from quantbench.errors import QuantbenchError
@@ -77,17 +77,20 @@ def build(store: Path) -> dict[str, gr.components.Component]:
         ):
             raise QuantbenchError(f"context must be a positive whole number of tokens, got {context_value!r}")
 
-        def figure(_: StoreContents) -> go.Figure:
+        def figure(_: StoreContents) -> PlotData:
             frame, table = read_trials(store, make_filters(method_value, "ok"))
             keys = set(model_contains(table, model_text)["trial_key"])
             frame = frame[frame["trial_key"].isin(keys)] if not frame.empty else frame
             if kind_value == "footprint":
-                return quality_vs_memory(frame, quality_value, int(context_value))
-            if kind_value in QUALITY_CHARTS:
-                return CHARTS[kind_value](frame, quality_value)
-            return CHARTS[kind_value](frame)
+                drawn = quality_vs_memory(frame, quality_value, int(context_value))
+            elif kind_value in QUALITY_CHARTS:
+                drawn = CHARTS[kind_value](frame, quality_value)
+            else:
+                drawn = CHARTS[kind_value](frame)
+            # Serialized once here rather than by gr.Plot for every request (it passes PlotData through).
+            return PlotData(type="plotly", plot=drawn.to_json())
 
-        # Everyone drawing the same chart of the same store gets one figure (Gradio only reads it).
+        # Everyone drawing the same chart of the same store gets one serialized figure.
         tokens = int(context_value) if kind_value == "footprint" else None
         return (store_view(store, ("chart", kind_value, quality_value, tokens, method_value, model_text), figure),)
 

@@ -35,6 +35,11 @@ def results_frame(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def _sent(component: gr.Dataframe, frame: pd.DataFrame) -> dict:
+    """`frame` as Gradio sends it to the browser: what its own postprocessing makes of it."""
+    return component.postprocess(frame).model_dump()
+
+
 def _first_line(error: object) -> str:
     if error is None or (isinstance(error, float) and math.isnan(error)):
         return ""
@@ -85,29 +90,31 @@ def build(store: Path) -> dict[str, gr.components.Component]:
     show_log.click(lambda key: log_text(store, key), [log_key], [log_view], api_name="trial_log")
     log_key.submit(lambda key: log_text(store, key), [log_key], [log_view], api_name=False)
 
-    def shown(method_value: str, status_value: str, model_text: str) -> tuple[pd.DataFrame, str, list[str] | None]:
+    def shown(method_value: str, status_value: str, model_text: str) -> tuple[dict, str, list[str] | None]:
         _, wide_table = read_trials(store, make_filters(method_value, status_value))
         wide_table = model_contains(wide_table, model_text)
         if wide_table.empty:
-            return pd.DataFrame(), "No trials match. Start one from the **Run** tab.", None
+            return _sent(table, pd.DataFrame()), "No trials match. Start one from the **Run** tab.", None
         all_rows, everything = read_trials(store)
         wide_table = with_verdicts(wide_table, all_rows)
         failed = int((wide_table["status"] == "failed").sum())
         line = f"{len(wide_table)} trials ({failed} failed)."
-        return results_frame(wide_table), line, method_choices(everything)
+        return _sent(table, results_frame(wide_table)), line, method_choices(everything)
 
     @guarded(3)
     def results(method_value: str, status_value: str, model_text: str) -> tuple:
-        # Everyone looking at the same filters of the same store sees one computed table.
+        # Everyone looking at the same filters of the same store gets one table, already in the form
+        # Gradio sends (the handlers below skip its postprocessing, which walks every cell).
         key = ("results tab", method_value, status_value, model_text)
-        table, line, choices = store_view(store, key, lambda _: shown(method_value, status_value, model_text))
-        # A shallow copy (copy-on-write): Gradio may change its own table, not the one kept.
-        return table.copy(deep=False), line, gr.update() if choices is None else gr.update(choices=choices)
+        sent, line, choices = store_view(store, key, lambda _: shown(method_value, status_value, model_text))
+        return sent, line, gr.update() if choices is None else gr.update(choices=choices)
 
     inputs = [method, status, model]
     outputs = [table, summary, method, error]
-    refresh.click(results, inputs, outputs, api_name="results")
+    listen = {"postprocess": False}  # every output is in its sent form: the table by _sent, the rest text
+    refresh.click(results, inputs, outputs, api_name="results", **listen)
     for control in (status, method):
-        control.change(results, inputs, outputs, api_name=False)
-    model.submit(results, inputs, outputs, api_name=False)
-    return {"method": method, "refresh": refresh, "handler": results, "inputs": inputs, "outputs": outputs}
+        control.change(results, inputs, outputs, api_name=False, **listen)
+    model.submit(results, inputs, outputs, api_name=False, **listen)
+    return {"method": method, "refresh": refresh, "handler": results, "inputs": inputs, "outputs": outputs,
+            "listen": listen}  # fmt: skip
