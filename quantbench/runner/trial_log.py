@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from quantbench.errors import QuantbenchError
 LOGS = "logs"
 SWEEP = "sweep"  # the log name of what the sweep's own process prints (`quantbench log sweep`)
 KEY = re.compile(r"[0-9A-Za-z_-]+")  # what a trial key is made of; anything else could name another file
+# One redirect at a time per process: two sweeps checking at once in the dashboard's process would
+# otherwise each save the other's redirect as "the terminal" and restore it, losing stdout for good.
+_REDIRECTING = threading.Lock()
 
 
 def log_path(store: Path, trial_key: str) -> Path:
@@ -71,10 +75,10 @@ def to_sweep_log(store: Path) -> Iterator[None]:
 
     Other threads' output in that time goes the same way: the descriptors belong to the process.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as captured:
+    with _REDIRECTING, tempfile.TemporaryFile() as captured:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
         failed = True
         try:
             for target in (1, 2):

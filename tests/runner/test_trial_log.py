@@ -4,6 +4,8 @@ first trial) goes to the store's sweep log, not between the sweep's progress lin
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,28 @@ def test_a_real_librarys_import_notice_stays_off_the_sweeps_terminal(tiny_model_
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert sweep.stdout == "prepared 1\n" and BNB_NOTICE not in sweep.stderr
     assert BNB_NOTICE in read_log(store, SWEEP)
+
+
+def test_two_sweeps_checking_at_once_leave_stdout_where_it_was(tmp_path):
+    # The dashboard runs sweeps in threads of one process: the second redirect must not save the
+    # first one's as "the terminal" and restore it after the first has restored the real one.
+    before = os.fstat(1)
+    first_in = threading.Event()
+
+    def first():
+        with to_sweep_log(tmp_path / "a"):
+            first_in.set()
+            time.sleep(0.2)
+
+    def second():
+        first_in.wait()
+        with to_sweep_log(tmp_path / "b"):
+            time.sleep(0.4)  # still redirected when the first one restores
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(1)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
