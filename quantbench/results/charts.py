@@ -71,7 +71,7 @@ def _hover(table: pd.DataFrame, metrics: list[str]) -> dict:
         else:
             template += form.format(f"%{{customdata[{len(varying)}]}}")
             varying.append(values.tolist())
-    # An array rather than nested lists, which plotly would check and copy element by element.
+    # An array, not lists: plotly checks a list element by element, which costs more than the rest of the figure.
     customdata = np.column_stack(varying) if varying else None
     return {"hovertemplate": template + "<extra></extra>", "customdata": customdata}
 
@@ -167,9 +167,8 @@ def _scatter(frame: pd.DataFrame, quality: str, x: pd.Series, x_title: str, titl
                 x=family["x"].to_numpy(float), y=family[quality].to_numpy(float), mode="markers+text",
                 name=f"{method}{suffix}", legendgroup=f"{method}{suffix}",
                 text=np.array([short_label(m) for m in family["method_label"]]), textposition="top center",
-                marker={"color": family_colour(method), "size": 10,
-                        "symbol": np.where(family["on_front"], "star", "circle")},
-                **_hover(family, metrics),
+                **_hover(family, metrics), marker={"color": family_colour(method), "size": 10,
+                "symbol": np.where(family["on_front"], "star", "circle")},
                 error_y={"type": "data", "array": errors, "visible": True} if errors is not None else None,
             )  # fmt: skip
         on = rows[rows["on_front"]].sort_values(["x", quality, "trial_key"])
