@@ -71,8 +71,7 @@ def _hover(table: pd.DataFrame, metrics: list[str]) -> dict:
         else:
             template += form.format(f"%{{customdata[{len(varying)}]}}")
             varying.append(values.tolist())
-    # An array, not lists: plotly checks a list element by element, which costs more than the rest of the figure.
-    customdata = np.column_stack(varying) if varying else None
+    customdata = [list(point) for point in zip(*varying, strict=True)] if varying else None
     return {"hovertemplate": template + "<extra></extra>", "customdata": customdata}
 
 
@@ -162,14 +161,14 @@ def _scatter(frame: pd.DataFrame, quality: str, x: pd.Series, x_title: str, titl
         front = np.array(pareto_front(rows["x"].tolist(), (-rows[quality] if higher else rows[quality]).tolist()))
         rows = rows.assign(on_front=front)
         for method, family in rows.groupby("method", sort=True):
-            errors = family[stderr].to_numpy(float) if stderr in family and family[stderr].notna().any() else None
+            errors = family[stderr].tolist() if stderr in family and family[stderr].notna().any() else None
             figure.add_scatter(
-                x=family["x"].to_numpy(float), y=family[quality].to_numpy(float), mode="markers+text",
-                name=f"{method}{suffix}", legendgroup=f"{method}{suffix}",
-                text=np.array([short_label(m) for m in family["method_label"]]), textposition="top center",
-                **_hover(family, metrics), marker={"color": family_colour(method), "size": 10,
-                "symbol": np.where(family["on_front"], "star", "circle")},
-                error_y={"type": "data", "array": errors, "visible": True} if errors is not None else None,
+                x=family["x"].tolist(), y=family[quality].tolist(), mode="markers+text", name=f"{method}{suffix}",
+                legendgroup=f"{method}{suffix}", text=[short_label(m) for m in family["method_label"]],
+                textposition="top center", **_hover(family, metrics),
+                marker={"color": family_colour(method), "size": 10,
+                        "symbol": ["star" if f else "circle" for f in family["on_front"]]},
+                error_y={"type": "data", "array": errors, "visible": True} if errors else None,
             )  # fmt: skip
         on = rows[rows["on_front"]].sort_values(["x", quality, "trial_key"])
         figure.add_scatter(
@@ -292,8 +291,8 @@ def add_budget(
 ) -> go.Figure:
     """Draw a memory budget (a vertical line, x in MiB) and a quality bound (a horizontal line) on a
     quality-vs-memory figure, as line traces spanning the points and the budget, so the legend names them."""
-    xs = [x for trace in figure.data for x in (() if trace.x is None else trace.x) if x is not None]
-    ys = [y for trace in figure.data for y in (() if trace.y is None else trace.y) if y is not None]
+    xs = [x for trace in figure.data for x in (trace.x or ()) if x is not None]
+    ys = [y for trace in figure.data for y in (trace.y or ()) if y is not None]
     ys += [] if bound is None else [bound]
     x_span, y_span = [min([*xs, memory_mib]), max([*xs, memory_mib])], [min(ys, default=0), max(ys, default=1)]
     style = {"dash": "dash", "color": "#c62828", "width": 2}

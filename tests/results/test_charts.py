@@ -90,7 +90,7 @@ def test_hover_names_each_point_and_writes_what_the_trace_shares_once(tmp_path):
         f"<b>rtn:bits=4</b><br>trial a{shared}<br>ppl 12.000<br>weights MiB 5.0",
         f"<b>rtn:bits=8</b><br>trial b{shared}<br>ppl 10.500<br>weights MiB 9.0",
     ]
-    assert rtn.hovertemplate.count("model tiny") == 1 and "tiny" not in str(rtn.customdata.tolist())
+    assert rtn.hovertemplate.count("model tiny") == 1 and "tiny" not in json.dumps(rtn.customdata)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_error_bars_come_from_the_stored_standard_errors(tmp_path):
     rtn = _trace(figure, "rtn")
     assert list(rtn.text) == ["4b", "8b"] and list(rtn.error_y.array) == [0.02, 0.0002]
     assert rtn.error_y.visible and figure.layout.yaxis.title.text == "KLD"
-    assert list(_trace(figure, "baseline").error_y.array) == [0.0004, 0.0]  # by trial key: bf16, fp32
+    assert _trace(figure, "baseline").error_y.array == (0.0004, 0.0)  # by trial key: bf16, fp32
     # perplexity has no stderr rows in this store: no bars rather than bars of zero
     assert _trace(quality_vs_size(read_results(tmp_path).frame), "rtn").error_y.array is None
 
