@@ -66,7 +66,7 @@ def test_a_real_difference_is_found_and_its_size_estimated():
 def test_a_model_against_itself_is_within_noise():
     rng = np.random.default_rng(1)
     sums = _model_sums(rng, _text(rng))
-    assert paired_difference(sums, sums) == (0.0, 0.0, False)
+    assert paired_difference(sums, sums) == (0.0, 0.0, False, 0.0)
 
 
 def test_different_windows_are_refused():
