@@ -106,7 +106,7 @@ def _child(args: argparse.Namespace, what: str) -> dict:
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or [""]
         return {"method": what, "failed": f"exit status {done.returncode}: {last[0]}"}
-    return json.loads(done.stdout)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # libraries may print above the child's JSON line
 
 
 def combine_rounds(runs: list[dict]) -> dict:
