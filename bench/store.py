@@ -10,8 +10,15 @@ trial file and fills the query cache; it is reported on its own, the median is o
 With `--load`, it also starts `quantbench ui` on that store (a fresh cache dir each time), makes
 one Results request (cold: it reads every trial file), then `--rounds` times adds one trial file,
 as a running sweep does, and sends `--concurrent` Results and Charts requests at once (half each,
-the page's default filters), each from its own Gradio client. It reports the p50 / p90 / max latency of
-all those requests per start, and the median of those over `--repeats` starts. `--before DIR`
+the page's default filters), each from its own visitor (session). It reports the p50 / p90 / max
+latency of all those requests per start, and the median of those over `--repeats` starts.
+
+A visitor asks as the page does (`--client browser`, the default): it joins the Gradio queue,
+reads the event stream and parses the answer's JSON, nothing more; a browser does that natively,
+in its own process. `--client gradio` asks through `gradio_client` instead, which also walks every
+cell of the answer in Python looking for files, in this process: on the 2-core machine its CPU
+time per 20 Results answers (2.1 s) was above the server's (1.2 s), so it measured the client
+more than the dashboard. `--before DIR`
 (a checkout of an older commit) runs the same load against that code too, interleaved with this
 checkout's, for a before/after comparison on the same machine and moment.
 
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
@@ -127,14 +135,56 @@ def serving(store: Path, code: Path, cache: Path) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+ARGUMENTS = {  # the page's default filters
+    "results": ["any", "any", ""],
+    "chart": ["pareto", "perplexity", 4096, "any", ""],
+    "trial_log": [""],
+}
+
+
+class Browser:
+    """One visitor asking as the page's JavaScript does: join the queue, read the session's event
+    stream until the answer, parse its JSON."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=300)
+        self.session = uuid.uuid4().hex
+        config = self.http.get("config").json()
+        self.fn_index = {d.get("api_name"): d["id"] for d in config["dependencies"]}
+
+    def predict(self, *data: object, api_name: str) -> list:
+        joined = self.http.post("gradio_api/queue/join", json={
+            "data": list(data), "fn_index": self.fn_index[api_name.lstrip("/")], "session_hash": self.session,
+            "event_data": None, "trigger_id": None,
+        })  # fmt: skip
+        joined.raise_for_status()
+        event = joined.json()["event_id"]
+        with self.http.stream("GET", "gradio_api/queue/data", params={"session_hash": self.session}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed" and message.get("event_id") == event:
+                    if not message.get("success"):
+                        raise SystemExit(f"the dashboard failed {api_name}: {message.get('output')}")
+                    return message["output"]["data"]
+        raise SystemExit(f"the dashboard closed the event stream before answering {api_name}")
+
+
+def visitor(url: str, client: str):
+    """A Browser, or with `client == "gradio"` a gradio_client.Client (one session each)."""
+    if client == "browser":
+        return Browser(url)
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
 def request(client, endpoint: str) -> float:
     """One Results or Charts API call with the page's default filters; its seconds. A call whose
     error box is not empty stops the benchmark: a fast wrong answer is no answer."""
     start = time.perf_counter()
-    if endpoint == "results":
-        out = client.predict("any", "any", "", api_name="/results")
-    else:
-        out = client.predict("pareto", "perplexity", 4096, "any", "", api_name="/chart")
+    out = client.predict(*ARGUMENTS[endpoint], api_name=f"/{endpoint}")
     box = out[-1]
     if (box.get("value") if isinstance(box, dict) else box) or not out[0]:
         raise SystemExit(f"the dashboard answered {endpoint} with an error: {box}")
@@ -144,17 +194,15 @@ def request(client, endpoint: str) -> float:
 def dashboard_load(store: Path, code: Path, args: argparse.Namespace, next_key: list[int]) -> dict:
     """One start of the dashboard: its cold Results call, then `rounds` × (one new trial file, then
     `concurrent` requests at once); latencies over all the rounds' requests."""
-    from gradio_client import Client
-
     rng = random.Random(next_key[0])
     with tempfile.TemporaryDirectory() as cache, serving(store, code, Path(cache)) as url:
-        cold = request(Client(url, verbose=False), "results")
+        cold = request(visitor(url, args.client), "results")
         endpoints = ["results", "chart"] * (args.concurrent // 2)
-        # One client (one session) per request, as that many browsers would be: threads sharing one
+        # One visitor (one session) per request, as that many browsers would be: threads sharing one
         # gradio_client race on its event stream (CancelledError).
-        users = [Client(url, verbose=False) for _ in endpoints]
+        users = [visitor(url, args.client) for _ in endpoints]
         for user in users:  # as a browser has by the time it asks: its session (Gradio builds one per visitor)
-            user.predict("", api_name="/trial_log")
+            user.predict(*ARGUMENTS["trial_log"], api_name="/trial_log")
         latencies = []
         for _ in range(args.rounds):
             write_trial(store, f"{next_key[0]:016x}", synthetic_trial(next_key[0], args.metrics, rng))  # as a sweep
@@ -194,6 +242,8 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=20, help="requests at once, half Results, half Charts")
     parser.add_argument("--rounds", type=int, default=3, help="new trial + concurrent requests, per dashboard start")
     parser.add_argument("--before", type=Path, help="a checkout of older code to time the same load against")
+    parser.add_argument("--client", choices=["browser", "gradio"], default="browser",
+                        help="ask as the page does (browser) or through gradio_client (see above)")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,7 +268,8 @@ def main() -> None:
         "total_s_all_runs": [round(r["total_s"], 3) for r in runs],
     }
     if load:
-        report["dashboard_load"] = {"concurrent": args.concurrent, "rounds_per_start": args.rounds, **load}
+        report["dashboard_load"] = {"concurrent": args.concurrent, "rounds_per_start": args.rounds,
+                                    "client": args.client, **load}  # fmt: skip
     print(json.dumps(report, indent=2))
     print(
         f"Query + wide pivot + Pareto chart over {report['rows']:,} metric rows in {args.trials:,} trial files: "
@@ -230,7 +281,7 @@ def main() -> None:
     )
     for name, numbers in (load or {}).items():
         print(
-            f"Dashboard ({name}): {args.concurrent} concurrent Results + Charts requests on "
+            f"Dashboard ({name}): {args.concurrent} concurrent Results + Charts requests ({args.client} client) on "
             f"{report['rows']:,} rows, a new trial before each of {args.rounds} rounds: p50 {numbers['p50_s']:.2f} s, "
             f"p90 {numbers['p90_s']:.2f} s, max {numbers['max_s']:.2f} s; cold first Results "
             f"{numbers['cold_results_s']:.2f} s (median of {args.repeats} starts)."
