@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,6 +201,7 @@ def _print_event(event) -> None:
             f"[{spec.key}] {method_label(spec.method)}: already in the store (use --force to re-run)", file=sys.stderr
         )
     elif event.kind == "started":
+        _progress_line["printed_at"] = time.monotonic()
         where = f"{spec.model.ref} ({spec.device})"
         print(f"[{event.index}/{event.total}] {method_label(spec.method)} on {where} ...", file=sys.stderr, flush=True)
     else:
@@ -214,15 +216,14 @@ def _print_event(event) -> None:
 
 # What an eval's progress counts, for the progress line.
 PROGRESS_UNITS = {"perplexity": "windows", "divergence": "windows", "latency": "series", "tasks": "requests"}
-PLAIN_PROGRESS_EVERY_S = 30.0  # without a terminal: a line per stage, then at most one per this
-_progress_line = {"open": False, "stage": "", "printed_at": 0.0}
+PLAIN_PROGRESS_EVERY_S = 30.0  # without a terminal: at most one progress line per this, per trial
+_progress_line = {"open": False, "printed_at": 0.0}
 
 
 def _print_progress(event) -> None:
-    """On a terminal, one line per trial redrawn in place (bar, counts, ETAs); otherwise a
-    plain line when a stage starts and an occasional one while it runs (logs stay readable)."""
-    import time
-
+    """On a terminal, one line per trial redrawn in place (bar, counts, ETAs); otherwise a plain
+    line only once a trial has run PLAIN_PROGRESS_EVERY_S since its last line, so a log shows a
+    long stage is alive while a sweep of short trials stays two lines per trial (started, done)."""
     where = f"[{event.index}/{event.total}] {method_label(event.spec.method)} {event.stage}"
     if event.todo:
         units = PROGRESS_UNITS.get(event.stage, "")
@@ -244,9 +245,8 @@ def _print_progress(event) -> None:
         _progress_line["open"] = True
         return
     now = time.monotonic()
-    key = f"{event.spec.key}:{event.stage}"
-    if key != _progress_line["stage"] or now - _progress_line["printed_at"] >= PLAIN_PROGRESS_EVERY_S:
-        _progress_line.update(stage=key, printed_at=now)
+    if now - _progress_line["printed_at"] >= PLAIN_PROGRESS_EVERY_S:
+        _progress_line["printed_at"] = now
         print(f"{where}: {count}{tail}", file=sys.stderr, flush=True)
 
 

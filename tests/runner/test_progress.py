@@ -60,7 +60,7 @@ class Terminal(io.StringIO):
 def stderr(monkeypatch):
     def use(stream):
         monkeypatch.setattr(cli.sys, "stderr", stream)
-        monkeypatch.setitem(cli._progress_line, "stage", "")
+        monkeypatch.setitem(cli._progress_line, "printed_at", 0.0)
         monkeypatch.setitem(cli._progress_line, "open", False)
         return stream
 
@@ -79,15 +79,26 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place(stderr):
     assert out.getvalue().endswith("\n[2/5] ok in 30.0 s\n")  # the bar line is ended first
 
 
-def test_without_a_terminal_progress_is_an_occasional_plain_line(stderr):
+def test_without_a_terminal_a_trial_prints_its_start_its_end_and_a_line_per_half_minute(stderr, monkeypatch):
     out = stderr(io.StringIO())
+    clock = [1000.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    cli._print_event(event(kind="started"))
     cli._print_event(event(stage="quantize", done=0, todo=0, elapsed_s=2.0))
-    for done in range(1, 10):
+    for done in range(1, 10):  # stages that start within half a minute of the last line print nothing
+        clock[0] += 3
         cli._print_event(event(done=done))
+    cli._print_event(event(done=9, elapsed_s=29.0))
+    clock[0] += 3  # 30 s since the start line
+    cli._print_event(event(done=10, trial_eta_s=0.0))
+    clock[0] += 29
+    cli._print_event(event(done=10))
+    cli._print_event(event(kind="finished", outcome=cli_outcome("ok"), elapsed_s=62.0))
     lines = out.getvalue().splitlines()
     assert lines == [
-        "[2/5] baseline:dtype=float32 quantize: 2 s",
-        "[2/5] baseline:dtype=float32 perplexity: 1/10 windows",
+        "[2/5] baseline:dtype=float32 on org/model (cpu) ...",
+        "[2/5] baseline:dtype=float32 perplexity: 10/10 windows (perplexity 0 s left)",
+        "[2/5] ok in 62.0 s",
     ]
     assert "\r" not in out.getvalue()
 
