@@ -9,7 +9,9 @@ transformers module, so task numbers do not depend on which of the two ran them:
 - the same request order and batches (lm-eval's `Collator`, longest first, one forward per
   group of one-token continuations sharing a context), right-padded with token 0;
 - log-softmax in the dtype the engine computes logits in (HFLM's `softmax_dtype=None`): the
-  protocol's fp32 logits are an exact upcast, so casting back loses nothing.
+  protocol's fp32 logits are an exact upcast, so casting back loses nothing. It is taken over the
+  continuation's positions only (HFLM takes it over the whole batch and keeps those): the same
+  floats, since each position is normalized on its own.
 Rolling log-likelihoods (perplexity-style tasks) use lm-eval's own rolling windows.
 """
 
@@ -78,9 +80,12 @@ class ProtocolLM(TemplateLM):
             ]
             lengths = [len(i) for i in inputs]
             padded = pad_and_concat(max(lengths), inputs, padding_side="right")  # pads `inputs` in place
-            logprobs = F.log_softmax(self.model.logits(padded).to(self.model.logits_dtype), dim=-1)
-            for (strings, context, continuation), row, length in zip(chunk, logprobs, lengths, strict=True):
-                scored = row[length - len(continuation) : length][None]  # (1, continuation, vocab)
+            logits = self.model.logits(padded)
+            for (strings, context, continuation), row, length in zip(chunk, logits, lengths, strict=True):
+                # Only the continuation's positions are scored, and log-softmax is per position: normalizing
+                # those alone gives HFLM's floats exactly without normalizing the rest of the window.
+                scored = row[length - len(continuation) : length].to(self.model.logits_dtype)
+                scored = F.log_softmax(scored, dim=-1)[None]  # (1, continuation, vocab)
                 greedy = scored.argmax(dim=-1)
                 for strings_, continuation_, scored_ in order.get_cache(
                     req_str=strings, cxt_toks=context, cont_toks=continuation, logits=scored
