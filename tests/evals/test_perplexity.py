@@ -9,7 +9,8 @@ from support import ROOT, build_tiny_llama
 
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
-from quantbench.evals.perplexity import PerplexityParams, evaluate, windows
+from quantbench.evals import perplexity
+from quantbench.evals.perplexity import PREFIX_SETTLED_CHARS, PerplexityParams, _encode, evaluate, tokenize, windows
 from quantbench.spec import validate_params
 
 
@@ -142,6 +143,27 @@ def test_the_llamacpp_protocol_refuses_what_it_cannot_score(given, message):
 def test_the_default_protocol_is_not_dumped_so_stored_protocols_do_not_move():
     assert "protocol" not in PerplexityParams().model_dump(mode="json")
     assert PerplexityParams(protocol="llamacpp").model_dump(mode="json")["protocol"] == "llamacpp"
+
+
+@pytest.mark.parametrize("max_tokens", [1, 4096, 30_000, None])
+def test_a_prefix_tokenizes_as_the_whole_text(tiny_tokenizer, wikitext_test, max_tokens):
+    """`tokenize` reads only a prefix of the corpus when it needs few tokens; its tokens and spans
+    are the whole text's, on WikiText-2 and on text whose words are longer than the settled margin."""
+    no_spaces = "x=" + "ab+" * (PREFIX_SETTLED_CHARS * 3) + " end"
+    for corpus in (load_corpus(str(wikitext_test)), Corpus("long words", (no_spaces,) * 20)):
+        whole_ids, whole_spans = _encode(tiny_tokenizer, corpus.text)
+        ids, spans = tokenize(tiny_tokenizer, corpus, max_tokens)
+        assert torch.equal(ids, whole_ids[:max_tokens]) and torch.equal(spans, whole_spans[:max_tokens])
+
+
+def test_tokens_cut_by_a_prefix_are_never_kept(tiny_tokenizer, wikitext_test, monkeypatch):
+    """Every token count from a prefix about as long as the tokens it must hold (a first cut lands
+    inside a word for some of them): the words around the cut are read again in a longer prefix."""
+    corpus = Corpus("wikitext", (wikitext_test.read_text(encoding="utf-8")[:40_000],))
+    whole_ids = _encode(tiny_tokenizer, corpus.text)[0]
+    monkeypatch.setattr(perplexity, "PREFIX_CHARS_PER_TOKEN", 1)  # this tokenizer's tokens average 1.6 chars
+    for max_tokens in range(1, 400):
+        assert torch.equal(tokenize(tiny_tokenizer, corpus, max_tokens)[0], whole_ids[:max_tokens]), max_tokens
 
 
 def test_corpus_shorter_than_one_window(tiny, tiny_tokenizer):
