@@ -11,16 +11,17 @@ With `--load`, it also starts `quantbench ui` on that store (a fresh cache dir e
 one Results request (cold: it reads every trial file), then `--rounds` times adds one trial file,
 as a running sweep does, and sends `--concurrent` Results and Charts requests at once (half each,
 the page's default filters), each from its own visitor (session). It reports the p50 / p90 / max
-latency of all those requests per start, and the median of those over `--repeats` starts.
+latency of all those requests per start, the CPU seconds per burst of the server and of the
+visitors (this process), and the p50 of one last burst once every view is computed (nothing new
+in the store); each the median over `--repeats` starts.
 
 A visitor asks as the page does (`--client browser`, the default): it joins the Gradio queue,
 reads the event stream and parses the answer's JSON, nothing more; a browser does that natively,
 in its own process. `--client gradio` asks through `gradio_client` instead, which also walks every
-cell of the answer in Python looking for files, in this process: on the 2-core machine its CPU
-time per 20 Results answers (2.1 s) was above the server's (1.2 s), so it measured the client
-more than the dashboard. `--before DIR`
-(a checkout of an older commit) runs the same load against that code too, interleaved with this
-checkout's, for a before/after comparison on the same machine and moment.
+cell of the answer in Python looking for files, in this process, on the cores the server needs
+(compare the two CPU figures). `--before DIR` (a checkout of an older commit) runs the same load
+against that code too, interleaved with this checkout's, for a before/after comparison on the same
+machine and moment.
 
     .venv/bin/python bench/store.py
     .venv/bin/python bench/store.py --load --repeats 3 --before /tmp/quantbench-old
@@ -108,8 +109,8 @@ def time_once(store: Path) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def serving(store: Path, code: Path, cache: Path) -> Iterator[str]:
-    """`quantbench ui` of the checkout at `code` serving `store` on a free loopback port: its URL."""
+def serving(store: Path, code: Path, cache: Path) -> Iterator[tuple[str, int]]:
+    """`quantbench ui` of the checkout at `code` serving `store` on a free loopback port: its URL and pid."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -124,7 +125,7 @@ def serving(store: Path, code: Path, cache: Path) -> Iterator[str]:
         for line in proc.stdout:
             if line.startswith("quantbench ui: http://"):
                 threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
-                yield line.split()[2]
+                yield line.split()[2], proc.pid
                 return
         raise SystemExit(f"quantbench ui from {code} did not start (exit status {proc.wait()})")
     finally:
@@ -135,6 +136,7 @@ def serving(store: Path, code: Path, cache: Path) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+WARM_WAIT_S = 5.0  # longer than the dashboard's warm-up interval (app/ui/warm.py) plus one recomputation
 ARGUMENTS = {  # the page's default filters
     "results": ["any", "any", ""],
     "chart": ["pareto", "perplexity", 4096, "any", ""],
@@ -193,9 +195,13 @@ def request(client, endpoint: str) -> float:
 
 def dashboard_load(store: Path, code: Path, args: argparse.Namespace, next_key: list[int]) -> dict:
     """One start of the dashboard: its cold Results call, then `rounds` × (one new trial file, then
-    `concurrent` requests at once); latencies over all the rounds' requests."""
+    `concurrent` requests at once): latencies over all those requests, and the CPU seconds per burst
+    the server and this process (the visitors) spent; then one more burst with nothing new in the
+    store, after the dashboard's warm-up thread has had time to run (every view already computed)."""
+    import psutil
+
     rng = random.Random(next_key[0])
-    with tempfile.TemporaryDirectory() as cache, serving(store, code, Path(cache)) as url:
+    with tempfile.TemporaryDirectory() as cache, serving(store, code, Path(cache)) as (url, pid):
         cold = request(visitor(url, args.client), "results")
         endpoints = ["results", "chart"] * (args.concurrent // 2)
         # One visitor (one session) per request, as that many browsers would be: threads sharing one
@@ -203,14 +209,28 @@ def dashboard_load(store: Path, code: Path, args: argparse.Namespace, next_key: 
         users = [visitor(url, args.client) for _ in endpoints]
         for user in users:  # as a browser has by the time it asks: its session (Gradio builds one per visitor)
             user.predict(*ARGUMENTS["trial_log"], api_name="/trial_log")
-        latencies = []
+        server = psutil.Process(pid)
+
+        def burst() -> list[float]:
+            with ThreadPoolExecutor(args.concurrent) as pool:
+                return list(pool.map(lambda user_endpoint: request(*user_endpoint), zip(users, endpoints, strict=True)))
+
+        latencies, server_cpu, client_cpu = [], 0.0, 0.0
         for _ in range(args.rounds):
             write_trial(store, f"{next_key[0]:016x}", synthetic_trial(next_key[0], args.metrics, rng))  # as a sweep
             next_key[0] += 1
-            with ThreadPoolExecutor(args.concurrent) as pool:
-                latencies += pool.map(lambda user_endpoint: request(*user_endpoint), zip(users, endpoints, strict=True))
+            server_before, client_before = sum(server.cpu_times()[:2]), time.process_time()
+            latencies += burst()
+            server_cpu += sum(server.cpu_times()[:2]) - server_before
+            client_cpu += time.process_time() - client_before
+        time.sleep(WARM_WAIT_S)
+        cached = burst()
     deciles = statistics.quantiles(latencies, n=10)
-    return {"cold_results_s": cold, "p50_s": deciles[4], "p90_s": deciles[8], "max_s": max(latencies)}
+    return {
+        "cold_results_s": cold, "p50_s": deciles[4], "p90_s": deciles[8], "max_s": max(latencies),
+        "server_cpu_s_per_burst": server_cpu / args.rounds, "visitors_cpu_s_per_burst": client_cpu / args.rounds,
+        "cached_p50_s": statistics.median(cached),
+    }  # fmt: skip
 
 
 def load_report(store: Path, args: argparse.Namespace) -> dict:
@@ -284,7 +304,9 @@ def main() -> None:
             f"Dashboard ({name}): {args.concurrent} concurrent Results + Charts requests ({args.client} client) on "
             f"{report['rows']:,} rows, a new trial before each of {args.rounds} rounds: p50 {numbers['p50_s']:.2f} s, "
             f"p90 {numbers['p90_s']:.2f} s, max {numbers['max_s']:.2f} s; cold first Results "
-            f"{numbers['cold_results_s']:.2f} s (median of {args.repeats} starts)."
+            f"{numbers['cold_results_s']:.2f} s; CPU per burst: server {numbers['server_cpu_s_per_burst']:.2f} s, "
+            f"visitors {numbers['visitors_cpu_s_per_burst']:.2f} s; a burst with every view cached: p50 "
+            f"{numbers['cached_p50_s']:.2f} s (median of {args.repeats} starts)."
         )
 
 
