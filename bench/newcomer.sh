@@ -33,7 +33,9 @@ done
 work=$(mktemp -d "${TMPDIR:-/tmp}/newcomer.XXXXXX")
 clone=$work/quantbench
 cleanup() {
-  if [ -n "${ui_pid:-}" ]; then kill -INT -- "-$ui_pid" 2>/dev/null || true; wait "$ui_pid" 2>/dev/null || true; fi
+  # TERM, not INT: a background job of a non-interactive shell starts with SIGINT ignored, and so
+  # does everything it runs (the dashboard of the second run outlived an INT here).
+  if [ -n "${ui_pid:-}" ]; then kill -TERM -- "-$ui_pid" 2>/dev/null || true; wait "$ui_pid" 2>/dev/null || true; fi
   if [ "$keep" = 0 ]; then rm -rf "$work"; else echo "kept $work"; fi
 }
 trap cleanup EXIT
@@ -43,6 +45,10 @@ step() {
   if [ "$dry" = 1 ]; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi
 }
 
+if [ "$dry" = 0 ] && curl --silent --output /dev/null --max-time 2 "http://127.0.0.1:$port/"; then
+  echo "newcomer.sh: something already answers on port $port: the second run would time it; pass --port N" >&2
+  exit 2
+fi
 sha=$(git -C "$repo" rev-parse "$ref")
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 export QUANTBENCH_STORE=$work/store QUANTBENCH_CACHE=$work/cache  # nothing measured or cached before
