@@ -171,7 +171,7 @@ def tokenize(tokenizer, corpus: Corpus, max_tokens: int | None) -> tuple[torch.T
     tokens ending PREFIX_SETTLED_CHARS before its end: a tokenizer splits text into words before
     merging, so a cut changes only the tokens of the words around it, and those are dropped."""
     text = corpus.text
-    cut = len(text) if max_tokens is None else max_tokens * PREFIX_CHARS_PER_TOKEN
+    cut = len(text) if max_tokens is None else max(1, max_tokens * PREFIX_CHARS_PER_TOKEN)
     while cut < len(text):
         ids, offsets = _encode(tokenizer, text[:cut])
         if int((offsets[:, 1] <= cut - PREFIX_SETTLED_CHARS).sum()) >= max_tokens:
