@@ -224,17 +224,16 @@ def evaluate(
     todo = window_count(len(ids), params.seq_len, params.stride or params.seq_len)
     nll_sum, nll_sq_sum, tokens, n_bytes, words, n_windows = 0.0, 0.0, 0, 0, 0, 0
     window_sums, window_tokens = [], []
-    # One buffer for every window's log-probabilities: a fresh (seq_len, vocab) tensor per window
-    # page-faults its ~100 MB in again each time, which took 60% of the log-softmax's time.
-    logp = torch.empty(0)
     for scored in scored_windows(forward, ids, params, chunk_start_token(tokenizer, params)):
         w = scored.window
-        if logp.shape != scored.logits.shape:
-            logp = torch.empty_like(scored.logits)
-        # nll_loss of log_softmax is what cross_entropy computes, so the sum is the one it returned
-        torch.log_softmax(scored.logits, dim=-1, out=logp)
+        # nll_loss of log_softmax is what cross_entropy computes, so the sum is the one it returned.
+        # A fresh tensor per window, freed before the next forward: a buffer kept across windows
+        # would page-fault less but sit beside the next forward's logits, raising the trial's peak
+        # RSS by one (seq_len × vocab) fp32 copy above what the planner predicts (planner/estimate.py).
+        logp = F.log_softmax(scored.logits, dim=-1)
         window_sum = F.nll_loss(logp, scored.targets, reduction="sum").item()
         nll_sq_sum += logp.gather(1, scored.targets[:, None]).double().square().sum().item()
+        del logp
         nll_sum += window_sum
         tokens += len(scored.targets)
         window_sums.append(window_sum)
