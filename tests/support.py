@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +112,21 @@ def serving_ui(args: list[str], env: dict[str, str], start_timeout_s: float) -> 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class LogitsFreedBeforeNextForward:
+    """A logits function that fails when the batch it returned last is still alive as it is called
+    again: a consumer of `scored_windows` keeping a window past its turn holds that window's whole
+    batch beside the next forward's logits (one batch more peak memory than the planner counts)."""
+
+    def __init__(self, fn):
+        self.fn, self.last, self.calls = fn, None, 0
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        assert self.last is None or self.last() is None, "the last batch of logits is alive during the next forward"
+        array = self.fn(ids).detach().float().numpy().copy()  # the tensor's storage holds the only reference
+        self.last, self.calls = weakref.ref(array), self.calls + 1
+        return torch.from_numpy(array)
 
 
 def noisy_model(source, noise: float = 0.0):

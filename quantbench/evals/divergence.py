@@ -310,6 +310,7 @@ def baseline(
             for s in scored:
                 yield baseline_records(s.logits, s.targets, dtype, seed=s.window.begin)
                 on_window()
+                del s  # before the next forward (scored_windows)
 
         write_cache(path, key, dtype, records())
         del scored  # the reference model it holds
@@ -326,6 +327,7 @@ def tally(base: np.ndarray, scored: Iterator[ScoredWindow], on_window: Callable[
         out.add(compare(base[at : at + n], window.logits, window.targets))
         at += n
         on_window()
+        del window  # before the next forward (scored_windows)
     return out
 
 

@@ -196,6 +196,9 @@ def scored_windows(
 ) -> Iterator[ScoredWindow]:
     """Run `logits_fn` over the windows of `ids`, `batch_size` at a time, and yield each window's
     scored part; one batch of logits is alive at a time, so memory does not grow with the corpus.
+    Each yielded window's logits are a view into that batch, not read again: the consumer may
+    overwrite them, and drops the window before asking for the next, or the batch stays beside
+    the next forward's logits.
     `start_token` (`chunk_start_token`) replaces each window's first input token."""
     for batch in _chunks(protocol_windows(len(ids), params), params.batch_size):
         inputs = torch.stack([ids[w.begin : w.end] for w in batch])
@@ -205,9 +208,10 @@ def scored_windows(
         for row, w in zip(logits, batch, strict=True):
             # logits at position p predict token p + 1
             yield ScoredWindow(w, row[w.first_target - w.begin - 1 : -1].float(), ids[w.first_target : w.end])
-        del logits
+        del logits, row
 
 
+@torch.inference_mode()  # the engines' logits are inference tensors, overwritten in place here
 def evaluate(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     tokenizer,
@@ -227,13 +231,12 @@ def evaluate(
     for scored in scored_windows(forward, ids, params, chunk_start_token(tokenizer, params)):
         w = scored.window
         # nll_loss of log_softmax is what cross_entropy computes, so the sum is the one it returned.
-        # A fresh tensor per window, freed before the next forward: a buffer kept across windows
-        # would page-fault less but sit beside the next forward's logits, raising the trial's peak
-        # RSS by one (seq_len × vocab) fp32 copy above what the planner predicts (planner/estimate.py).
-        logp = F.log_softmax(scored.logits, dim=-1)
+        # In place, in logits nothing reads again: a fresh (seq_len × vocab) fp32 tensor per window
+        # would page-fault ~100 MB on every window at 512 tokens, and the peak stays the batch's
+        # logits (planner/estimate.py).
+        logp = torch.log_softmax(scored.logits, dim=-1, out=scored.logits)
         window_sum = F.nll_loss(logp, scored.targets, reduction="sum").item()
         nll_sq_sum += logp.gather(1, scored.targets[:, None]).double().square().sum().item()
-        del logp
         nll_sum += window_sum
         tokens += len(scored.targets)
         window_sums.append(window_sum)
@@ -243,6 +246,7 @@ def evaluate(
         words += len(covered.split())
         n_windows += 1
         progress.report(n_windows, todo)
+        del scored, logp  # before the next forward (scored_windows)
 
     nll_mean = nll_sum / tokens
     return PerplexityResult(

@@ -229,8 +229,8 @@ def activation_bytes(arch: Architecture, fmt: Layout, workload: Workload) -> int
 
     After the last layer come the logits: for the last position the dtype logits, an fp32 copy
     (none when the dtype is fp32 already) and one processed fp32 copy when sampling; for every
-    position (all_logits) the dtype logits, the fp32 copy, and the fp32 log-softmax of one
-    sequence that quantbench's perplexity eval scores at a time. On CUDA the caching allocator
+    position (all_logits) the dtype logits and the fp32 copy, which quantbench's perplexity eval
+    turns into log-probabilities in place. On CUDA the caching allocator
     reuses the layers' blocks for the logits, so the larger of the two counts. On CPU, RSS keeps
     what glibc's heap held: activations under its 32 MiB mmap threshold stay resident after being
     freed (× CPU_HEAP_FACTOR, measured), larger ones are mmapped and returned, and the logits come
@@ -241,13 +241,9 @@ def activation_bytes(arch: Architecture, fmt: Layout, workload: Workload) -> int
     layer = layer_activation_bytes(arch, fmt, workload)
     upcast = 0 if a == 4 else 4
     if workload.all_logits:
-        # The dtype logits live only while they are upcast (QuantizedModel.logits); the scoring
-        # peak is the batch's fp32 logits beside one sequence's fp32 log-softmax. On CPU a freed
-        # block under glibc's mmap threshold stays resident, so small dtype logits still count then.
-        positions = workload.prefill_tokens * arch.vocab_size
-        dtype_logits = workload.batch * a * positions if upcast else 0
-        resident = dtype_logits if workload.device == "cpu" and dtype_logits < GLIBC_MMAP_THRESHOLD_MAX else 0
-        logits = max(workload.batch * (a + upcast) * positions, (workload.batch * 4 + 4) * positions + resident)
+        # The dtype logits live while they are upcast (QuantizedModel.logits), and scoring adds
+        # nothing beside the fp32 copy, so that moment is the peak.
+        logits = workload.batch * (a + upcast) * workload.prefill_tokens * arch.vocab_size
     else:
         logits = workload.batch * arch.vocab_size * (a + upcast + 4)
     dequant = 0

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from support import WIKITEXT_TEST
+from support import WIKITEXT_TEST, LogitsFreedBeforeNextForward
 from support import noisy_model as _quantized
 
 from quantbench import models
@@ -59,6 +59,15 @@ def test_topk_covering_the_whole_vocabulary_is_the_exact_kl(source, corpus, tiny
                                                        scored_windows(quant.logits, ids, params), strict=True)]
     )  # fmt: skip
     assert m["kld_mean"] == pytest.approx(exact.double().mean().item(), rel=1e-5)
+
+
+def test_each_batch_of_logits_is_freed_before_the_next_forward(source, corpus, tiny_tokenizer):
+    ids, _ = tokenize(tiny_tokenizer, corpus, PARAMS.max_tokens)
+    base, quant = (LogitsFreedBeforeNextForward(_quantized(source, noise).logits) for noise in (0.0, 0.5))
+    key, vocab = divergence.cache_key(source, ids, PARAMS, "cpu"), len(tiny_tokenizer)
+    records = divergence.baseline(key, 6 * 63, PARAMS, lambda: (vocab, scored_windows(base, ids, PARAMS)), lambda: None)
+    divergence.tally(records.records, scored_windows(quant, ids, PARAMS), lambda: None)
+    assert base.calls == quant.calls == 3
 
 
 def test_the_baseline_is_cached_and_rebuilt_for_another_corpus(source, corpus):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from support import ROOT, build_tiny_llama
+from support import ROOT, LogitsFreedBeforeNextForward, build_tiny_llama
 
 from quantbench.corpora import Corpus, load_corpus
 from quantbench.errors import QuantbenchError
@@ -69,6 +69,12 @@ def test_batching_windows_does_not_change_the_result(tiny, tiny_tokenizer, corpu
     three = evaluate(logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=32, max_tokens=200, batch_size=3))
     assert three.perplexity == pytest.approx(one.perplexity, rel=1e-5)
     assert three.tokens_scored == one.tokens_scored
+
+
+def test_each_batch_of_logits_is_freed_before_the_next_forward(tiny, tiny_tokenizer, corpus):
+    logits_fn = LogitsFreedBeforeNextForward(tiny[1])
+    evaluate(logits_fn, tiny_tokenizer, corpus, PerplexityParams(seq_len=32, max_tokens=200, batch_size=2))
+    assert logits_fn.calls == 3
 
 
 def test_bits_per_byte_and_word_perplexity_follow_their_definitions(tiny, tiny_tokenizer):

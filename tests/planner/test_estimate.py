@@ -102,14 +102,14 @@ def test_llama_8b_gptq_weights_by_hand():
         (BF16, Workload(32768, batch=8, prefill_chunk=2048), 8 * 2048 * (2 * 4096 + 3 * 14336) * 2),
         # eager attention adds heads × q × kv scores: dtype scores, fp32 softmax, dtype probs
         (BF16, Workload(1024, attention="eager"), 1024 * 51200 * 2 + 32 * 1024 * 1024 * (2 + 4 + 2)),
-        # every position's logits (a perplexity pass): the larger of the upcast (dtype + fp32)
-        # and the scoring (fp32 logits + one row's fp32 log-softmax)
-        (BF16, Workload(2048, all_logits=True), 2048 * 128256 * (4 + 4)),
+        # every position's logits (a perplexity pass): the upcast (dtype + fp32 logits); scoring
+        # takes the log-softmax in place in the fp32 copy
+        (BF16, Workload(2048, all_logits=True), 2048 * 128256 * (2 + 4)),
         (BF16, Workload(2048, batch=3, all_logits=True), 2048 * 128256 * 3 * (2 + 4)),
         # on CPU, blocks under glibc's 32 MiB mmap threshold stay resident after being freed: the
-        # layer's (× the heap factor 2.49) and small dtype logits; larger ones are returned
-        (BF16, Workload(64, all_logits=True, device="cpu"), math.ceil(64 * 51200 * 2 * 2.49) + 64 * 128256 * 10),
-        (BF16, Workload(2048, all_logits=True, device="cpu"), 2048 * 51200 * 2 + 2048 * 128256 * (4 + 4)),
+        # layer's (× the heap factor 2.49); larger ones are returned
+        (BF16, Workload(64, all_logits=True, device="cpu"), math.ceil(64 * 51200 * 2 * 2.49) + 64 * 128256 * 6),
+        (BF16, Workload(2048, all_logits=True, device="cpu"), 2048 * 51200 * 2 + 2048 * 128256 * (2 + 4)),
         # short prompts: last-token logits (dtype, fp32, processed fp32) outweigh the layer
         (BF16, Workload(8), 128256 * (2 + 8)),
         # bnb 4-bit rebuilds the largest matrix (14336 × 4096) in bf16 before its matmul
